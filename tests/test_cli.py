@@ -1,0 +1,29 @@
+"""Real subprocess runs of `python -m src.run`."""
+
+from conftest import TINY, client_for, run_cli
+
+from test_train import PER_EPOCH, history
+
+
+def test_three_schedule_multirun(tmp_path, data_dir):
+    result = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, "trainer.epochs=3",
+                     output_dir=tmp_path, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
+    assert sorted(r.data.tags["schedule"] for r in runs) == ["decay_lr", "hybrid", "increase_bs"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    for run in runs:
+        for name in PER_EPOCH:
+            assert [s for s, _ in history(client, run.info.run_id, name)] == [0, 1, 2], name
+    updates = {r.data.tags["schedule"]: r.data.metrics["total_param_updates"] for r in runs}
+    assert updates["increase_bs"] < updates["decay_lr"]
+    assert updates["hybrid"] < updates["decay_lr"]
+
+
+def test_print_config_without_training(tmp_path, data_dir):
+    result = run_cli("--cfg", "job", "schedule=hybrid", output_dir=tmp_path, data_dir=data_dir)
+    assert result.returncode == 0
+    assert "name: hybrid" in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,96 @@
+"""The schedule arithmetic alone, no training: the paper's numbers come out of it."""
+
+import pytest
+
+from src.schedules import StepSchedule, milestone_epochs, noise_scale, planned_updates
+
+# CIFAR-10 in the paper: N = 50,000, B0 = 128, 200 epochs, steps at 60/120/160, factor 5.
+N, EPOCHS = 50_000, 200
+
+
+def paper(name: str, batch_growth_steps, max_batch_size=None, milestones=(60, 120, 160), **kw) -> StepSchedule:
+    args = dict(name=name, lr=0.1, batch_size=128, factor=5, milestones=milestones,
+                batch_growth_steps=batch_growth_steps, max_batch_size=max_batch_size,
+                n_train=N, epochs=EPOCHS, momentum=0.9)
+    return StepSchedule.for_run(**{**args, **kw})
+
+
+UNCAPPED = N  # a cap no step reaches
+
+
+def test_paper_update_counts_fractional():
+    assert planned_updates(paper("decay_lr", 0), N, EPOCHS) == pytest.approx(78_125)
+    assert planned_updates(paper("increase_bs", None, UNCAPPED), N, EPOCHS) == pytest.approx(28_875)
+    assert round(planned_updates(paper("increase_bs", None, 5120), N, EPOCHS)) == 29_141
+    assert planned_updates(paper("hybrid", 1, UNCAPPED), N, EPOCHS) == pytest.approx(34_375)
+
+
+def test_whole_batch_counts_the_loop_makes():
+    # keep: ceil(N/B) steps per epoch; 50000/128 -> 391, /640 -> 79, /3200 -> 16, /5120 -> 10
+    assert planned_updates(paper("decay_lr", 0), N, EPOCHS, "keep") == 200 * 391
+    assert planned_updates(paper("increase_bs", None, 5120), N, EPOCHS, "keep") == 60 * 391 + 60 * 79 + 40 * 16 + 40 * 10
+    # drop: floor(N/B)
+    assert planned_updates(paper("decay_lr", 0), N, EPOCHS, "drop") == 200 * 390
+    assert planned_updates(paper("increase_bs", None, 5120), N, EPOCHS, "drop") == 60 * 390 + 60 * 78 + 40 * 15 + 40 * 9
+
+
+def test_paper_figure1_regimes():
+    decay, hybrid, grow = paper("decay_lr", 0), paper("hybrid", 1, UNCAPPED), paper("increase_bs", None, UNCAPPED)
+    assert [decay(e).batch_size for e in (0, 60, 120, 160, 199)] == [128] * 5
+    assert [decay(e).lr for e in (0, 59, 60, 120, 160)] == pytest.approx([0.1, 0.1, 0.02, 0.004, 0.0008])
+    assert [hybrid(e).batch_size for e in (0, 60, 120, 160)] == [128, 640, 640, 640]
+    assert [hybrid(e).lr for e in (0, 60, 120, 160)] == pytest.approx([0.1, 0.1, 0.02, 0.004])
+    assert [grow(e).batch_size for e in (0, 60, 120, 160)] == [128, 640, 3200, 16000]
+    assert [grow(e).lr for e in (0, 60, 120, 160)] == pytest.approx([0.1] * 4)
+
+
+def test_cap_turns_the_rest_of_a_step_into_an_lr_decay():
+    capped = paper("increase_bs", None, 5120)
+    assert [capped(e).batch_size for e in (0, 60, 120, 160)] == [128, 640, 3200, 5120]
+    assert capped(160).lr == pytest.approx(0.1 / (16000 / 5120))
+    # already at the cap: the next steps are plain lr decays
+    small_cap = paper("increase_bs", None, 640)
+    assert [small_cap(e).batch_size for e in (60, 120, 160)] == [640, 640, 640]
+    assert [small_cap(e).lr for e in (60, 120, 160)] == pytest.approx([0.1, 0.02, 0.004])
+
+
+def test_default_cap_is_a_tenth_of_the_training_set():
+    assert paper("increase_bs", None, None).max_batch_size == N // 10
+
+
+@pytest.mark.parametrize("max_batch_size", [UNCAPPED, 5120, 640])
+def test_noise_scales_agree_at_every_epoch(max_batch_size):
+    """g = lr/(1-m)(N/B - 1): the three regimes differ only by the '-1' term, so they agree to
+    within lr/(1-m), the gap between N/B - 1 and N/B."""
+    regimes = [paper("decay_lr", 0), paper("hybrid", 1, max_batch_size), paper("increase_bs", None, max_batch_size)]
+    for epoch in range(EPOCHS):
+        plans = [s(epoch) for s in regimes]
+        scales = [noise_scale(p.lr, p.batch_size, p.momentum, N) for p in plans]
+        gap = max(p.lr / (1 - p.momentum) for p in plans)
+        assert max(scales) - min(scales) <= gap * (1 + 1e-9), (epoch, plans)
+        # and their N/B forms agree exactly
+        exact = [p.lr / (1 - p.momentum) * N / p.batch_size for p in plans]
+        assert max(exact) == pytest.approx(min(exact), rel=1e-12)
+    # the scale really does fall x5 at each step, so the test above could fail
+    g = [noise_scale(regimes[0](e).lr, 128, 0.9, N) for e in (0, 60, 120, 160)]
+    assert [g[i] / g[i + 1] for i in range(3)] == pytest.approx([5, 5, 5])
+
+
+def test_noise_scale_formula():
+    assert noise_scale(0.1, 128, 0.9, 50_000) == pytest.approx(0.1 / 0.1 * (50_000 / 128 - 1))
+    assert noise_scale(0.1, 128, 0.0, 50_000) == pytest.approx(0.1 * (50_000 / 128 - 1))
+
+
+def test_milestones_fractions_or_epochs():
+    assert milestone_epochs([0.3, 0.6, 0.8], 200) == (60, 120, 160)
+    assert milestone_epochs([0.3, 0.6, 0.8], 20) == (6, 12, 16)
+    assert milestone_epochs([60, 120, 160], 200) == (60, 120, 160)
+    assert milestone_epochs([], 20) == ()
+    with pytest.raises(ValueError, match="milestones"):
+        milestone_epochs([0.3, 120], 200)
+    assert paper("decay_lr", 0, milestones=[0.3, 0.6, 0.8]).milestones == (60, 120, 160)
+
+
+def test_constant_never_changes():
+    constant = paper("constant", 0, milestones=[])
+    assert {constant(e) for e in range(EPOCHS)} == {constant(0)}

@@ -1,0 +1,87 @@
+"""train(cfg) on tiny real data, with a real MLflow store in a temp folder."""
+
+import math
+
+import pytest
+from conftest import TINY, TINY_MNIST1D, client_for, group_options
+
+from src.schedules import planned_updates
+from src.train import train
+
+PER_EPOCH = ["train_loss", "val_loss", "val_acc", "lr", "batch_size", "momentum", "noise_scale",
+             "param_updates", "samples_seen", "wall_time_s"]
+
+
+def history(client, run_id, name):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+
+def only_run(client, sweep_id):
+    runs = client.search_runs(client.get_experiment_by_name("batch-size-study").experiment_id,
+                              f"tags.sweep_id = '{sweep_id}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("dataset", "model", "optimizer", "schedule") for o in group_options(g)],
+)
+def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group, option):
+    extra = TINY_MNIST1D if (group, option) == ("dataset", "mnist1d") else ["dataset=digits"]
+    cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "trainer.threads=1",
+                   f"tracking.sweep_id=option-{group}-{option}")
+    final = train(cfg)
+    assert math.isfinite(final["final_val_loss"]) and 0 <= final["final_val_acc"] <= 1
+    run = only_run(client_for(shared_store), f"option-{group}-{option}")
+    assert run.info.status == "FINISHED"
+
+
+def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
+    cfg = make_cfg(*TINY, "trainer.epochs=4", "schedule=increase_bs", "schedule.batch_size=16",
+                   "schedule.milestones=[1,2,3]", "schedule.factor=2", "tracking.sweep_id=counters")
+    final = train(cfg)
+    client = client_for(shared_store)
+    run = only_run(client, "counters")
+    for name in PER_EPOCH:
+        assert [s for s, _ in history(client, run.info.run_id, name)] == [0, 1, 2, 3], name
+    n_train = 1437
+    sizes = [v for _, v in history(client, run.info.run_id, "batch_size")]
+    assert sizes == [16, 32, 64, 128]
+    updates = [v for _, v in history(client, run.info.run_id, "param_updates")]
+    expected = [sum(math.ceil(n_train / b) for b in sizes[: i + 1]) for i in range(4)]
+    assert updates == expected  # cumulative optimizer steps, last partial batch kept
+    assert [v for _, v in history(client, run.info.run_id, "samples_seen")] == [n_train * (i + 1) for i in range(4)]
+    assert final["total_param_updates"] == expected[-1]
+    wall = [v for _, v in history(client, run.info.run_id, "wall_time_s")]
+    assert all(b > a for a, b in zip(wall, wall[1:]))
+    for name in ("final_val_loss", "final_val_acc", "total_param_updates", "total_wall_time_s"):
+        assert name in run.data.metrics
+    assert run.data.tags["schedule"] == "increase_bs" and run.data.tags["seed"] == "0"
+    assert run.data.params["schedule.factor"] == "2"
+    config_yaml = client.download_artifacts(run.info.run_id, "config.yaml")
+    assert "increase_bs" in open(config_yaml).read()
+
+
+def test_loop_makes_the_planned_whole_batch_count(make_cfg):
+    from hydra.utils import instantiate
+
+    for last_batch in ("keep", "drop"):
+        cfg = make_cfg(*TINY, "trainer.epochs=5", "schedule=increase_bs", f"trainer.last_batch={last_batch}",
+                       f"tracking.sweep_id=planned-{last_batch}")
+        final = train(cfg)
+        schedule = instantiate(cfg.schedule, n_train=1437, epochs=5, momentum=0.9)
+        assert final["total_param_updates"] == planned_updates(schedule, 1437, 5, last_batch)
+
+
+def test_same_seed_same_numbers(make_cfg, shared_store):
+    client = client_for(shared_store)
+    curves = []
+    for repeat in range(2):
+        train(make_cfg(*TINY, "trainer.epochs=3", "schedule=hybrid", f"tracking.sweep_id=same-seed-{repeat}"))
+        run_id = only_run(client, f"same-seed-{repeat}").info.run_id
+        curves.append({n: history(client, run_id, n) for n in PER_EPOCH if n != "wall_time_s"})
+    assert curves[0] == curves[1]
+    train(make_cfg(*TINY, "trainer.epochs=3", "schedule=hybrid", "trainer.seed=1", "tracking.sweep_id=other-seed"))
+    run_id = only_run(client, "other-seed").info.run_id
+    assert history(client, run_id, "train_loss") != curves[0]["train_loss"]
