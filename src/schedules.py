@@ -47,7 +47,7 @@ def milestone_epochs(milestones: Sequence[float], epochs: int) -> tuple[int, ...
             "or all absolute epochs, not both"
         )
     if all(fractions):
-        return tuple(int(round(m * epochs)) for m in milestones)
+        return tuple(math.floor(m * epochs + 0.5) for m in milestones)  # round half up
     return tuple(int(m) for m in milestones)
 
 

@@ -9,6 +9,8 @@ RUNNING.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -21,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
+# Keys that say where and how a run is recorded or how fast it goes, not what it computes:
+# left out of the config hash that identifies a run for skipping and resuming.
+NOT_IDENTITY = ("paths", "tracking", "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
 
 
 @contextmanager
@@ -64,6 +69,29 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def config_hash(cfg: DictConfig) -> str:
+    """A short stable hash of the resolved config, NOT_IDENTITY keys left out."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    for dotted in NOT_IDENTITY:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def runs_with_config(cfg: DictConfig, key: str, status: str | None = None):
+    """Training runs of this experiment logged with config hash `key`, newest first."""
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return []
+    query = f"tags.config_hash = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
+    return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"])
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -82,6 +110,10 @@ class TrackedRun:
         self.client = client
         self.run_id = run_id
 
+    def last_logged_epoch(self) -> int:
+        """The highest step with a val_loss, -1 if none."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, "val_loss")), default=-1)
+
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """One batched write; per-epoch metrics use step = the 0-based epoch."""
         now = int(time.time() * 1000)
@@ -89,24 +121,44 @@ class TrackedRun:
         self.client.log_batch(self.run_id, metrics=batch)
 
 
+def _close_stale_runs(client: MlflowClient, cfg: DictConfig, key: str, keep: str) -> None:
+    """Runs of this config left RUNNING by a process killed before its first checkpoint: nothing
+    can resume them, so they are marked KILLED and point at the run that replaces them."""
+    for stale in runs_with_config(cfg, key, status="RUNNING"):
+        if stale.info.run_id != keep:
+            client.set_tag(stale.info.run_id, "superseded_by", keep)
+            client.set_terminated(stale.info.run_id, "KILLED")
+
+
 @contextmanager
-def tracked_run(cfg: DictConfig, tags: Mapping[str, str], run_name: str) -> Iterator[TrackedRun]:
-    """Start an MLflow run for one job, log the resolved config (as params and as config.yaml),
-    and close the run whatever happens inside the block."""
+def tracked_run(
+    cfg: DictConfig, tags: Mapping[str, str], run_name: str, resume_run_id: str | None = None
+) -> Iterator[TrackedRun]:
+    """Start an MLflow run for one job (or reopen `resume_run_id`), log the resolved config (as
+    params and as config.yaml) and its hash, and close the run whatever happens in the block."""
     experiment_id = prepare_store(cfg.tracking)
     client = MlflowClient(cfg.tracking.uri)
-    all_tags = {**tags, "mlflow.runName": run_name}
-    commit = _git_commit()
-    if commit:
-        all_tags["mlflow.source.git.commit"] = commit
-    run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
+    key = config_hash(cfg)
+    if resume_run_id:
+        run_id = resume_run_id
+        client.update_run(run_id, status="RUNNING")
+        if "error" in client.get_run(run_id).data.tags:  # from the attempt that failed
+            client.delete_tag(run_id, "error")
+    else:
+        all_tags = {**tags, "mlflow.runName": run_name, "config_hash": key}
+        commit = _git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        params = [Param(k, v) for k, v in flatten(resolved).items()]
-        for start in range(0, len(params), MAX_PARAMS_PER_CALL):
-            client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
-        client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+        if not resume_run_id:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            params = [Param(k, v) for k, v in flatten(resolved).items()]
+            for start in range(0, len(params), MAX_PARAMS_PER_CALL):
+                client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
+            client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+        _close_stale_runs(client, cfg, key, keep=run_id)
         yield TrackedRun(client, run_id)
         status = "FINISHED"
     except KeyboardInterrupt:

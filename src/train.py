@@ -1,17 +1,24 @@
 """train(cfg) -> final metrics: one run of one schedule, read top to bottom.
 
 Per epoch: ask the schedule for (lr, B, m); set lr and m on the optimizer; slice a seeded
-permutation of the resident training tensors into batches of B; step; validate; log one batch
-of metrics. Counters are exact: param_updates counts optimizer steps, samples_seen the samples
-that went into them. Times are seconds.
+permutation of the resident training tensors into batches of B; step; validate; checkpoint;
+log one batch of metrics. Counters are exact: param_updates counts optimizer steps,
+samples_seen the samples that went into them. Times are seconds.
+
+A run is identified by the hash of its resolved config (tracking.config_hash). With
+trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
+from its last checkpoint into the same MLflow run, with the same numbers as if it had never
+stopped: model, optimizer, schedule, the RNG streams and the counters are all restored.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,11 +26,16 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src import tracking
+from src import checkpoint, tracking
+from src.config import validate, validate_against_data
 from src.data import Dataset, batch_indices
+from src.errors import Diverged
 from src.schedules import Plan, noise_scale
 
 log = logging.getLogger(__name__)
+
+FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
+CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "schedule", "rng", "counters", "val_losses", "metrics"}
 
 
 def seed_everything(seed: int) -> None:
@@ -82,15 +94,42 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[float
     return loss_sum.item() / len(y), correct.item() / len(y)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def rng_state(batch_order: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "batch_order": batch_order.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, batch_order: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_order.set_state(state["batch_order"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one run; returns {"outcome": finished | resumed | skipped, <FINAL_METRICS>}."""
     started = time.perf_counter()
+    validate(cfg)  # before anything is built or logged
     trainer = cfg.trainer
+    label = f"{cfg.schedule.name} seed={trainer.seed}"
+    key = tracking.config_hash(cfg)
+    if trainer.resume:
+        for done in tracking.runs_with_config(cfg, key, status="FINISHED")[:1]:
+            log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, key)
+            return {"outcome": "skipped", **{k: done.data.metrics[k] for k in FINAL_METRICS}}
+    checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{key}.pt"
+    resumed = checkpoint.load(checkpoint_path, CHECKPOINT_KEYS) if trainer.resume else None
+    if resumed is None:
+        checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
+
     seed_everything(trainer.seed)  # before anything is built
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
     device = pick_device(trainer.device)
-
     data: Dataset = instantiate(cfg.dataset).to(device)
+    validate_against_data(cfg, data.n_train)
     model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
     momentum = cfg.optimizer.get("momentum", 0.0)  # Adam: 0, see conf/optimizer/adam.yaml
     schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, momentum=momentum)
@@ -98,14 +137,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
     batch_order = torch.Generator().manual_seed(trainer.seed)  # on CPU: same order on any device
 
+    first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
+    val_losses: list[float] = []
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        restore_rng(resumed["rng"], batch_order)
+        first_epoch = resumed["epoch"] + 1
+        param_updates, samples_seen, train_time, elapsed = resumed["counters"]
+        started -= elapsed  # total_wall_time_s counts the earlier attempts too
+        val_losses = list(resumed["val_losses"])
+        val_acc = resumed["metrics"]["val_acc"]
+
     sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id}
-    label = f"{cfg.schedule.name} seed={trainer.seed}"
-    param_updates = samples_seen = 0
-    train_time = 0.0
-    val_losses: list[float] = []
-    with tracking.tracked_run(cfg, tags, run_name=label) as run:
-        for epoch in range(trainer.epochs):
+    with tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"]) as run:
+        if resumed:
+            log.info("[%s] resuming MLflow run %s from epoch %d of %d", label, run.run_id, first_epoch + 1, trainer.epochs)
+            if run.last_logged_epoch() < resumed["epoch"]:  # killed between checkpoint and log
+                run.log(resumed["metrics"], step=resumed["epoch"])
+        for epoch in range(first_epoch, trainer.epochs):
             plan = schedule(epoch, val_losses)
             apply_plan(optimizer, plan, lr_scale)
             order = torch.randperm(data.n_train, generator=batch_order).to(device)
@@ -119,6 +171,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             samples_seen += samples
 
             val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
             val_losses.append(val_loss)
             metrics = {
                 "train_loss": train_loss,
@@ -132,6 +186,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "samples_seen": samples_seen,
                 "wall_time_s": train_time,
             }
+            # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
+            checkpoint.save(checkpoint_path, {
+                "run_id": run.run_id,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": rng_state(batch_order),
+                "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
+                "val_losses": val_losses,
+                "metrics": metrics,
+            })
             run.log(metrics, step=epoch)
             log.info(
                 "[%s] epoch %d/%d  lr %.3g  B %d  train_loss %.4f  val_loss %.4f  val_acc %.4f"
@@ -148,5 +214,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "total_wall_time_s": time.perf_counter() - started,
         }
         run.log(final)
+    checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
     log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
-    return final
+    return {"outcome": "resumed" if resumed else "finished", **final}

@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# A tiny but real configuration: sklearn's bundled digits, 2 epochs, the default model.
-TINY = ["dataset=digits", "trainer.epochs=2", "trainer.threads=1"]
+# A tiny but real configuration: sklearn's bundled digits, 3 epochs with steps after epochs 1
+# and 2 (the default fractional milestones need at least 4 epochs), the default model.
+TINY = ["dataset=digits", "trainer.epochs=3", "schedule.milestones=[1,2]", "trainer.threads=1"]
 # MNIST-1D small enough to generate in about a second.
 TINY_MNIST1D = ["dataset.n_samples=2000", "dataset.n_val=500"]
 

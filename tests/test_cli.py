@@ -6,8 +6,7 @@ from test_train import PER_EPOCH, history
 
 
 def test_three_schedule_multirun(tmp_path, data_dir):
-    result = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, "trainer.epochs=3",
-                     output_dir=tmp_path, data_dir=data_dir)
+    result = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
@@ -20,6 +19,11 @@ def test_three_schedule_multirun(tmp_path, data_dir):
     updates = {r.data.tags["schedule"]: r.data.metrics["total_param_updates"] for r in runs}
     assert updates["increase_bs"] < updates["decay_lr"]
     assert updates["hybrid"] < updates["decay_lr"]
+
+    again = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
+    assert again.returncode == 0
+    assert again.stderr.strip().splitlines()[-1].endswith("0 of 3 jobs failed (3 skipped - already FINISHED, nothing trained)")
+    assert len(client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])) == 3
 
 
 def test_print_config_without_training(tmp_path, data_dir):

@@ -29,7 +29,8 @@ def only_run(client, sweep_id):
 )
 def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group, option):
     extra = TINY_MNIST1D if (group, option) == ("dataset", "mnist1d") else ["dataset=digits"]
-    cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "trainer.threads=1",
+    cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "schedule.milestones=[]", "trainer.threads=1",
+                   "trainer.resume=false",  # several options give the same one-epoch config
                    f"tracking.sweep_id=option-{group}-{option}")
     final = train(cfg)
     assert math.isfinite(final["final_val_loss"]) and 0 <= final["final_val_acc"] <= 1
@@ -78,10 +79,11 @@ def test_same_seed_same_numbers(make_cfg, shared_store):
     client = client_for(shared_store)
     curves = []
     for repeat in range(2):
-        train(make_cfg(*TINY, "trainer.epochs=3", "schedule=hybrid", f"tracking.sweep_id=same-seed-{repeat}"))
+        # resume=false: the second run would otherwise be skipped as already FINISHED
+        train(make_cfg(*TINY, "schedule=hybrid", "trainer.resume=false", f"tracking.sweep_id=same-seed-{repeat}"))
         run_id = only_run(client, f"same-seed-{repeat}").info.run_id
         curves.append({n: history(client, run_id, n) for n in PER_EPOCH if n != "wall_time_s"})
     assert curves[0] == curves[1]
-    train(make_cfg(*TINY, "trainer.epochs=3", "schedule=hybrid", "trainer.seed=1", "tracking.sweep_id=other-seed"))
+    train(make_cfg(*TINY, "schedule=hybrid", "trainer.seed=1", "tracking.sweep_id=other-seed"))
     run_id = only_run(client, "other-seed").info.run_id
     assert history(client, run_id, "train_loss") != curves[0]["train_loss"]

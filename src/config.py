@@ -1,0 +1,219 @@
+"""What a study config may hold, checked before anything is built or logged.
+
+Every problem becomes a ConfigError with one line naming the key, the value and what is
+allowed. Plain groups (trainer, tracking, paths) are checked against dataclass schemas; groups
+built with `_target_` (dataset, model, optimizer, schedule) against the signature of what they
+build, so a new model or schedule needs no schema of its own. Range checks follow.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import ConfigError, _one_line
+from src.schedules import milestone_epochs
+
+
+@dataclass
+class TrainerSchema:
+    epochs: int
+    device: str
+    seed: int
+    threads: Optional[int]
+    last_batch: str
+    eval_batch_size: int
+    resume: bool
+
+
+@dataclass
+class TrackingSchema:
+    uri: str
+    experiment: str
+    artifact_root: str
+    sweep_id: Optional[str]
+
+
+@dataclass
+class PathsSchema:
+    data_dir: str
+    output_dir: str
+
+
+PLAIN_GROUPS = {"trainer": TrainerSchema, "tracking": TrackingSchema, "paths": PathsSchema}
+BUILT_GROUPS = ("dataset", "model", "optimizer", "schedule")
+# Arguments the training loop passes itself, so they must not come from the config.
+SUPPLIED_BY_LOOP = {
+    "dataset": set(),
+    "model": {"input_shape", "n_classes"},
+    "optimizer": {"params", "lr"},
+    "schedule": {"n_train", "epochs", "momentum"},
+}
+# Keys the loop reads that are not arguments of the built object.
+LOOP_KEYS = {"optimizer": {"lr_scale"}}
+LAST_BATCH = ("keep", "drop")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """Refuse a value that plainly does not fit a simple annotation; say nothing otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            _check_type(key, value, options[0])
+        return
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if hint in names:
+        fits = {
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            str: isinstance(value, str),
+            bool: isinstance(value, bool),
+        }[hint]
+        if not fits:
+            raise ConfigError(f"{key}={value!r}: expected {names[hint]}")
+    elif origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        if args:
+            for index, item in enumerate(value):
+                _check_type(f"{key}[{index}]", item, args[0])
+
+
+def _check_plain_group(group: str, node: Any) -> None:
+    schema = PLAIN_GROUPS[group]
+    allowed = [f.name for f in fields(schema)]
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{group}={node!r}: expected a mapping with keys {', '.join(allowed)}")
+    hints = typing.get_type_hints(schema)
+    for key, value in node.items():
+        if key not in allowed:
+            raise ConfigError(f"{group}.{key}: unknown key; {group} has: {', '.join(allowed)}")
+        _check_type(f"{group}.{key}", value, hints[key])
+    missing = [k for k in allowed if k not in node]
+    if missing:
+        raise ConfigError(f"{group}.{missing[0]}: missing; {group} needs: {', '.join(allowed)}")
+
+
+def _check_built_group(group: str, node: Any) -> None:
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise ConfigError(f"{group}={node!r}: expected a mapping with a _target_")
+    try:
+        target = get_method(node["_target_"])
+    except Exception:
+        raise ConfigError(f"{group}._target_={node['_target_']!r}: cannot be imported") from None
+    parameters = inspect.signature(target).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    allowed = [p for p in parameters if p not in SUPPLIED_BY_LOOP[group] and p not in ("self", "cls")]
+    allowed += sorted(LOOP_KEYS.get(group, ()))
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations this Python cannot evaluate: skip the type checks
+        hints = {}
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if key not in allowed and not takes_any:
+            raise ConfigError(f"{group}.{key}: unknown key; {node['_target_']} takes: {', '.join(allowed)}")
+        if key in hints:
+            _check_type(f"{group}.{key}", value, hints[key])
+
+
+def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = False) -> None:
+    _check_type(key, value, float)
+    ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be {'>=' if inclusive else '>'} {minimum}")
+
+
+def _check_ranges(cfg: Mapping) -> None:
+    trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
+    _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
+    if trainer["threads"] is not None:
+        _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
+    _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
+    if trainer["last_batch"] not in LAST_BATCH:
+        raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
+    if not DEVICE.fullmatch(trainer["device"]):
+        raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
+
+    if "momentum" in optimizer:
+        _check_type("optimizer.momentum", optimizer["momentum"], float)
+    if "momentum" in optimizer and not 0.0 <= optimizer["momentum"] < 1.0:
+        raise ConfigError(f"optimizer.momentum={optimizer['momentum']!r}: must be in [0, 1)")
+    _positive("optimizer.lr_scale", optimizer["lr_scale"])
+    if "weight_decay" in optimizer:
+        _positive("optimizer.weight_decay", optimizer["weight_decay"], 0.0, inclusive=True)
+
+    _positive("schedule.lr", schedule["lr"])
+    _check_type("schedule.batch_size", schedule["batch_size"], int)
+    _positive("schedule.batch_size", schedule["batch_size"], 1, inclusive=True)
+    if "factor" in schedule:
+        _positive("schedule.factor", schedule["factor"], 1.0)
+    if "milestones" in schedule:
+        _check_type("schedule.milestones", schedule["milestones"], list[float])
+        milestones = list(schedule["milestones"])
+        try:
+            epochs = milestone_epochs(milestones, trainer["epochs"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ConfigError(
+                f"schedule.milestones={milestones}: must increase strictly (as epochs: {list(epochs)}); "
+                "for a short run give fewer milestones or absolute epochs"
+            )
+        if epochs and not (0 < epochs[0] and epochs[-1] < trainer["epochs"]):
+            raise ConfigError(
+                f"schedule.milestones={milestones}: as epochs {list(epochs)}, must lie in 1..{trainer['epochs'] - 1} "
+                f"(trainer.epochs={trainer['epochs']})"
+            )
+        growth = schedule.get("batch_growth_steps")
+        _check_type("schedule.batch_growth_steps", growth, Optional[int])
+        if growth is not None and growth < 0:
+            raise ConfigError(f"schedule.batch_growth_steps={growth}: allowed >= 0, or null (every milestone)")
+    cap = schedule.get("max_batch_size")
+    _check_type("schedule.max_batch_size", cap, Optional[int])
+    if cap is not None and cap < schedule["batch_size"]:
+        raise ConfigError(f"schedule.max_batch_size={cap}: must be >= schedule.batch_size={schedule['batch_size']}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check a composed config; raise ConfigError (one line) on the first problem."""
+    try:  # without Hydra's own node, which only resolves inside a job
+        plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    except Exception as error:  # an interpolation that does not resolve
+        raise ConfigError(_one_line(str(error))) from None
+    expected = set(PLAIN_GROUPS) | set(BUILT_GROUPS)
+    for key in plain:
+        if key not in expected:
+            raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(expected))}")
+    for group in sorted(expected):
+        if group not in plain:
+            raise ConfigError(f"{group}: missing from the config")
+    for group in PLAIN_GROUPS:
+        _check_plain_group(group, plain[group])
+    _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
+    for group in BUILT_GROUPS:
+        _check_built_group(group, plain[group])
+
+
+def validate_against_data(cfg: DictConfig, n_train: int) -> None:
+    """The checks that need the training-set size N (known once the data are loaded)."""
+    for key in ("batch_size", "max_batch_size"):
+        value = cfg.schedule.get(key)
+        if value is not None and value > n_train:
+            raise ConfigError(f"schedule.{key}={value}: must be <= N = {n_train} training samples")

@@ -1,0 +1,68 @@
+"""The errors that end a run or a sweep on purpose, and how each is told in one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key, the value and what is allowed."""
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being finite: nothing later in the run would mean anything."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _default_keys(parent: str) -> list[str]:
+    """The keys under `parent` in the default config (for error messages)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig, OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        node = OmegaConf.select(compose("config"), parent) if parent else compose("config")
+    return [str(k) for k in node] if isinstance(node, DictConfig) else []
+
+
+def expected(error: BaseException) -> bool:
+    """A bad input or a diverged run, told in one line; anything else is a bug worth a traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(error, (ConfigError, Diverged, HydraException, OmegaConfBaseException))
+
+
+def one_line_error(error: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
+    config or command line, 1 for a run that failed."""
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = str(error)
+    if isinstance(error, ConfigError):
+        return text, 2
+    if isinstance(error, OverrideParseException):
+        return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
+    if isinstance(error, (HydraException, OmegaConfBaseException)):
+        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+        if missing:
+            group, option = missing.groups()
+            options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+            return f"{group}={option}: no such option; allowed: {', '.join(options)}", 2
+        unknown = re.search(r"Could not override '([^']+)'", text)
+        if unknown:
+            key = unknown.group(1)
+            parent, _, leaf = key.rpartition(".")
+            known = _default_keys(parent)
+            allowed = f"{parent or 'the config'} has: {', '.join(known)}; " if known else ""
+            return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
+        return _one_line(text), 2
+    return f"{type(error).__name__}: {_one_line(text)}", 1
