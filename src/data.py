@@ -2,21 +2,38 @@
 
 Batches are slices of a seeded permutation of the resident training tensors (batch_indices),
 so the batch size can change at any epoch with nothing to rebuild and no random state lost:
-no DataLoader, no workers prefetching batches of the old size.
+no DataLoader, no workers prefetching batches of the old size. Augmentation, where a dataset has
+one, works on a whole batch on the device for the same reason (augment_crop_flip).
+
+Loaders of data that must be downloaded (cifar10, covtype) raise DatasetUnavailable, with one
+line saying where to put which files, when the files are missing and cannot be downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"  # what the archive unpacks to, and torchvision's layout
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+
+
+class DatasetUnavailable(RuntimeError):
+    """The data are neither on disk nor downloadable; the message is one line saying where to
+    put which files."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,8 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     n_classes: int
+    # augment(x_batch, generator) -> a new training batch on x_batch's device; None: none
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def n_train(self) -> int:
@@ -112,3 +131,121 @@ def load_digits(n_val: int, split_seed: int) -> Dataset:
     order = np.random.default_rng(split_seed).permutation(len(y))
     x = x[order] / 16.0  # pixel values 0..16 -> 0..1
     return _from_arrays(x, y[order], n_val, n_classes=10)
+
+
+def _unavailable(what_and_where: str, reason: str) -> DatasetUnavailable:
+    """One line, whatever the reason's text holds (urllib's errors can span lines)."""
+    return DatasetUnavailable(" ".join(f"{what_and_where} ({reason})".split()))
+
+
+def _standardise_in_place(train: torch.Tensor, val: torch.Tensor, dims: tuple[int, ...]) -> None:
+    """Subtract the TRAIN part's mean and divide by its (population) std over `dims`, in both
+    parts. A feature constant in the train part is divided by 1, as sklearn's StandardScaler
+    does. In place: CIFAR-10's training set is 600 MB as float32."""
+    std, mean = torch.std_mean(train, dim=dims, correction=0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for part in (train, val):
+        part.sub_(mean).div_(std)
+
+
+def _read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10's python pickles: b"data" uint8 (n, 3072), each row the 1024 red, then green,
+    then blue pixels of a 32x32 image, row-major; b"labels" a list of n ints 0..9."""
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8))
+        labels.extend(batch[b"labels"])
+    x = torch.from_numpy(np.concatenate(images)).reshape(-1, 3, 32, 32).float()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _download_cifar10(data_dir: Path) -> str | None:
+    """Fetch the archive with torchvision when it is installed (an optional dependency, so
+    imported here). None on success, else why not."""
+    try:
+        import torchvision
+    except ImportError:
+        return "torchvision not installed, so no download"
+    try:
+        torchvision.datasets.CIFAR10(root=str(data_dir), download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad checksum a RuntimeError
+        return f"download failed: {type(error).__name__}: {error}"
+    return None
+
+
+def load_cifar10(data_dir: str, download: bool = True) -> Dataset:
+    """CIFAR-10 from torchvision's on-disk format, <data_dir>/cifar-10-batches-py/ (50,000 train
+    images in data_batch_1..5; validation = the 10,000 of test_batch), as float32 (N, 3, 32, 32)
+    normalised per channel with the training set's mean and std. Missing files are downloaded
+    with torchvision when `download` and torchvision is installed. Training batches are
+    augmented as in the paper's base code (augment_crop_flip)."""
+    data_dir = Path(data_dir).resolve()
+    folder = data_dir / CIFAR10_FOLDER
+
+    def missing() -> bool:
+        return not all((folder / name).exists() for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE))
+
+    if missing():
+        reason = _download_cifar10(data_dir) if download else "download=False"
+        if missing():
+            raise _unavailable(
+                f"CIFAR-10 not found: put {CIFAR10_FOLDER}/ (data_batch_1..5 and {CIFAR10_TEST_FILE}, from "
+                f"{CIFAR10_URL}) under {data_dir}",
+                reason or "downloaded, yet files are missing",
+            )
+    x_train, y_train = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
+    x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
+    _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
+    return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip)
+
+
+def load_covtype(data_dir: str, split_seed: int, val_fraction: float = 0.25, download: bool = True) -> Dataset:
+    """Forest covertype (581,012 samples, 54 features, 7 classes) through
+    sklearn.datasets.fetch_covtype, cached under <data_dir>/covertype/ (sklearn's own cache:
+    samples_py3 and targets_py3, joblib dumps); downloaded there when missing and `download`.
+    The blog demo's split: a seeded shuffle, the last `val_fraction` for validation (rounded up,
+    as sklearn's train_test_split does). Features standardised with the train part's mean and
+    std; labels 1..7 become 0..6."""
+    from sklearn.datasets import fetch_covtype
+
+    data_dir = Path(data_dir).resolve()
+    try:
+        # With download_if_missing, sklearn reads its cache when both files are there and only
+        # downloads otherwise. OSError: missing without download, or the download failed.
+        x, y = fetch_covtype(data_home=str(data_dir), download_if_missing=download, return_X_y=True)
+    except OSError as error:
+        raise _unavailable(
+            f"covertype not found: put sklearn's cache covertype/ (samples_py3, targets_py3, written by "
+            f"sklearn.datasets.fetch_covtype(data_home=...) where online) under {data_dir}",
+            f"{type(error).__name__}: {error}" if download else "download=False",
+        ) from error
+    order = np.random.default_rng(split_seed).permutation(len(y))
+    n_val = math.ceil(val_fraction * len(y))
+    data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7)
+    _standardise_in_place(data.x_train, data.x_val, dims=(0,))
+    return data
+
+
+def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The paper's base augmentation (Zagoruyko & Komodakis' code) on a whole batch (N, C, H, W):
+    a random H x W crop of the image zero-padded by `padding` pixels on each side, then a
+    horizontal flip with probability 1/2.
+
+    One gather on x's device, no loop over images. The random offsets and flips (3 numbers per
+    image) are drawn on the generator's device and moved to x's: a CPU generator gives the same
+    augmentation on CPU and GPU for the same seed.
+    """
+    n, _, height, width = x.shape
+    draw_device = generator.device
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
+    flip = torch.rand(n, generator=generator, device=draw_device).to(x.device) < 0.5
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = top[:, None] + torch.arange(height, device=x.device)  # (n, H) rows of the padded image
+    columns = torch.arange(width, device=x.device).expand(n, width)
+    columns = left[:, None] + torch.where(flip[:, None], columns.flip(1), columns)  # flipped: read right to left
+    images = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[images, channels, rows[:, None, :, None], columns[:, None, None, :]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -63,6 +65,112 @@ class CNN1d(nn.Module):
             length = (length - 1) // 2 + 1  # stride 2, 'same' padding
         layers += [nn.Flatten(), nn.Linear(in_channels * length, n_classes)]
         self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """Ghost batch norm (Hoffer et al. 2017), as the paper uses it: in training the batch is cut
+    into chunks of `ghost_batch_size` samples (the last may be smaller) and each chunk is
+    normalised with its own mean and variance, so the normalisation noise does not shrink as B
+    grows. With ghost_batch_size >= the batch, and in eval mode, it is nn.BatchNorm2d.
+
+    The running statistics take one update per training batch, as plain BN's do, towards the
+    mean over chunks of the chunk means and of the (unbiased) chunk variances: what TensorFlow's
+    virtual_batch_size does, and what eval mode then normalises with.
+    """
+
+    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.ghost_batch_size = ghost_batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or len(x) <= self.ghost_batch_size:
+            return super().forward(x)
+        chunks = x.split(self.ghost_batch_size)
+        # F.batch_norm with momentum 1 overwrites a running buffer with the chunk's own mean
+        # and unbiased variance: each chunk's statistics, with no second pass over the data.
+        means = self.running_mean.new_zeros(len(chunks), self.num_features)
+        variances = self.running_var.new_zeros(len(chunks), self.num_features)
+        outputs = [
+            F.batch_norm(chunk, means[i], variances[i], self.weight, self.bias, True, 1.0, self.eps)
+            for i, chunk in enumerate(chunks)
+        ]
+        with torch.no_grad():
+            self.running_mean.lerp_(means.mean(0), self.momentum)
+            self.running_var.lerp_(variances.mean(0), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return torch.cat(outputs)
+
+
+class _WideBasicBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3(stride)-BN-ReLU-dropout-conv3x3, plus the
+    input. When the width or resolution changes, the shortcut is a strided 1x1 conv of the
+    BN-ReLU'd input (shared with the residual branch, as in the authors' code)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, ghost_batch_size: int, dropout: float):
+        super().__init__()
+        self.bn1 = GhostBatchNorm2d(in_channels, ghost_batch_size)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = GhostBatchNorm2d(out_channels, ghost_batch_size)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if in_channels != out_channels or stride != 1
+            else None
+        )
+
+    def forward(self, x):
+        activated = F.relu(self.bn1(x))
+        residual = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(activated)))))
+        return residual + (x if self.shortcut is None else self.shortcut(activated))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-width (Zagoruyko & Komodakis 2016), the paper's CIFAR-10 model (16-4, 2.7M
+    parameters) with ghost batch norm in every BN layer.
+
+    conv3x3 to 16 channels; three stages of (depth - 4) / 6 pre-activation basic blocks, 16k,
+    32k and 64k channels wide, strides 1, 2, 2; BN-ReLU; global average pool; linear.
+    input_shape is (channels, height, width).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        depth: int = 16,
+        width: int = 4,
+        ghost_batch_size: int = 128,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth={depth}: must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...)")
+        blocks_per_stage = (depth - 4) // 6
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False)]
+        in_channels = 16
+        for stage_channels, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+            for block in range(blocks_per_stage):
+                layers.append(
+                    _WideBasicBlock(in_channels, stage_channels, stride if block == 0 else 1, ghost_batch_size, dropout)
+                )
+                in_channels = stage_channels
+        layers += [
+            GhostBatchNorm2d(in_channels, ghost_batch_size),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(in_channels, n_classes),
+        ]
+        self.net = nn.Sequential(*layers)
+        for module in self.modules():  # the authors' initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.net(x)

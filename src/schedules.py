@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ def milestone_epochs(milestones: Sequence[float], epochs: int) -> tuple[int, ...
     if all(fractions):
         return tuple(math.floor(m * epochs + 0.5) for m in milestones)  # round half up
     return tuple(int(m) for m in milestones)
+
+
+def batch_cap(max_batch_size: int | None, n_train: int) -> int:
+    """The largest batch a schedule grows to: None = N / 10, the paper's recipe."""
+    return n_train // 10 if max_batch_size is None else int(max_batch_size)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class StepSchedule:
             factor=float(factor),
             milestones=steps,
             batch_growth_steps=len(steps) if batch_growth_steps is None else int(batch_growth_steps),
-            max_batch_size=n_train // 10 if max_batch_size is None else int(max_batch_size),
+            max_batch_size=batch_cap(max_batch_size, n_train),
         )
 
     def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
@@ -122,6 +127,116 @@ class StepSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+@dataclass
+class _PlateauState:
+    """What a PlateauSchedule has drawn from the losses so far (its state_dict)."""
+
+    lr: float  # current
+    batch_size: int  # current
+    phase: str  # "batch": a drop grows B; "lr": a drop divides lr
+    best: float | None = None  # lowest validation loss so far; None before the first
+    wait: int = 0  # epochs since the best improved by more than min_delta
+    seen: int = 0  # validation losses consumed
+
+
+@dataclass(eq=False)  # a stateful object: equal configs are not equal schedules
+class PlateauSchedule:
+    """The blog demo's plateau-driven schedules as one state machine: the noise scale drops by
+    `factor` whenever the validation loss has not improved for `patience` epochs.
+
+    The rule is Keras' ReduceLROnPlateau (mode min, cooldown 0, min_delta absolute): a loss below
+    best - min_delta becomes the best and resets the wait; any other loss adds one epoch to the
+    wait, and a wait of `patience` epochs is a plateau, which resets the wait and drops the noise
+    scale:
+      - batch phase (grow_batch=True, the blog's batch arm): B *= factor while the new B stays
+        <= max_batch_size (the blog's "continue while B <= N_train/10"). The first plateau at
+        which it would not switches the schedule for good to the lr phase, and is itself an lr
+        decay.
+      - lr phase (from the start when grow_batch=False: the blog's baseline, plain
+        ReduceLROnPlateau): lr /= factor.
+    best and wait carry over the phase change. The blog demo called fit() once per phase, which
+    reset the callback's best and wait each time; that flaw is not reproduced.
+
+    Same interface as StepSchedule: call it with the epoch about to start and the validation
+    losses of all finished epochs. It consumes the losses it has not seen yet, so calling it every
+    epoch with the growing list, or once with a whole history, gives the same plan. Its state
+    (state_dict, JSON-able) is what a resumed run needs to continue identically.
+    """
+
+    name: str
+    lr: float  # initial
+    batch_size: int  # initial
+    momentum: float
+    max_batch_size: int
+    factor: float = 5.0
+    patience: int = 3  # epochs
+    grow_batch: bool = True
+    min_delta: float = 1e-4  # absolute, in units of the loss
+    _state: _PlateauState = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._state = _PlateauState(self.lr, self.batch_size, "batch" if self.grow_batch else "lr")
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        name: str,
+        lr: float,
+        batch_size: int,
+        factor: float = 5.0,
+        patience: int = 3,
+        max_batch_size: int | None = None,
+        grow_batch: bool = True,
+        min_delta: float = 1e-4,
+        n_train: int,
+        epochs: int,
+        momentum: float,
+    ) -> PlateauSchedule:
+        """Resolve max_batch_size None = N / 10. `epochs` is taken, and not needed, so that every
+        schedule is built by the same call."""
+        return cls(
+            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(momentum),
+            max_batch_size=batch_cap(max_batch_size, n_train), factor=float(factor), patience=int(patience),
+            grow_batch=bool(grow_batch), min_delta=float(min_delta),
+        )
+
+    def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
+        state = self._state
+        if len(val_losses) < state.seen:
+            raise ValueError(
+                f"{self.name}: {len(val_losses)} validation losses given, {state.seen} already seen; "
+                "pass the whole history of the run"
+            )
+        for loss in val_losses[state.seen :]:
+            state.seen += 1
+            best = math.inf if state.best is None else state.best
+            if loss < best - self.min_delta:  # False for a NaN loss: it never improves
+                state.best, state.wait = float(loss), 0
+                continue
+            state.wait += 1
+            if state.wait >= self.patience:
+                state.wait = 0
+                self._drop_noise_scale()
+        return Plan(lr=state.lr, batch_size=state.batch_size, momentum=self.momentum)
+
+    def _drop_noise_scale(self) -> None:
+        state = self._state
+        if state.phase == "batch":
+            grown = int(round(state.batch_size * self.factor))
+            if grown <= self.max_batch_size:
+                state.batch_size = grown
+                return
+            state.phase = "lr"  # for good: this plateau and every later one divide lr
+        state.lr /= self.factor
+
+    def state_dict(self) -> dict:
+        return asdict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = _PlateauState(**state)
 
 
 def updates_in_epoch(n_train: int, batch_size: int, last_batch: str) -> int:

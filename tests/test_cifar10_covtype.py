@@ -1,0 +1,185 @@
+"""The cifar10 and covtype loaders on small files written here in the real on-disk formats, their
+one-line errors when the data are missing, and the batch augmentation."""
+
+import pickle
+import socket
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import fetch_covtype
+
+from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype
+
+PER_BATCH = 20  # images per CIFAR-10 batch file (the real ones hold 10,000)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No name resolves, as on a machine without internet: a download attempt fails at once
+    instead of fetching 160 MB where the network is up."""
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+
+
+def write_cifar10(data_dir, seed=0) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
+    """cifar-10-batches-py/data_batch_1..5 and test_batch as the real archive has them: pickled
+    dicts with bytes keys, b"data" uint8 (n, 3072) channel-major rows, b"labels" a list."""
+    rng = np.random.default_rng(seed)
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        # channels with different means and spreads, so that normalisation has work to do
+        red, green, blue = (rng.integers(lo, hi, (PER_BATCH, 1024)) for lo, hi in ((0, 256), (100, 150), (0, 60)))
+        data = np.concatenate([red, green, blue], axis=1).astype(np.uint8)
+        labels = rng.integers(0, 10, PER_BATCH).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(PER_BATCH)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        written[name] = (data, labels)
+    train = [written[f"data_batch_{i}"] for i in range(1, 6)]
+    return (np.concatenate([d for d, _ in train]), sum((l for _, l in train), []), *written["test_batch"])
+
+
+def test_cifar10_reads_the_python_batches_normalised_per_channel(tmp_path):
+    raw_train, train_labels, raw_val, val_labels = write_cifar10(tmp_path)
+    data = load_cifar10(str(tmp_path), download=False)
+    assert data.x_train.shape == (5 * PER_BATCH, 3, 32, 32) and data.x_val.shape == (PER_BATCH, 3, 32, 32)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.y_train.tolist() == train_labels and data.y_val.tolist() == val_labels
+    assert data.n_classes == 10 and data.augment is augment_crop_flip
+    assert torch.allclose(data.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(data.x_train.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4)
+    # pixel (c, i, j) is row entry c*1024 + i*32 + j; validation uses the TRAIN statistics
+    pixels = raw_train.reshape(-1, 3, 1024).transpose(1, 0, 2).reshape(3, -1).astype(np.float64)
+    mean, std = pixels.mean(axis=1), pixels.std(axis=1)
+    for x, raw in ((data.x_train, raw_train), (data.x_val, raw_val)):
+        expected = (raw.reshape(-1, 3, 32, 32) - mean[:, None, None]) / std[:, None, None]
+        assert np.allclose(x.numpy(), expected, atol=1e-4)
+    assert data.to(torch.device("cpu")).augment is augment_crop_flip
+
+
+def assert_one_line_naming(error: pytest.ExceptionInfo, *parts: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message and "\r" not in message
+    for part in parts:
+        assert part in message
+
+
+def test_cifar10_missing_is_one_line_saying_what_goes_where(tmp_path, offline):
+    for download in (False, True):
+        with pytest.raises(DatasetUnavailable) as error:
+            load_cifar10(str(tmp_path), download=download)
+        assert_one_line_naming(error, str(tmp_path.resolve()), "cifar-10-batches-py/", "data_batch_1", "test_batch",
+                               "cifar-10-python.tar.gz")
+    assert isinstance(error.value, RuntimeError)
+
+
+def write_covtype_cache(data_home, n=200, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's own cache of fetch_covtype: covertype/samples_py3 (float64 (n, 54)) and
+    covertype/targets_py3 (int32 labels 1..7), joblib dumps as sklearn writes them. Column 0
+    (elevation) holds each row's index, to trace rows through the split; the last column
+    (a soil type) is all zero, as rare soil types nearly are."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate(
+        [np.arange(n)[:, None], rng.normal(200, 50, (n, 9)), rng.integers(0, 2, (n, 43)), np.zeros((n, 1))], axis=1
+    )
+    y = rng.integers(1, 8, n).astype(np.int32)
+    folder = data_home / "covertype"
+    folder.mkdir(parents=True)
+    joblib.dump(x, folder / "samples_py3", compress=9)
+    joblib.dump(y, folder / "targets_py3", compress=9)
+    return x, y
+
+
+def row_ids(data) -> tuple[np.ndarray, np.ndarray]:
+    """Column 0 standardised is an increasing affine map of the row index: ranks give it back."""
+    column = torch.cat([data.x_train[:, 0], data.x_val[:, 0]]).numpy()
+    ids = column.argsort().argsort()
+    return ids[: data.n_train], ids[data.n_train :]
+
+
+def test_covtype_reads_sklearns_cache_standardised_and_split(tmp_path):
+    x, y = write_covtype_cache(tmp_path)
+    assert fetch_covtype(data_home=str(tmp_path), download_if_missing=False, return_X_y=True)[0].shape == (200, 54)
+    data = load_covtype(str(tmp_path), split_seed=0, download=False)
+    assert data.x_train.shape == (150, 54) and data.x_val.shape == (50, 54)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.n_classes == 7 and data.augment is None
+    train_ids, val_ids = row_ids(data)
+    assert sorted([*train_ids, *val_ids]) == list(range(200))  # a partition of the rows
+    assert data.y_train.tolist() == (y[train_ids] - 1).tolist() and data.y_val.tolist() == (y[val_ids] - 1).tolist()
+    assert set(data.y_train.tolist()) <= set(range(7))
+    varying = data.x_train[:, :-1]
+    assert torch.allclose(varying.mean(0), torch.zeros(53), atol=1e-5)
+    assert torch.allclose(varying.std(0, correction=0), torch.ones(53), atol=1e-4)
+    assert not data.x_train[:, -1].any() and not data.x_val[:, -1].any()  # constant: 0, no division by 0
+    # validation standardised with the TRAIN part's statistics
+    train_rows = x[train_ids]
+    expected = (x[val_ids, 1:10] - train_rows[:, 1:10].mean(0)) / train_rows[:, 1:10].std(0)
+    assert np.allclose(data.x_val[:, 1:10].numpy(), expected, atol=1e-4)
+
+
+def test_covtype_split_is_seeded(tmp_path):
+    write_covtype_cache(tmp_path)
+    splits = [row_ids(load_covtype(str(tmp_path), split_seed=seed, download=False))[1] for seed in (0, 0, 1)]
+    assert np.array_equal(splits[0], splits[1]) and not np.array_equal(splits[0], splits[2])
+    assert len(row_ids(load_covtype(str(tmp_path), split_seed=0, val_fraction=0.1, download=False))[1]) == 20
+
+
+@pytest.mark.filterwarnings("ignore:Retry downloading")
+def test_covtype_missing_is_one_line_saying_what_goes_where(tmp_path, offline):
+    for download in (False, True):  # offline, the download attempt fails after sklearn's retries
+        with pytest.raises(DatasetUnavailable) as error:
+            load_covtype(str(tmp_path / "data"), split_seed=0, download=download)
+        assert_one_line_naming(error, str((tmp_path / "data").resolve()), "covertype/", "samples_py3", "targets_py3")
+    assert "URLError" in str(error.value)
+
+
+def numbered_images(n: int, size: int = 6) -> torch.Tensor:
+    """(n, 2, size, size) images whose pixels are all different and non-zero."""
+    return torch.arange(1, n * 2 * size * size + 1, dtype=torch.float32).view(n, 2, size, size)
+
+
+def test_augmentation_is_reproducible_and_keeps_shape_and_dtype():
+    x = numbered_images(32)
+    first = augment_crop_flip(x, torch.Generator().manual_seed(0))
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert torch.equal(first, augment_crop_flip(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, augment_crop_flip(x, torch.Generator().manual_seed(1)))
+
+
+def test_flips_mirror_half_the_images():
+    x = numbered_images(64)
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=0)  # no crop: flips alone
+    flipped = [torch.equal(o, torch.flip(i, dims=[-1])) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image one or the other
+    assert 16 < sum(flipped) < 48
+
+
+def test_crops_are_shifted_windows_of_the_zero_padded_image():
+    padding, size = 2, 6
+    x = numbered_images(64, size)
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=padding)
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    seen = set()
+    for image, source in zip(out, padded):
+        matches = [
+            (top, left, flip)
+            for top in range(2 * padding + 1)
+            for left in range(2 * padding + 1)
+            for flip in (False, True)
+            if torch.equal(image, source[:, top : top + size, left : left + size].flip(-1) if flip
+                           else source[:, top : top + size, left : left + size])
+        ]
+        assert len(matches) == 1, "not a window of the padded image"
+        seen.add(matches[0][:2])
+    assert len(seen) > 12  # most of the 25 shifts occur
+    assert (out == 0).any()  # zeros of the padding enter the shifted images
