@@ -42,7 +42,7 @@ REPORTED = {
     "final_val_loss": "final val loss",
     "best_val_loss": "best val loss",
     "total_param_updates": "param updates",
-    "total_wall_time_s": "wall time (s)",
+    "total_wall_time_s": "total wall time (s)",
     "train_time_s": "train time (s)",
 }
 # report.csv's columns (report.json's rows have the same keys). Ratios are of the means.
@@ -84,6 +84,9 @@ class RunData:
         if name == "best_val_loss":
             return min(self.history["val_loss"])
         return self.metrics[name]
+
+
+BySchedule = dict[str, list[RunData]]  # schedule -> its runs
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def group_runs(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     return dict(sorted(groups.items()))
 
 
-def by_schedule(runs: Sequence[RunData], baseline: str) -> dict[str, list[RunData]]:
+def by_schedule(runs: Sequence[RunData], baseline: str) -> BySchedule:
     """schedule -> runs, the baseline first (so it gets the first colour and the first row)."""
     grouped = defaultdict(list)
     for run in runs:
@@ -225,7 +228,7 @@ def report_rows(runs: Sequence[RunData], baseline: str = "decay_lr", tolerance: 
 # --- figures -----------------------------------------------------------------------------------
 
 
-def _styles(groups: dict[str, list[RunData]]) -> dict[str, dict]:
+def _styles(groups: BySchedule) -> dict[str, dict]:
     """schedule -> line style and legend label (with the number of seeds behind the curve)."""
     styles = {}
     for i, (schedule, runs) in enumerate(groups.items()):
@@ -250,7 +253,7 @@ def _seed_band(runs: Sequence[RunData], name: str, scale: float = 1.0):
     return values.mean(0), values.min(0), values.max(0)
 
 
-def _curves(ax, finished: dict[str, list[RunData]], styles: dict, y: str, x: str | None = None,
+def _curves(ax, finished: BySchedule, styles: dict, y: str, x: str | None = None,
             y_scale: float = 1.0) -> None:
     """Mean over seeds of y against epochs trained (x None) or against the mean of metric x,
     with a min-max band over seeds."""
@@ -260,7 +263,7 @@ def _curves(ax, finished: dict[str, list[RunData]], styles: dict, y: str, x: str
         ax.plot(xs, mean, **styles[schedule])
         ax.fill_between(xs, low, high, color=styles[schedule]["color"], alpha=0.2, linewidth=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="mean over seeds, band: min to max", title_fontsize="small")
 
 
 def _epoch_axis(ax) -> None:
@@ -268,7 +271,7 @@ def _epoch_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _steps(ax, finished: dict[str, list[RunData]], styles: dict, name: str) -> None:
+def _steps(ax, finished: BySchedule, styles: dict, name: str) -> None:
     """A per-epoch setting (lr, B, g) as a step function: the value of step e holds over
     epochs [e, e + 1)."""
     for schedule, runs in finished.items():
@@ -279,7 +282,7 @@ def _steps(ax, finished: dict[str, list[RunData]], styles: dict, name: str) -> N
     ax.legend()
 
 
-def plot_schedules(finished, styles, title) -> Figure:
+def plot_schedules(finished: BySchedule, styles: dict, title: str) -> Figure:
     """The paper's figure 1: learning rate and batch size against epochs."""
     fig, (lr, batch) = _figure(title, ncols=2)
     _steps(lr, finished, styles, "lr")
@@ -290,7 +293,7 @@ def plot_schedules(finished, styles, title) -> Figure:
     return fig
 
 
-def plot_val_acc_epochs(finished, styles, title) -> Figure:
+def plot_val_acc_epochs(finished: BySchedule, styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     _curves(ax, finished, styles, "val_acc", y_scale=100)
     _epoch_axis(ax)
@@ -298,7 +301,7 @@ def plot_val_acc_epochs(finished, styles, title) -> Figure:
     return fig
 
 
-def plot_val_acc_updates(finished, styles, title) -> Figure:
+def plot_val_acc_updates(finished: BySchedule, styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     _curves(ax, finished, styles, "val_acc", x="param_updates", y_scale=100)
     ax.set(xscale="log", xlabel="parameter updates (optimizer steps, log scale)",
@@ -310,7 +313,7 @@ def plot_val_acc_updates(finished, styles, title) -> Figure:
     return fig
 
 
-def plot_train_loss(finished, styles, title) -> Figure:
+def plot_train_loss(finished: BySchedule, styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     _curves(ax, finished, styles, "train_loss")
     _epoch_axis(ax)
@@ -318,21 +321,21 @@ def plot_train_loss(finished, styles, title) -> Figure:
     return fig
 
 
-def plot_noise_scale(finished, styles, title) -> Figure:
+def plot_noise_scale(finished: BySchedule, styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     _steps(ax, finished, styles, "noise_scale")
     ax.set(yscale="log", ylabel="noise scale g = lr/(1-m) (N/B - 1)  (log scale)")
     return fig
 
 
-def plot_val_loss_wall_time(finished, styles, title) -> Figure:
+def plot_val_loss_wall_time(finished: BySchedule, styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     _curves(ax, finished, styles, "val_loss", x="wall_time_s")
     ax.set(xlabel="training wall time (s)", ylabel="validation loss (cross-entropy, nats)")
     return fig
 
 
-def plot_totals(rows: list[dict], styles, title, baseline: str) -> Figure:
+def plot_totals(rows: list[dict], styles: dict, title: str, baseline: str) -> Figure:
     """Bars of mean total wall time and parameter updates (std as error bars), each bar labelled
     with its ratio to the baseline."""
     fig, axes = _figure(title, ncols=2)
@@ -430,8 +433,8 @@ def write_report(folder: Path, sweep_id: str, experiment: str, sections: dict[st
     md = [
         f"# Sweep {sweep_id}",
         "",
-        f"Experiment `{experiment}`: {n_runs} runs, {len(failed)} of them failed (listed at the end, "
-        f"left out of every mean). Mean ± std over seeds of the finished runs; accuracy in %, times "
+        f"Experiment `{experiment}`: {n_runs} runs, {len(failed)} of them not finished (FAILED, KILLED "
+        f"or still RUNNING: listed under Failed runs, left out of every mean). Mean ± std over seeds of the finished runs; accuracy in %, times "
         f"in seconds (wall time: the whole job; train time: the training steps only). Verdict: "
         f"matched = mean final validation accuracy at most {tolerance:g} point(s) below {baseline}'s.",
         "",
@@ -444,7 +447,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, sections: dict[st
     if failed:
         md += ["| run | schedule | seed | status | error |", "|---|---|---|---|---|"]
         md += [f"| {r.tags.get('mlflow.runName', r.run_id)} | {r.schedule} | {r.tags.get('seed', '?')} | "
-               f"{r.status} | {r.tags.get('error', '-')} |" for r in failed]
+               f"{r.status} | {_cell(r.tags.get('error', '-'))} |" for r in failed]
     else:
         md.append("None.")
     (folder / "report.md").write_text("\n".join(md) + "\n")
@@ -463,6 +466,11 @@ def write_report(folder: Path, sweep_id: str, experiment: str, sections: dict[st
     }
     (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return [folder / name for name in ("report.md", "report.csv", "report.json")]
+
+
+def _cell(text: str) -> str:
+    """Text as one markdown table cell: an error message may hold newlines or pipes."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _folder_name(label: str) -> str:
@@ -522,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    folder = args.output_dir / sweep_id
+    folder = args.output_dir / _folder_name(sweep_id)
     experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
     summary = client.create_run(experiment_id, tags={
         "sweep_id": sweep_id, "kind": "summary", "mlflow.runName": f"figures {sweep_id}"}).info.run_id
