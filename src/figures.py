@@ -505,16 +505,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.figures",
         description="Figures and a results table for one sweep, read from the MLflow store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db")
-    parser.add_argument("--experiment", default="batch-size-study")
-    parser.add_argument("--sweep-id", help="default: the newest sweep (latest run start)")
+    parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="the MLflow store")
+    parser.add_argument("--experiment", default="batch-size-study", help="the MLflow experiment")
+    parser.add_argument("--sweep-id", help="the sweep to report; none: the newest (latest run start)")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="read only runs with this tag (repeatable)")
     parser.add_argument("--baseline", default="decay_lr", help="the schedule ratios are taken to")
     parser.add_argument("--tolerance", type=float, default=1.0,
                         help="accuracy points below the baseline that still count as matched")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/figures"))
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/figures"),
+                        help="files go to OUTPUT_DIR/<sweep_id>/")
     return parser.parse_args(argv)
 
 

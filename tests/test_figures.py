@@ -152,7 +152,7 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
 @pytest.mark.parametrize("args,message", [
     (["--sweep-id", "nope"], "error: no runs with sweep_id 'nope' in experiment 'batch-size-study' (known sweeps: "),
     (["--experiment", "nope"], "error: no experiment 'nope' (known experiments: "),
-])
+], ids=["sweep", "experiment"])
 def test_unknown_sweep_or_experiment_is_one_line_and_exit_2(sweep, args, message):
     store, sweep_id, _ = sweep
     result = run_figures(store, *args)
