@@ -105,8 +105,10 @@ def _all_runs(client: MlflowClient, experiment_id: str) -> list:
 def _run_data(client: MlflowClient, run) -> RunData:
     history = {}
     for name in HISTORIES:
-        points = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
-        history[name] = [m.value for m in points]
+        by_step = {}  # an epoch logged twice (a resumed run) keeps its last value
+        for point in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.timestamp):
+            by_step[point.step] = point.value
+        history[name] = [by_step[step] for step in sorted(by_step)]
     return RunData(run.info.run_id, run.info.status, run.info.start_time, dict(run.data.tags),
                    dict(run.data.params), dict(run.data.metrics), history)
 
