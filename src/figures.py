@@ -116,7 +116,8 @@ def _run_data(client: MlflowClient, run) -> RunData:
 def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = None,
                tags: dict[str, str] | None = None) -> tuple[str, list[RunData]]:
     """(sweep_id, its training runs): the given sweep, or the newest (the greatest run start time)
-    among the runs whose tags match `tags`. Summary runs (tag kind=summary) are never read."""
+    among the runs whose tags match `tags`. Summary runs (tag kind=summary) and runs superseded
+    by a retrained one are never read."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
@@ -126,6 +127,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
     runs = [
         run for run in _all_runs(client, found.experiment_id)
         if "sweep_id" in run.data.tags and run.data.tags.get("kind") != "summary"
+        and "superseded_by" not in run.data.tags  # killed before its first checkpoint, retrained
         and all(run.data.tags.get(key) == value for key, value in tags.items())
     ]
     started: dict[str, int] = {}

@@ -121,6 +121,12 @@ class TrackedRun:
         self.client.log_batch(self.run_id, metrics=batch)
 
 
+def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> None:
+    """Move a run that a re-run sweep skips or resumes into that sweep, so the newest sweep holds
+    every run of its command (the figures read one sweep at a time)."""
+    MlflowClient(cfg.tracking.uri).set_tag(run_id, "sweep_id", sweep_id)
+
+
 def _close_stale_runs(client: MlflowClient, cfg: DictConfig, key: str, keep: str) -> None:
     """Runs of this config left RUNNING by a process killed before its first checkpoint: nothing
     can resume them, so they are marked KILLED and point at the run that replaces them."""
@@ -142,6 +148,7 @@ def tracked_run(
     if resume_run_id:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")
+        join_sweep(cfg, run_id, tags["sweep_id"])
         if "error" in client.get_run(run_id).data.tags:  # from the attempt that failed
             client.delete_tag(run_id, "error")
     else:

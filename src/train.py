@@ -115,9 +115,11 @@ def train(cfg: DictConfig) -> dict:
     trainer = cfg.trainer
     label = f"{cfg.schedule.name} seed={trainer.seed}"
     key = tracking.config_hash(cfg)
+    sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     if trainer.resume:
         for done in tracking.runs_with_config(cfg, key, status="FINISHED")[:1]:
             log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, key)
+            tracking.join_sweep(cfg, done.info.run_id, sweep_id)
             return {"outcome": "skipped", **{k: done.data.metrics[k] for k in FINAL_METRICS}}
     checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{key}.pt"
     resumed = checkpoint.load(checkpoint_path, CHECKPOINT_KEYS) if trainer.resume else None
@@ -150,7 +152,6 @@ def train(cfg: DictConfig) -> dict:
         val_losses = list(resumed["val_losses"])
         val_acc = resumed["metrics"]["val_acc"]
 
-    sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id}
     with tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"]) as run:
         if resumed:

@@ -23,7 +23,10 @@ def test_three_schedule_multirun(tmp_path, data_dir):
     again = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert again.returncode == 0
     assert again.stderr.strip().splitlines()[-1].endswith("0 of 3 jobs failed (3 skipped - already FINISHED, nothing trained)")
-    assert len(client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])) == 3
+    rerun = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
+    assert len(rerun) == 3  # nothing new ...
+    assert len({r.data.tags["sweep_id"] for r in rerun}) == 1  # ... and the re-run sweep holds all three
+    assert rerun[0].data.tags["sweep_id"] != runs[0].data.tags["sweep_id"]
 
 
 def test_print_config_without_training(tmp_path, data_dir):
