@@ -64,34 +64,66 @@ def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) ->
             group["momentum"] = plan.momentum
 
 
-def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, last_batch: str):
-    """One pass over the permutation `order`. Returns (mean train loss, updates, samples)."""
+def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, last_batch: str,
+                micro_batch_size: int | None, generator: torch.Generator, precision: "Precision"):
+    """One pass over the permutation `order`. Returns (mean train loss, updates, samples).
+
+    A batch larger than micro_batch_size is cut into micro-batches whose gradients add up to
+    the whole batch's (each loss weighted by its share of the batch) before ONE optimizer step:
+    B = 16,000 fits in the memory that a micro-batch needs. Augmentation (if the data have one)
+    is drawn for the whole batch first, so it does not depend on the micro-batch size.
+    """
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
     for index in batch_indices(order, batch_size, last_batch):
-        loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
+        x, y = data.x_train[index], data.y_train[index]
+        if data.augment is not None:
+            x = data.augment(x, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for x_part, y_part in zip(x.split(micro_batch_size or len(index)), y.split(micro_batch_size or len(index))):
+            with precision.autocast():
+                loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
+            (loss * (len(y_part) / len(index))).backward()
+            loss_sum += loss.detach() * len(y_part)
         optimizer.step()
-        loss_sum += loss.detach() * len(index)
         updates += 1
         samples += len(index)
     return loss_sum.item() / samples, updates, samples
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[float, float]:
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Precision") -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction, 0..1) over (x, y)."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for start in range(0, len(y), chunk):
-        logits = model(x[start : start + chunk])
+        with precision.autocast():
+            logits = model(precision.layout(x[start : start + chunk]))
         target = y[start : start + chunk]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
         correct += (logits.argmax(1) == target).sum()
     return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+class Precision:
+    """trainer.bf16: run forward passes under bfloat16 autocast (weights, gradients and the
+    optimizer stay float32). trainer.channels_last: NHWC layout for 4-D inputs and the model,
+    what tensor-core convolutions want. Both off by default: exact float32 numbers that match
+    across machines; the GPU presets turn them on."""
+
+    def __init__(self, device: torch.device, bf16: bool, channels_last: bool):
+        self.device_type, self.bf16, self.channels_last = device.type, bf16, channels_last
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
 def rng_state(batch_order: torch.Generator) -> dict:
@@ -132,12 +164,16 @@ def train(cfg: DictConfig) -> dict:
     device = pick_device(trainer.device)
     data: Dataset = instantiate(cfg.dataset).to(device)
     validate_against_data(cfg, data.n_train)
+    precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
+    model = precision.prepare(model)
     momentum = cfg.optimizer.get("momentum", 0.0)  # Adam: 0, see conf/optimizer/adam.yaml
-    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, momentum=momentum)
+    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, optimizer_momentum=momentum)
     lr_scale = cfg.optimizer.lr_scale
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
-    batch_order = torch.Generator().manual_seed(trainer.seed)  # on CPU: same order on any device
+    # One CPU stream for the batch order and the augmentation: the same on any device, and one
+    # state to checkpoint.
+    batch_order = torch.Generator().manual_seed(trainer.seed)
 
     first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
     val_losses: list[float] = []
@@ -165,13 +201,14 @@ def train(cfg: DictConfig) -> dict:
 
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
-                model, optimizer, data, order, plan.batch_size, trainer.last_batch
+                model, optimizer, data, order, plan.batch_size, trainer.last_batch,
+                trainer.micro_batch_size, batch_order, precision,
             )
             train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
             param_updates += updates
             samples_seen += samples
 
-            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size)
+            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size, precision)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
             val_losses.append(val_loss)
