@@ -18,6 +18,7 @@ import math
 import random
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from src import checkpoint, tracking
 from src.config import validate, validate_against_data
 from src.data import Dataset, batch_indices
-from src.errors import Diverged
+from src.distributed import World, all_sum, join, leave, share
+from src.errors import ConfigError, Diverged
 from src.schedules import Plan, noise_scale
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, world: World) -> torch.device:
+    """auto: CUDA when present (under DDP, the rank's local GPU), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -65,13 +71,15 @@ def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) ->
 
 
 def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, last_batch: str,
-                micro_batch_size: int | None, generator: torch.Generator, precision: "Precision"):
+                micro_batch_size: int | None, generator: torch.Generator, precision: "Precision",
+                world: World = World()):
     """One pass over the permutation `order`. Returns (mean train loss, updates, samples).
 
     A batch larger than micro_batch_size is cut into micro-batches whose gradients add up to
     the whole batch's (each loss weighted by its share of the batch) before ONE optimizer step:
     B = 16,000 fits in the memory that a micro-batch needs. Augmentation (if the data have one)
-    is drawn for the whole batch first, so it does not depend on the micro-batch size.
+    is drawn for the whole batch first, so it depends neither on the micro-batch size nor on the
+    number of ranks. Under DDP each rank trains on its share (src/distributed.py).
     """
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
@@ -80,22 +88,32 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
             x = data.augment(x, generator)
+        x, y = share(x, world), share(y, world)
+        weight = world.size / len(index)  # per sample: its share of the batch, DDP's average undone
+        parts = list(zip(x.split(micro_batch_size or len(y)), y.split(micro_batch_size or len(y))))
         optimizer.zero_grad(set_to_none=True)
-        for x_part, y_part in zip(x.split(micro_batch_size or len(index)), y.split(micro_batch_size or len(index))):
-            with precision.autocast():
-                loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
-            (loss * (len(y_part) / len(index))).backward()
+        for number, (x_part, y_part) in enumerate(parts):
+            # DDP all-reduces gradients after the last micro-batch only
+            last = number == len(parts) - 1
+            with nullcontext() if last or world.size == 1 else model.no_sync():
+                with precision.autocast():
+                    loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
+                (loss * (len(y_part) * weight)).backward()
             loss_sum += loss.detach() * len(y_part)
         optimizer.step()
         updates += 1
         samples += len(index)
-    return loss_sum.item() / samples, updates, samples
+    return all_sum(loss_sum, world).item() / samples, updates, samples
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Precision") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction, 0..1) over (x, y)."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Precision",
+             world: World = World()) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction, 0..1) over (x, y); under DDP each rank
+    evaluates its share and the sums are added across ranks."""
     model.eval()
+    n = len(y)
+    x, y = share(x, world), share(y, world)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for start in range(0, len(y), chunk):
@@ -104,7 +122,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Pr
         target = y[start : start + chunk]
         loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
         correct += (logits.argmax(1) == target).sum()
-    return loss_sum.item() / len(y), correct.item() / len(y)
+    return all_sum(loss_sum, world).item() / n, all_sum(correct, world).item() / n
 
 
 class Precision:
@@ -141,7 +159,16 @@ def restore_rng(state: dict, batch_order: torch.Generator) -> None:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train one run; returns {"outcome": finished | resumed | skipped, <FINAL_METRICS>}."""
+    """Train one run; returns {"outcome": finished | resumed | skipped, <FINAL_METRICS>}.
+    Launched by torchrun, the processes train it together (src/distributed.py)."""
+    world = join()
+    try:
+        return _train(cfg, world)
+    finally:
+        leave(world)
+
+
+def _train(cfg: DictConfig, world: World) -> dict:
     started = time.perf_counter()
     validate(cfg)  # before anything is built or logged
     trainer = cfg.trainer
@@ -151,7 +178,8 @@ def train(cfg: DictConfig) -> dict:
     if trainer.resume:
         for done in tracking.runs_with_config(cfg, key, status="FINISHED")[:1]:
             log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, key)
-            tracking.join_sweep(cfg, done.info.run_id, sweep_id)
+            if world.is_main:
+                tracking.join_sweep(cfg, done.info.run_id, sweep_id)
             return {"outcome": "skipped", **{k: done.data.metrics[k] for k in FINAL_METRICS}}
     checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{key}.pt"
     resumed = checkpoint.load(checkpoint_path, CHECKPOINT_KEYS) if trainer.resume else None
@@ -161,16 +189,18 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(trainer.seed)  # before anything is built
     if trainer.threads:
         torch.set_num_threads(trainer.threads)
-    device = pick_device(trainer.device)
+    device = pick_device(trainer.device, world)
     data: Dataset = instantiate(cfg.dataset).to(device)
     validate_against_data(cfg, data.n_train)
     precision = Precision(device, trainer.bf16, trainer.channels_last)
-    model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    model = precision.prepare(model)
+    net = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
+    net = precision.prepare(net)
     momentum = cfg.optimizer.get("momentum", 0.0)  # Adam: 0, see conf/optimizer/adam.yaml
     schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, optimizer_momentum=momentum)
     lr_scale = cfg.optimizer.lr_scale
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
+    if schedule(0).batch_size < world.size:
+        raise ConfigError(f"schedule.batch_size={schedule(0).batch_size}: must be >= the {world.size} ranks")
+    optimizer = build_optimizer(cfg.optimizer, net.parameters(), schedule(0).lr)
     # One CPU stream for the batch order and the augmentation: the same on any device, and one
     # state to checkpoint.
     batch_order = torch.Generator().manual_seed(trainer.seed)
@@ -178,7 +208,7 @@ def train(cfg: DictConfig) -> dict:
     first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
     val_losses: list[float] = []
     if resumed:
-        model.load_state_dict(resumed["model"])
+        net.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         restore_rng(resumed["rng"], batch_order)
@@ -187,9 +217,15 @@ def train(cfg: DictConfig) -> dict:
         started -= elapsed  # total_wall_time_s counts the earlier attempts too
         val_losses = list(resumed["val_losses"])
         val_acc = resumed["metrics"]["val_acc"]
+    # DDP after restoring: every rank then starts from the same weights.
+    model = DistributedDataParallel(net) if world.size > 1 else net
 
     tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id}
-    with tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"]) as run:
+    tracked = (
+        tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"])
+        if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
+    )
+    with tracked as run:
         if resumed:
             log.info("[%s] resuming MLflow run %s from epoch %d of %d", label, run.run_id, first_epoch + 1, trainer.epochs)
             if run.last_logged_epoch() < resumed["epoch"]:  # killed between checkpoint and log
@@ -202,13 +238,13 @@ def train(cfg: DictConfig) -> dict:
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
                 model, optimizer, data, order, plan.batch_size, trainer.last_batch,
-                trainer.micro_batch_size, batch_order, precision,
+                trainer.micro_batch_size, batch_order, precision, world,
             )
             train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
             param_updates += updates
             samples_seen += samples
 
-            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size, precision)
+            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size, precision, world)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
             val_losses.append(val_loss)
@@ -225,17 +261,18 @@ def train(cfg: DictConfig) -> dict:
                 "wall_time_s": train_time,
             }
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
-            checkpoint.save(checkpoint_path, {
-                "run_id": run.run_id,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng_state(batch_order),
-                "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
-                "val_losses": val_losses,
-                "metrics": metrics,
-            })
+            if world.is_main:
+                checkpoint.save(checkpoint_path, {
+                    "run_id": run.run_id,
+                    "epoch": epoch,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": rng_state(batch_order),
+                    "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
+                    "val_losses": val_losses,
+                    "metrics": metrics,
+                })
             run.log(metrics, step=epoch)
             log.info(
                 "[%s] epoch %d/%d  lr %.3g  B %d  train_loss %.4f  val_loss %.4f  val_acc %.4f"
@@ -252,6 +289,7 @@ def train(cfg: DictConfig) -> dict:
             "total_wall_time_s": time.perf_counter() - started,
         }
         run.log(final)
-    checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
+    if world.is_main:
+        checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
     log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
     return {"outcome": "resumed" if resumed else "finished", **final}
