@@ -34,6 +34,8 @@ class TrainerSchema:
     micro_batch_size: Optional[int]
     bf16: bool
     channels_last: bool
+    gns: bool
+    gns_ema: float
 
 
 @dataclass
@@ -149,6 +151,8 @@ def _check_ranges(cfg: Mapping) -> None:
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
+    if not 0.0 <= trainer["gns_ema"] < 1.0:
+        raise ConfigError(f"trainer.gns_ema={trainer['gns_ema']!r}: must be in [0, 1)")
     micro = trainer["micro_batch_size"]
     if micro is not None:
         _positive("trainer.micro_batch_size", micro, 1, inclusive=True)

@@ -15,10 +15,15 @@ should match while the number of parameter updates falls.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from src.errors import ConfigError
+
+
+# What the loop has measured so far, per metric, one value per finished epoch
+# (e.g. {"val_loss": [...], "gns_b_simple": [...]}): what plateau and adaptive schedules follow.
+History = Mapping[str, Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ class StepSchedule:
             warmup_start_lr=float(warmup_start_lr),
         )
 
-    def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
         lr, batch_size = self.lr, self.batch_size
         if epoch < self.warmup_epochs:
             lr = self.warmup_start_lr + (self.lr - self.warmup_start_lr) * epoch / self.warmup_epochs
@@ -241,8 +246,9 @@ class PlateauSchedule:
             grow_batch=bool(grow_batch), min_delta=float(min_delta),
         )
 
-    def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
         state = self._state
+        val_losses = history.get("val_loss", ())
         if len(val_losses) < state.seen:
             raise ValueError(
                 f"{self.name}: {len(val_losses)} validation losses given, {state.seen} already seen; "
@@ -275,6 +281,91 @@ class PlateauSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self._state = _PlateauState(**state)
+
+
+@dataclass
+class _AdaptiveState:
+    """What an AdaptiveNoiseScaleSchedule has drawn from the measurements so far."""
+
+    batch_size: int  # current
+    capped_at: int | None = None  # the epoch from which B is at the cap
+    seen: int = 0  # noise-scale measurements consumed
+
+
+@dataclass(eq=False)
+class AdaptiveNoiseScaleSchedule:
+    """The batch follows the measured gradient noise scale B_simple (src/gns.py), the batch size
+    past which a bigger batch stops paying for itself (McCandlish et al. 2018); Merrill et al.
+    2025 grow the batch as the measured critical batch size grows.
+
+    After each epoch the smoothed B_simple is rounded up to the next multiple of `multiple` and
+    clipped to [batch_size, max_batch_size]. The batch only ever grows, and only when the new
+    size is at least `min_growth` times the current one, so noise in the estimate cannot make it
+    flip-flop. lr stays constant until B reaches the cap; each milestone from then on divides lr
+    by `factor`, as increase_bs does past its cap. Deterministic given the measurements, which are
+    deterministic given the seed.
+    """
+
+    follows = ("gns_b_simple",)  # what the loop must measure for it
+
+    name: str
+    lr: float
+    batch_size: int  # B_min, the first batch
+    momentum: float
+    factor: float
+    milestones: tuple[int, ...]
+    max_batch_size: int
+    multiple: int
+    min_growth: float
+    _state: _AdaptiveState = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._state = _AdaptiveState(self.batch_size)
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        name: str,
+        lr: float,
+        batch_size: int,
+        factor: float,
+        milestones: Sequence[float],
+        max_batch_size: int | None,
+        multiple: int | None = None,
+        min_growth: float = 1.5,
+        n_train: int,
+        epochs: int,
+        optimizer_momentum: float,
+    ) -> AdaptiveNoiseScaleSchedule:
+        """multiple None = batch_size; max_batch_size None = N / 10."""
+        return cls(
+            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
+            factor=float(factor), milestones=milestone_epochs(milestones, epochs),
+            max_batch_size=batch_cap(max_batch_size, n_train), multiple=int(multiple or batch_size),
+            min_growth=float(min_growth),
+        )
+
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
+        state = self._state
+        measured = history.get("gns_b_simple", ())
+        for value in measured[state.seen :]:
+            state.seen += 1
+            if not math.isfinite(value) or state.capped_at is not None:
+                continue
+            target = min(self.max_batch_size, max(self.batch_size, math.ceil(value / self.multiple) * self.multiple))
+            if target >= state.batch_size * self.min_growth or (target == self.max_batch_size > state.batch_size):
+                state.batch_size = target
+                if target == self.max_batch_size:
+                    state.capped_at = state.seen  # measured after epoch seen-1: B is capped from epoch `seen`
+        decays = sum(1 for m in self.milestones if state.capped_at is not None and state.capped_at <= m <= epoch)
+        return Plan(lr=self.lr / self.factor**decays, batch_size=state.batch_size, momentum=self.momentum)
+
+    def state_dict(self) -> dict:
+        return asdict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = _AdaptiveState(**state)
 
 
 def updates_in_epoch(n_train: int, batch_size: int, last_batch: str) -> int:

@@ -33,12 +33,13 @@ from src.config import validate, validate_against_data
 from src.data import Dataset, batch_indices
 from src.distributed import World, all_sum, join, leave, share
 from src.errors import ConfigError, Diverged
+from src.gns import NoiseScaleEstimator
 from src.schedules import Plan, noise_scale
 
 log = logging.getLogger(__name__)
 
 FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
-CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "schedule", "rng", "counters", "val_losses", "metrics"}
+CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "schedule", "noise", "rng", "counters", "history", "metrics"}
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +73,7 @@ def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) ->
 
 def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, last_batch: str,
                 micro_batch_size: int | None, generator: torch.Generator, precision: "Precision",
-                world: World = World()):
+                world: World = World(), noise: NoiseScaleEstimator | None = None):
     """One pass over the permutation `order`. Returns (mean train loss, updates, samples).
 
     A batch larger than micro_batch_size is cut into micro-batches whose gradients add up to
@@ -80,18 +81,27 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
     B = 16,000 fits in the memory that a micro-batch needs. Augmentation (if the data have one)
     is drawn for the whole batch first, so it depends neither on the micro-batch size nor on the
     number of ranks. Under DDP each rank trains on its share (src/distributed.py).
+
+    With `noise`, the squared norms of the parts' gradients and of the whole batch's feed the
+    gradient-noise-scale estimator (src/gns.py); a batch that is not split anyway is split in two
+    halves for it. The norms stay on the device until the end of the epoch: no sync per step.
     """
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
+    norms = []  # per measured step: (mean |part gradient|^2, part size, |batch gradient|^2, batch size)
     for index in batch_indices(order, batch_size, last_batch):
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
             x = data.augment(x, generator)
         x, y = share(x, world), share(y, world)
         weight = world.size / len(index)  # per sample: its share of the batch, DDP's average undone
-        parts = list(zip(x.split(micro_batch_size or len(y)), y.split(micro_batch_size or len(y))))
+        part_size = micro_batch_size or len(y)
+        if noise is not None and part_size >= len(y) > 1:
+            part_size = (len(y) + 1) // 2
+        parts = list(zip(x.split(part_size), y.split(part_size)))
         optimizer.zero_grad(set_to_none=True)
+        before, part_sq = None, []
         for number, (x_part, y_part) in enumerate(parts):
             # DDP all-reduces gradients after the last micro-batch only
             last = number == len(parts) - 1
@@ -100,9 +110,21 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
                     loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
                 (loss * (len(y_part) * weight)).backward()
             loss_sum += loss.detach() * len(y_part)
+            if noise is not None and len(parts) > 1:
+                # the gradients accumulate: this part's mean gradient is the increase, rescaled
+                accumulated = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+                part_mean = (accumulated if before is None else accumulated - before) * (len(y) / len(y_part))
+                part_sq.append(part_mean.square().sum())
+                before = accumulated
+        if part_sq:
+            norms.append((torch.stack(part_sq).mean(), len(y) / len(parts), before.square().sum(), len(y)))
         optimizer.step()
         updates += 1
         samples += len(index)
+    if norms:
+        part_sq, part_size, batch_sq, size = zip(*norms)
+        for values in zip(torch.stack(part_sq).tolist(), part_size, torch.stack(batch_sq).tolist(), size):
+            noise.update(*values)
     return all_sum(loss_sum, world).item() / samples, updates, samples
 
 
@@ -198,6 +220,11 @@ def _train(cfg: DictConfig, world: World) -> dict:
     momentum = cfg.optimizer.get("momentum", 0.0)  # Adam: 0, see conf/optimizer/adam.yaml
     schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, optimizer_momentum=momentum)
     lr_scale = cfg.optimizer.lr_scale
+    # Measure the gradient noise scale when asked, or when the schedule follows it.
+    measure_noise = trainer.gns or "gns_b_simple" in getattr(schedule, "follows", ())
+    if measure_noise and world.size > 1:
+        raise ConfigError("trainer.gns=true: the noise-scale estimate needs a single process, not DDP")
+    noise = NoiseScaleEstimator(trainer.gns_ema) if measure_noise else None
     if schedule(0).batch_size < world.size:
         raise ConfigError(f"schedule.batch_size={schedule(0).batch_size}: must be >= the {world.size} ranks")
     optimizer = build_optimizer(cfg.optimizer, net.parameters(), schedule(0).lr)
@@ -206,16 +233,18 @@ def _train(cfg: DictConfig, world: World) -> dict:
     batch_order = torch.Generator().manual_seed(trainer.seed)
 
     first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
-    val_losses: list[float] = []
+    history: dict[str, list[float]] = {}  # every per-epoch metric so far: what schedules follow
     if resumed:
         net.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
+        if noise is not None:
+            noise.load_state_dict(resumed["noise"])
         restore_rng(resumed["rng"], batch_order)
         first_epoch = resumed["epoch"] + 1
         param_updates, samples_seen, train_time, elapsed = resumed["counters"]
         started -= elapsed  # total_wall_time_s counts the earlier attempts too
-        val_losses = list(resumed["val_losses"])
+        history = {name: list(values) for name, values in resumed["history"].items()}
         val_acc = resumed["metrics"]["val_acc"]
     # DDP after restoring: every rank then starts from the same weights.
     model = DistributedDataParallel(net) if world.size > 1 else net
@@ -231,14 +260,14 @@ def _train(cfg: DictConfig, world: World) -> dict:
             if run.last_logged_epoch() < resumed["epoch"]:  # killed between checkpoint and log
                 run.log(resumed["metrics"], step=resumed["epoch"])
         for epoch in range(first_epoch, trainer.epochs):
-            plan = schedule(epoch, val_losses)
+            plan = schedule(epoch, history)
             apply_plan(optimizer, plan, lr_scale)
             order = torch.randperm(data.n_train, generator=batch_order).to(device)
 
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
                 model, optimizer, data, order, plan.batch_size, trainer.last_batch,
-                trainer.micro_batch_size, batch_order, precision, world,
+                trainer.micro_batch_size, batch_order, precision, world, noise,
             )
             train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
             param_updates += updates
@@ -247,7 +276,6 @@ def _train(cfg: DictConfig, world: World) -> dict:
             val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size, precision, world)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
-            val_losses.append(val_loss)
             metrics = {
                 "train_loss": train_loss,
                 "val_loss": val_loss,
@@ -260,6 +288,10 @@ def _train(cfg: DictConfig, world: World) -> dict:
                 "samples_seen": samples_seen,
                 "wall_time_s": train_time,
             }
+            if noise is not None:  # smoothed over the last ~1/(1-ema) steps
+                metrics.update(noise.metrics())
+            for name, value in metrics.items():
+                history.setdefault(name, []).append(value)
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
             if world.is_main:
                 checkpoint.save(checkpoint_path, {
@@ -268,9 +300,10 @@ def _train(cfg: DictConfig, world: World) -> dict:
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
+                    "noise": noise.state_dict() if noise is not None else {},
                     "rng": rng_state(batch_order),
                     "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
-                    "val_losses": val_losses,
+                    "history": history,
                     "metrics": metrics,
                 })
             run.log(metrics, step=epoch)
@@ -282,7 +315,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             )
 
         final = {
-            "final_val_loss": val_losses[-1],
+            "final_val_loss": history["val_loss"][-1],
             "final_val_acc": val_acc,
             "total_param_updates": param_updates,
             "train_time_s": train_time,
