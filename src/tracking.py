@@ -54,8 +54,17 @@ def prepare_store(tracking: DictConfig) -> str:
         experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
             return experiment.experiment_id
-        artifacts = Path(tracking.artifact_root).resolve().as_uri()
-        return client.create_experiment(tracking.experiment, artifact_location=artifacts)
+        return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+
+
+def artifact_location(tracking: DictConfig) -> str | None:
+    """Where a new experiment keeps its artifacts. A local store: artifact_root, as a file URI.
+    A tracking server (http/https): None, so the server picks its own root (its artifact proxy,
+    mlflow-artifacts:/, with `mlflow server --artifacts-destination`) and the runs of every
+    machine keep their artifacts in one place."""
+    if tracking.uri.startswith(("http://", "https://")):
+        return None
+    return Path(tracking.artifact_root).resolve().as_uri()
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:

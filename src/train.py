@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from src import checkpoint, tracking
+from src import checkpoint, devices, tracking
 from src.config import validate, validate_against_data
 from src.data import Dataset, batch_indices
 from src.distributed import World, all_sum, join, leave, share
@@ -49,12 +49,11 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str, world: World) -> torch.device:
-    """auto: CUDA when present (under DDP, the rank's local GPU), else the CPU."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
+    """Under DDP with `auto`, the rank's local GPU; otherwise the one-GPU-per-job rule of
+    src.devices.device_for_job (CPU when there is no GPU)."""
+    if name == "auto" and world.size > 1 and torch.cuda.is_available():
         return torch.device("cuda", world.local_rank)
-    return torch.device(name)
+    return torch.device(devices.job_device(name))
 
 
 def build_optimizer(optimizer_cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
@@ -209,8 +208,9 @@ def _train(cfg: DictConfig, world: World) -> dict:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
     seed_everything(trainer.seed)  # before anything is built
-    if trainer.threads:
-        torch.set_num_threads(trainer.threads)
+    threads = devices.job_threads(trainer.threads)  # trainer.threads, else cores // jobs at once
+    if threads:
+        torch.set_num_threads(threads)
     device = pick_device(trainer.device, world)
     data: Dataset = instantiate(cfg.dataset).to(device)
     validate_against_data(cfg, data.n_train)
