@@ -23,6 +23,7 @@ def test_shares_cover_a_global_batch_once():
     assert share(torch.tensor(index), World()).tolist() == index
 
 
+@pytest.mark.slow  # ~30 s: three processes
 def test_torchrun_two_ranks_make_the_same_updates_as_one_process(tmp_path, data_dir):
     single = run_cli(*ARGS, output_dir=tmp_path / "one", data_dir=data_dir)
     assert single.returncode == 0, single.stderr[-2000:]

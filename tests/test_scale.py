@@ -249,6 +249,7 @@ def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path, data_dir, blank_store
     ]
 
 
+@pytest.mark.slow  # ~20 s: two job processes, each importing torch and mlflow
 def test_submitit_local_sweep_of_two_jobs(tmp_path, data_dir, blank_store):
     _, _, sweep = finished_sweep(
         ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"], [0, 1], tmp_path, data_dir, blank_store
