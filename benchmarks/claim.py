@@ -1,0 +1,138 @@
+"""Benchmark 3: the claim on this hardware. How much wall time does increase_bs save over
+decay_lr here, against what this machine's throughput at each batch size allows?
+
+1. Throughput: the time of one training step at every batch size the two schedules use (their
+   B per epoch, and the smaller last batch of an epoch when N is not a multiple of B), through
+   src.train.train_epoch on the default data and model, median of --reps interleaved
+   repetitions. An epoch at B then costs floor(N/B) steps at B plus one at N mod B.
+2. Ideal wall-time ratio: sum over epochs of the epoch cost at that epoch's B, increase_bs over
+   decay_lr. This is what the hardware allows: the fewer, larger updates are only as much faster
+   as the throughput at the larger B is higher.
+3. Measured: full training runs of both schedules with the same epochs through the project's
+   real src.train.train(cfg) (MLflow store in a temp folder), seeds 0, 1, 2, the two schedules
+   of a seed back to back (order alternating). Measured ratio: train_time_s (the training steps
+   only, as the throughput measure) increase_bs over decay_lr, per seed, then the median;
+   total_wall_time_s (the whole run: validation, checkpoints, logging) beside it. The
+   parameter-update ratio is the one the paper reports.
+Target: the measured train-time ratio within 10% of the ideal.
+
+    python benchmarks/claim.py                     # CPU here: 10 epochs (half the default study), ~1.5 min
+    python benchmarks/claim.py --epochs 20 --device cuda
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+
+import _common as c  # noqa: E402
+
+import torch  # noqa: E402
+
+from src.schedules import planned_updates  # noqa: E402
+
+SCHEDULES = ("decay_lr", "increase_bs")
+TOLERANCE = 0.10
+
+
+def step_times(cfg, sizes: list[int], args, device) -> dict[int, float]:
+    """Seconds per training step at each batch size (median of interleaved repetitions)."""
+    data, model, optimizer, _ = c.build(cfg, device)
+    n = data.n_train
+    order_rng = torch.Generator().manual_seed(0)
+    steps = {b: max(args.min_steps, math.ceil(args.samples / b)) for b in sizes}
+
+    def arm(b):
+        def run():
+            order = torch.randperm(n, generator=order_rng).to(device)
+            order = order.repeat(math.ceil(steps[b] * b / n))[: steps[b] * b]  # steps[b] whole batches
+            c.project_train_epoch(model, optimizer, data, order, b, "keep")
+        return run
+
+    times = c.interleaved({b: arm(b) for b in sizes}, reps=args.reps)
+    return {b: c.median(t) / steps[b] for b, t in times.items()}
+
+
+def main() -> None:
+    p = c.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=10, help="epochs of every run (the default study has 20)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--samples", type=int, default=4000, help="samples per timed block of the throughput measure")
+    p.add_argument("--min-steps", type=int, default=3)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model=cnn1d")
+    args = p.parse_args()
+    args.reps = max(args.reps, 5)
+    device = c.device_from(args.device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    output_dir = tempfile.mkdtemp(prefix="bench-claim-")
+    common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", *args.overrides]
+    cfgs = {name: c.compose([f"schedule={name}", *common], output_dir) for name in SCHEDULES}
+
+    c.header("3. The claim on this hardware: increase_bs against decay_lr", device)
+    cfg0 = cfgs["decay_lr"]
+    with c.Load():
+        data, _, _, _ = c.build(cfg0, device)
+        n, epochs = data.n_train, args.epochs
+        plans = {}
+        for name, cfg in cfgs.items():
+            from hydra.utils import instantiate
+
+            schedule = instantiate(cfg.schedule, n_train=n, epochs=epochs, momentum=cfg.optimizer.get("momentum", 0.0))
+            plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
+        sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
+        per_step = step_times(cfg0, sizes, args, device)
+
+        def epoch_cost(b: int) -> float:
+            return (n // b) * per_step[b] + (per_step[n % b] if n % b else 0.0)
+
+        ideal = {name: sum(epoch_cost(b) for b in bs) for name, (_, bs) in plans.items()}
+        print(f"Throughput of training steps ({cfg0.model._target_.rsplit('.', 1)[-1]}, N = {n:,}), "
+              f"median of {args.reps} interleaved repetitions:\n")
+        rows = [[b, f"{per_step[b] * 1e3:.2f}", f"{b / per_step[b]:,.0f}", f"{per_step[b] / b * 1e6:.0f}"] for b in sizes]
+        print(c.table(["B", "ms/step", "samples/s", "us/sample"], rows))
+
+    print(f"\nFull runs: src.train.train(cfg), {epochs} epochs, seeds {args.seeds}; "
+          f"B per epoch: " + "; ".join(f"{name} {bs}" for name, (_, bs) in plans.items()) + "\n")
+    results: dict[str, list[dict]] = {name: [] for name in SCHEDULES}
+    from src.train import train
+
+    with c.Load():
+        for i, seed in enumerate(seeds):
+            order = SCHEDULES if i % 2 == 0 else SCHEDULES[::-1]
+            for name in order:
+                cfg = c.compose([f"schedule={name}", f"trainer.seed={seed}", *common], output_dir)
+                results[name].append(train(cfg))
+        dec, inc = results["decay_lr"], results["increase_bs"]
+        train_ratio = [b["train_time_s"] / a["train_time_s"] for a, b in zip(dec, inc)]
+        wall_ratio = [b["total_wall_time_s"] / a["total_wall_time_s"] for a, b in zip(dec, inc)]
+        measured = statistics.median(train_ratio)
+        ideal_ratio = ideal["increase_bs"] / ideal["decay_lr"]
+        updates = {name: planned_updates(plans[name][0], n, epochs, "keep") for name in SCHEDULES}
+        measured_updates = inc[0]["total_param_updates"] / dec[0]["total_param_updates"]
+        off = measured / ideal_ratio - 1
+        rows = [
+            [name, f"{statistics.mean(r['final_val_acc'] for r in results[name]) * 100:.1f}%",
+             f"{int(results[name][0]['total_param_updates']):,}",
+             f"{ideal[name]:.1f}",
+             " / ".join(f"{r['train_time_s']:.1f}" for r in results[name]),
+             " / ".join(f"{r['total_wall_time_s']:.1f}" for r in results[name])]
+            for name in SCHEDULES
+        ]
+        print(c.table(["schedule", "mean final val acc", "param updates", "ideal train s",
+                       "train_time_s per seed", "total_wall_time_s per seed"], rows))
+        print()
+        print(c.table(
+            ["increase_bs / decay_lr", "value", "target", "verdict"],
+            [
+                ["parameter updates", f"{measured_updates:.3f} (planned {updates['increase_bs'] / updates['decay_lr']:.3f})", "", ""],
+                ["ideal wall time (throughput)", f"{ideal_ratio:.3f}", "", ""],
+                ["measured train time (median of seeds)", f"{measured:.3f} (seeds: {', '.join(f'{r:.3f}' for r in train_ratio)})",
+                 f"ideal +-{TOLERANCE:.0%}", f"{c.verdict(abs(off) <= TOLERANCE)} ({off:+.1%})"],
+                ["measured total wall time (median of seeds)", f"{statistics.median(wall_ratio):.3f}", "", ""],
+            ],
+        ))
+
+
+if __name__ == "__main__":
+    main()
