@@ -89,22 +89,122 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(arms: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each arm, `reps` times, the arms' order rotated every repetition (so
-    none always runs first or last). `warmup` untimed rounds first."""
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(values) - values[3] - values[4]) / _CLOCK_TICKS  # less idle and iowait
+
+
+def _descendants_cpu_seconds() -> float:
+    """CPU seconds of this process's live descendants (e.g. DataLoader workers)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += (int(stats[pid][11]) + int(stats[pid][12])) / _CLOCK_TICKS  # utime + stime
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()  # this process's threads, and its children once waited for
+    return t.user + t.system + t.children_user + t.children_system + _descendants_cpu_seconds()
+
+
+class Contention:
+    """`with Contention() as c: ...`; then c.others = the CPU other processes used during the
+    block, in cores (0.5 = half of one core on average): the machine's busy time less this
+    process tree's. A shared machine's load is the largest source of timing noise here."""
+
+    def __enter__(self):
+        self._busy, self._own, self._start = _machine_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._start
+        used = (_machine_busy_seconds() - self._busy) - (_own_cpu_seconds() - self._own)
+        self.others = max(0.0, used) / max(wall, 1e-9)
+        return False
+
+
+# A round with other processes using more than this (in cores) is repeated when rounds remain.
+QUIET = 0.25
+
+
+class Rounds(dict):
+    """{arm: [seconds per kept round]}, plus how the rounds went."""
+
+    run: int = 0
+    kept: list[int]  # indices of the kept rounds (0-based, warm-up rounds not counted)
+    others: list[float]  # CPU of other processes (cores) in each kept round
+
+    def note(self) -> str:
+        kept = len(next(iter(self.values()), []))
+        return (f"{kept} of {self.run} rounds kept (the least disturbed by other processes: "
+                f"median {median(self.others):.2f} cores of theirs)")
+
+
+ROUNDS_HEADER = "rounds kept/run, others' cores"
+ROUNDS_NOTE = (f"A round (every arm once) during which other processes used more than {QUIET} cores is "
+               "repeated (up to 3 more rounds; fewer for the longer benchmarks); the least disturbed rounds are kept "
+               f"(column '{ROUNDS_HEADER}': the median CPU other processes used in the kept rounds).")
+
+
+def rounds_cell(rounds: Rounds) -> str:
+    return f"{len(rounds.kept)}/{rounds.run}, {median(rounds.others):.2f}"
+
+
+def interleaved(arms: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                max_rounds: int | None = None) -> Rounds:
+    """Seconds per call of each arm, `reps` rounds kept, the arms' order rotated every round (so
+    none always runs first or last). `warmup` untimed rounds first.
+
+    Contention-aware: a round during which other processes used more than QUIET cores is
+    repeated, up to max_rounds (default reps + 3) in all; the `reps` least disturbed rounds are
+    kept. Every round is a full set of arms, so kept ratios are always pairs measured together."""
     names = list(arms)
+    max_rounds = max(reps, max_rounds or reps + 3)
     for _ in range(warmup):
         for name in names:
             arms[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        shift = rep % len(names)
+    rounds: list[tuple[float, dict[str, float]]] = []
+    while len(rounds) < max_rounds:
+        i = len(rounds)
+        shift = i % len(names)
         order = names[shift:] + names[:shift]
-        if rep % 2:
+        if i % 2:
             order.reverse()
-        for name in order:
-            times[name].append(timed(arms[name]))
-    return times
+        seconds = {}
+        with Contention() as contention:
+            for name in order:
+                seconds[name] = timed(arms[name])
+        rounds.append((contention.others, seconds))
+        if len(rounds) >= reps and sum(others <= QUIET for others, _ in rounds) >= reps:
+            break
+    kept = sorted(range(len(rounds)), key=lambda i: rounds[i][0])[:reps]
+    kept.sort()  # keep the time order
+    result = Rounds({name: [rounds[i][1][name] for i in kept] for name in names})
+    result.run = len(rounds)
+    result.kept = kept
+    result.others = [rounds[i][0] for i in kept]
+    return result
 
 
 def median(values: Sequence[float]) -> float:

@@ -1,23 +1,27 @@
 """Benchmark 4: what MLflow logging costs a run.
 
-Each repetition runs the project's real src.train.train(cfg) twice, in fresh processes (so each
-pays MLflow's per-process costs, as a `python -m src.run` job does), back to back, order
-alternating, on the same seed:
+Each repetition runs the project's real src.train.train(cfg) of the default study config twice,
+back to back, order alternating, on the same seed (a new seed every repetition, so no run is
+ever skipped as FINISHED):
   on   the real tracking (src.tracking) against the real SQLite store in a temp folder, every
-       call of it timed by a wrapper: the resume check (runs_with_config), tracked_run's set-up
-       (store and experiment check, create_run, config params and config.yaml, stale runs) and
-       close (set_terminated), every TrackedRun.log.
-  off  the same run with src.tracking's three entry points replaced, in the child process only,
-       by no-ops defined here (runs_with_config -> [], tracked_run -> a run whose log does
-       nothing, join_sweep -> nothing). Everything else (data, model, training, validation,
-       checkpoints) runs as usual.
-The store and experiment are created once before the first repetition (a sweep's callback
-does that once per sweep; its one-off cost is printed). Product code is not changed.
-Reported: the median over repetitions of the time inside tracking calls as a share of the run's
-wall time (the precise number), and the side-by-side wall-time ratio on / off (noisier: it
-includes run-to-run timing noise). Target: tracking <= 2% of the run's wall time.
+       call into it timed by a wrapper (outermost calls only): the resume check
+       (runs_with_config), tracked_run's set-up (store and experiment, create_run, config params
+       and config.yaml, stale runs) and close (set_terminated), every TrackedRun.log, join_sweep.
+  off  the same run with src.tracking's entry points replaced by no-ops defined here
+       (runs_with_config -> [], tracked_run -> a run whose log does nothing, join_sweep ->
+       nothing). Data, model, training, validation and checkpoints run as usual.
+Two settings:
+  fresh process  each run in a new process, as a `python -m src.run` job (or a joblib worker's
+                 first job) runs: it pays MLflow's per-process cost of opening the store.
+  warm process   the runs one after the other in this process after a first, untimed run, as
+                 the 2nd and later jobs of a basic-launcher sweep (whose store the sweep callback
+                 opened) or of a joblib worker run.
+The store and experiment are created once before (as a sweep's callback does). Product code is
+not changed. Reported: the median share of the run's wall time spent inside tracking calls (the
+precise number: both from the same run) and, as a cross-check, the wall-time ratio on / off
+(noisier: two different runs). Target: tracking <= 2% of the run's wall time.
 
-    python benchmarks/logging_overhead.py              # CPU here: 5 epochs per run, ~1.5 min
+    python benchmarks/logging_overhead.py              # CPU here: 3-epoch runs, ~2 min
     python benchmarks/logging_overhead.py --epochs 20  # the default study's run length
 """
 
@@ -34,82 +38,96 @@ from contextlib import contextmanager
 import _common as c  # noqa: E402
 
 TARGET = 0.02
+NOT_TRACKING = "checkpoint.save (not tracking)"
 
 
-# --- the child: one run, tracking on (timed) or off (no-ops) ---------------------------------
+class Switch:
+    """Turns src.tracking's calls into timed real calls ("on") or no-ops ("off") by replacing
+    module attributes that src.train looks up at call time; `inside` adds up seconds per call."""
 
-def child(mode: str, overrides: list[str], output_dir: str) -> None:
-    started = time.perf_counter()
-    import src.tracking as tracking
-    from src import checkpoint
-    import src.train
-    imported = time.perf_counter() - started
+    def __init__(self):
+        import src.tracking as tracking
+        from src import checkpoint
 
-    inside: dict[str, float] = {}
+        self.tracking, self.checkpoint = tracking, checkpoint
+        self.real = {name: getattr(tracking, name) for name in ("tracked_run", "runs_with_config", "join_sweep")}
+        self.real_log, self.real_save = tracking.TrackedRun.log, checkpoint.save
+        self.inside: dict[str, float] = {}
+        self.depth = 0  # only the outermost tracking call is timed (tracked_run calls runs_with_config)
+        checkpoint.save = self._timed(self.real_save, NOT_TRACKING, nested_ok=True)
 
-    def timing(owner, name, label=None):
-        real = getattr(owner, name)
-
+    def _timed(self, real, label, nested_ok=False):
         def wrapper(*args, **kwargs):
+            if self.depth and not nested_ok:
+                return real(*args, **kwargs)
+            self.depth += not nested_ok
             start = time.perf_counter()
             try:
                 return real(*args, **kwargs)
             finally:
-                key = label or name
-                inside[key] = inside.get(key, 0.0) + time.perf_counter() - start
+                self.inside[label] = self.inside.get(label, 0.0) + time.perf_counter() - start
+                self.depth -= not nested_ok
 
-        setattr(owner, name, wrapper)
+        return wrapper
 
-    if mode == "on":
-        real_tracked_run = tracking.tracked_run
+    def use(self, mode: str) -> None:
+        self.inside = {}
+        t = self.tracking
+        if mode == "on":
+            real_tracked_run = self.real["tracked_run"]
+            switch = self
 
-        @contextmanager
-        def timed_tracked_run(*args, **kwargs):
-            manager = real_tracked_run(*args, **kwargs)
-            start = time.perf_counter()
-            run = manager.__enter__()
-            inside["tracked_run set-up"] = time.perf_counter() - start
-            try:
-                yield run
-            except BaseException:
-                if not manager.__exit__(*sys.exc_info()):
-                    raise
-            else:
-                start = time.perf_counter()
-                manager.__exit__(None, None, None)
-                inside["tracked_run close"] = time.perf_counter() - start
+            @contextmanager
+            def timed_tracked_run(*args, **kwargs):
+                manager = real_tracked_run(*args, **kwargs)
+                run = switch._timed(manager.__enter__, "tracked_run set-up")()
+                try:
+                    yield run
+                except BaseException:
+                    if not manager.__exit__(*sys.exc_info()):
+                        raise
+                else:
+                    switch._timed(manager.__exit__, "tracked_run close")(None, None, None)
 
-        tracking.tracked_run = timed_tracked_run
-        timing(tracking, "runs_with_config", "resume check")
-        timing(tracking, "join_sweep")
-        timing(tracking.TrackedRun, "log", "TrackedRun.log")
-    else:
-        class NullRun:
-            run_id = "off"
+            t.tracked_run = timed_tracked_run
+            t.runs_with_config = self._timed(self.real["runs_with_config"], "resume check")
+            t.join_sweep = self._timed(self.real["join_sweep"], "join_sweep")
+            t.TrackedRun.log = self._timed(self.real_log, "TrackedRun.log")
+        else:
+            class NullRun:
+                run_id = "off"
 
-            def log(self, metrics, step=0):
-                pass
+                def log(self, metrics, step=0):
+                    pass
 
-            def last_logged_epoch(self):
-                return -1
+                def last_logged_epoch(self):
+                    return -1
 
-        @contextmanager
-        def null_tracked_run(*args, **kwargs):
-            yield NullRun()
+            @contextmanager
+            def null_tracked_run(*args, **kwargs):
+                yield NullRun()
 
-        tracking.tracked_run = null_tracked_run
-        tracking.runs_with_config = lambda *args, **kwargs: []
-        tracking.join_sweep = lambda *args, **kwargs: None
-    timing(checkpoint, "save", "checkpoint.save (not tracking)")
+            t.tracked_run = null_tracked_run
+            t.runs_with_config = lambda *args, **kwargs: []
+            t.join_sweep = lambda *args, **kwargs: None
 
-    cfg = c.compose(overrides, output_dir)
-    start = time.perf_counter()
-    result = src.train.train(cfg)
-    wall = time.perf_counter() - start
-    print(json.dumps({"wall": wall, "inside": inside, "imports": imported, "result": result}))
+    def run(self, mode: str, overrides: list[str], output_dir: str) -> dict:
+        import src.train
+
+        self.use(mode)
+        cfg = c.compose(overrides, output_dir)
+        start = time.perf_counter()
+        result = src.train.train(cfg)
+        return {"wall": time.perf_counter() - start, "inside": dict(self.inside), "result": result}
 
 
-# --- the parent --------------------------------------------------------------------------------
+def child(mode: str, overrides: list[str], output_dir: str) -> None:
+    started = time.perf_counter()
+    import src.train  # noqa: F401  (torch, mlflow, hydra)
+
+    imported = time.perf_counter() - started
+    print(json.dumps({**Switch().run(mode, overrides, output_dir), "imports": imported}))
+
 
 def run_child(mode: str, overrides: list[str], output_dir: str) -> dict:
     out = subprocess.run(
@@ -119,9 +137,24 @@ def run_child(mode: str, overrides: list[str], output_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def tracked_seconds(run: dict) -> float:
+    return sum(v for k, v in run["inside"].items() if k != NOT_TRACKING)
+
+
+def measure(run_one, reps: int, seed0: int, warmup: int) -> tuple[dict, c.Rounds]:
+    """Interleaved on/off rounds; run_one(mode, seed) -> one run's record."""
+    calls = {"on": [], "off": []}
+
+    def arm(mode):
+        return lambda: calls[mode].append(run_one(mode, seed0 + len(calls[mode])))
+
+    times = c.interleaved({"on": arm("on"), "off": arm("off")}, reps=reps, warmup=warmup, max_rounds=reps + 1)
+    return {mode: [calls[mode][warmup + i] for i in times.kept] for mode in calls}, times
+
+
 def main() -> None:
     p = c.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--child", choices=["on", "off"], help=argparse_hidden())
     p.add_argument("--output-dir", help=argparse_hidden())
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
@@ -132,7 +165,8 @@ def main() -> None:
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
     output_dir = tempfile.mkdtemp(prefix="bench-logging-")
-    common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", *args.overrides]
+    milestones = ["schedule.milestones=[1,2]"] if args.epochs == 3 else []  # 30/60/80% of 3 epochs collide
+    common = [f"trainer.epochs={args.epochs}", *milestones, f"trainer.device={args.device}", *args.overrides]
 
     c.header("4. Logging overhead: MLflow tracking on against off", device)
     with c.Load():
@@ -141,38 +175,43 @@ def main() -> None:
         start = time.perf_counter()
         prepare_store(c.compose(common, output_dir).tracking)
         created = time.perf_counter() - start
-        runs = {"on": [], "off": []}
-        for rep in range(args.reps + 1):  # rep 0: warm-up (data cache, page cache), not counted
-            overrides = [*common, f"trainer.seed={rep}"]  # a new config: never skipped as FINISHED
-            for mode in (("on", "off") if rep % 2 else ("off", "on")):
-                result = run_child(mode, overrides, output_dir)
-                if rep:
-                    runs[mode].append(result)
-        on, off = runs["on"], runs["off"]
-        tracked = [sum(v for k, v in r["inside"].items() if "not tracking" not in k) for r in on]
-        share = [t / r["wall"] for t, r in zip(tracked, on)]
-        ratio = c.median_ratio([r["wall"] for r in on], [r["wall"] for r in off])
-        keys = list(on[0]["inside"])
-        print(f"train(cfg) of the default study config, {args.epochs} epochs, {args.reps} repetitions "
-              f"(each: one run on, one off, fresh processes, same seed). Seconds, medians.\n")
-        rows = [[k, f"{statistics.median(r['inside'].get(k, 0.0) for r in on):.3f}"] for k in keys]
+
+        fresh, fresh_rounds = measure(
+            lambda mode, seed: run_child(mode, [*common, f"trainer.seed={seed}"], output_dir),
+            args.reps, seed0=0, warmup=0)  # the store and data cache are warm already
+        switch = Switch()
+        warm, warm_rounds = measure(
+            lambda mode, seed: switch.run(mode, [*common, f"trainer.seed={seed}"], output_dir),
+            args.reps, seed0=1000, warmup=0)
+
+        print(f"train(cfg) of the default study config, {args.epochs} epochs{' (milestones after epochs 1 and 2)' if milestones else ''}; {args.reps} repetitions "
+              f"(one run on, one off, same seed) in each setting; seconds, medians. Rounds ({c.ROUNDS_HEADER}): "
+              f"fresh {c.rounds_cell(fresh_rounds)}, warm {c.rounds_cell(warm_rounds)}.\n")
+        keys = list(dict.fromkeys(k for r in fresh["on"] + warm["on"] for k in r["inside"]))
+
+        def med(runs, key):
+            return statistics.median(r["inside"].get(key, 0.0) for r in runs)
+
+        rows = [[f"inside {k}", f"{med(fresh['on'], k):.3f}", f"{med(warm['on'], k):.3f}"] for k in keys]
         rows += [
-            ["all tracking calls", f"{statistics.median(tracked):.3f}"],
-            ["run wall time, on", f"{statistics.median(r['wall'] for r in on):.2f}"],
-            ["run wall time, off", f"{statistics.median(r['wall'] for r in off):.2f}"],
+            ["inside all tracking calls", *(f"{statistics.median(map(tracked_seconds, s['on'])):.3f}" for s in (fresh, warm))],
+            ["run wall time, on", *(f"{statistics.median(r['wall'] for r in s['on']):.2f}" for s in (fresh, warm))],
+            ["run wall time, off", *(f"{statistics.median(r['wall'] for r in s['off']):.2f}" for s in (fresh, warm))],
         ]
-        print(c.table(["time inside (on)", "s"], rows))
+        print(c.table(["seconds (tracking on)", "fresh process", "warm process"], rows))
         print()
-        median_share = statistics.median(share)
-        print(c.table(["measure", "value", "target", "verdict"], [
-            ["tracking calls / run wall time (median)", f"{median_share:.2%}", f"<= {TARGET:.0%}",
-             c.verdict(median_share <= TARGET)],
-            ["wall time on / off (median of pairs)", f"{ratio:.3f}", "", ""],
-        ]))
-        print(f"\nOne-offs, not in the share: creating the store and experiment {created:.2f} s (once per "
-              f"store, by the sweep callback); importing src.train in a child (torch, mlflow, hydra) "
-              f"{statistics.median(r['imports'] for r in on):.2f} s per process, on and off alike "
-              f"(src.train imports src.tracking, hence mlflow, unconditionally: see startup.py).")
+        verdict_rows = []
+        for label, s in (("fresh process", fresh), ("warm process", warm)):
+            share = statistics.median(tracked_seconds(r) / r["wall"] for r in s["on"])
+            ratio = c.median_ratio([r["wall"] for r in s["on"]], [r["wall"] for r in s["off"]])
+            verdict_rows.append([label, f"{share:.2%}", f"{ratio:.3f}", f"<= {TARGET:.0%}", c.verdict(share <= TARGET)])
+        print(c.table(["setting", "tracking calls / run wall time", "wall on / off", "target", "verdict"], verdict_rows))
+        per_epoch = statistics.median(r["inside"].get("TrackedRun.log", 0.0) / (args.epochs + 1) for r in warm["on"])
+        print(f"\nTrackedRun.log costs {per_epoch * 1e3:.0f} ms a call (one per epoch, one at the end). One-offs, "
+              f"not in the shares: creating the store and experiment {created:.2f} s (once per store, by the "
+              f"sweep callback); importing src.train (torch, mlflow, hydra) "
+              f"{statistics.median(r['imports'] for r in fresh['on']):.2f} s per process, with tracking on or off "
+              f"alike (src.train imports mlflow unconditionally; see startup.py).")
 
 
 def argparse_hidden():

@@ -6,7 +6,7 @@ project's batch assembly against torch's DataLoader.
    against a plain loop written out below: the same model (a copy with the same initial weights),
    the same optimizer settings, the same resident tensors and batch size, no loss bookkeeping.
    Each repetition times both back to back (order alternating) on the same number of samples
-   (a whole number of batches, --samples or at least --min-batches batches: a subset of the
+   (a whole number of batches, >= --samples (2,048) and >= --min-batches (3) batches: a subset of the
    epoch, so that the table fits the time budget); the ratio is the median of the per-repetition
    ratios. Target: ratio <= 1.05 at every B.
 
@@ -85,6 +85,7 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
             c.fmt(1e6 * c.median(times["bare"]) / samples, 1),
             c.fmt(1e6 * c.median(times["project"]) / samples, 1),
             c.fmt(ratio, 3), f"<= {TARGET_OVERHEAD}", c.verdict(ratio <= TARGET_OVERHEAD),
+            c.rounds_cell(times),
         ])
     return rows
 
@@ -109,7 +110,7 @@ def data_path_table(args, device) -> list[list[object]]:
         def project():
             order = torch.randperm(n, generator=project_order).to(device)
             for index in batch_indices(order, batch_size, "keep"):
-                xb, yb = data.x_train[index], data.y_train[index]
+                _ = data.x_train[index], data.y_train[index]
             c.synchronize(device)
 
         loaders = {
@@ -130,7 +131,7 @@ def data_path_table(args, device) -> list[list[object]]:
         rows.append([
             batch_size, f"{rate['project']:,.0f}",
             *(f"{rate[name]:,.0f}" for name in loaders),
-            best, c.fmt(ratio, 2), ">= 1", c.verdict(ratio >= 1.0),
+            best, c.fmt(ratio, 2), ">= 1", c.verdict(ratio >= 1.0), c.rounds_cell(times),
         ])
         del loaders  # ends the persistent workers
     return rows
@@ -141,7 +142,7 @@ def main() -> None:
     p.add_argument("--models", default="mlp,cnn1d")
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="batch sizes, comma-separated (default 32,64,128,320,800,N/10)")
-    p.add_argument("--samples", type=int, default=2560, help="samples per timed block in benchmark 1 (subset of an epoch)")
+    p.add_argument("--samples", type=int, default=2048, help="samples per timed block in benchmark 1 (subset of an epoch)")
     p.add_argument("--min-batches", type=int, default=3, help="at least this many batches per timed block")
     p.add_argument("--skip-data-path", action="store_true")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset.n_samples=105000")
@@ -151,11 +152,12 @@ def main() -> None:
 
     c.header("1. Harness overhead: src.train.train_epoch against a bare PyTorch loop", device)
     print(f"Median of {args.reps} interleaved repetitions; each times both loops on the same samples "
-          f"(>= {args.samples} or {args.min_batches} batches). Times are microseconds per training sample.\n")
+          f"(>= {args.samples} or {args.min_batches} batches). Times are microseconds per training sample. "
+          f"{c.ROUNDS_NOTE}\n")
     with c.Load():
         rows = [row for model in args.models.split(",") for row in overhead_table(model, args, device)]
         print(c.table(["model", "B", "samples/rep", "bare us/sample", "project us/sample",
-                       "project / bare", "target", "verdict"], rows))
+                       "project / bare", "target", "verdict", c.ROUNDS_HEADER], rows))
 
     if args.skip_data_path:
         return
@@ -163,11 +165,11 @@ def main() -> None:
     c.header("2. Data path: batch assembly, project against torch DataLoader (samples/s)", device)
     print(f"A whole epoch of batches, no training; median of {args.reps} interleaved repetitions. "
           "'best / project' is the median per-repetition time ratio of the fastest DataLoader "
-          "setting to the project (>= 1: the project is at least as fast).\n")
+          "setting to the project (>= 1: the project is at least as fast). " + c.ROUNDS_NOTE + "\n")
     with c.Load():
         rows = data_path_table(args, device)
         print(c.table(["B", "project", "DataLoader workers=0", "workers=1", "workers=2", "batched sampler",
-                       "best DataLoader", "best / project", "target", "verdict"], rows))
+                       "best DataLoader", "best / project", "target", "verdict", c.ROUNDS_HEADER], rows))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ import tempfile
 
 import _common as c  # noqa: E402
 
-JOB = ["dataset.n_samples=5000", "dataset.n_val=1000", "trainer.epochs=4", "schedule=decay_lr,increase_bs"]
+JOB = "dataset.n_samples=5000 dataset.n_val=1000 trainer.epochs=4"
 
 
 def main() -> None:
     p = c.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=2, help="joblib worker processes (and basic launcher threads)")
+    p.add_argument("--jobs", type=int, default=2, help="joblib worker processes")
+    p.add_argument("--job", default=JOB, help=f"overrides that size each job (default: {JOB!r})")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides for every job")
     args = p.parse_args()
     args.reps = max(args.reps, 5)
@@ -39,31 +40,37 @@ def main() -> None:
     }
     stores = {name: tempfile.mkdtemp(prefix="bench-sweep-") for name in arms}
 
-    def sweep(name: str, seeds: str) -> float:
-        command = [c.PYTHON, "-m", "src.run", "-m", *JOB, f"trainer.seed={seeds}", *arms[name],
-                   f"trainer.device={args.device}", f"paths.output_dir={stores[name]}",
-                   f"paths.data_dir={c.REPO / 'data'}", *args.overrides]
+    calls = {name: 0 for name in arms}
 
+    def sweep(name: str):
         def run():
+            seeds = f"{2 * calls[name]},{2 * calls[name] + 1}"  # new configs each round, the same in both arms
+            calls[name] += 1
+            command = [c.PYTHON, "-m", "src.run", "-m", *args.job.split(), "schedule=decay_lr,increase_bs",
+                       f"trainer.seed={seeds}", *arms[name],
+                       f"trainer.device={args.device}", f"paths.output_dir={stores[name]}",
+                       f"paths.data_dir={c.REPO / 'data'}", *args.overrides]
             subprocess.run(command, cwd=c.REPO, check=True, capture_output=True)
-
-        return c.timed(run)
+        return run
 
     c.header("6. Parallel sweeps: 4 jobs, basic launcher against joblib", c.device_from(args.device))
     with c.Load():
-        for name in arms:  # warm-up: the data cache, the stores, .pyc files
-            sweep(name, "100,101")
-        times = {name: [] for name in arms}
+        from hydra.utils import instantiate
+
+        from src.tracking import prepare_store
+
+        for name in arms:  # the data cache and the stores exist before the first round
+            cfg = c.compose([*args.job.split(), *args.overrides], stores[name])
+            instantiate(cfg.dataset)
+            prepare_store(cfg.tracking)
+        times = c.interleaved({name: sweep(name) for name in arms}, reps=args.reps, warmup=0,
+                              max_rounds=args.reps + 1)
         names = list(arms)
-        for rep in range(args.reps):
-            seeds = f"{2 * rep},{2 * rep + 1}"
-            for name in (names if rep % 2 == 0 else names[::-1]):
-                times[name].append(sweep(name, seeds))
         basic, joblib = names
         ratio = c.median_ratio(times[joblib], times[basic])
         faster = joblib if ratio < 1 else basic
-        print(f"4 jobs: {' '.join(JOB)} trainer.seed=<2 per repetition>; "
-              f"median of {args.reps} interleaved repetitions.\n")
+        print(f"4 jobs: {args.job} schedule=decay_lr,increase_bs trainer.seed=<2 new seeds per repetition>; "
+              f"median of {args.reps} interleaved repetitions. Rounds: {c.rounds_cell(times)} ({c.ROUNDS_HEADER}).\n")
         print(c.table(["launcher", "sweep wall s (median)", "per repetition"], [
             [name, f"{statistics.median(t):.1f}", " / ".join(f"{v:.1f}" for v in t)] for name, t in times.items()
         ]))

@@ -35,28 +35,48 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
+def wait_quiet(limit: float) -> float:
+    """Wait (up to `limit` s) for a 5 s window in which other processes use < QUIET cores."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        with c.Contention() as contention:
+            time.sleep(5)
+        if contention.others < c.QUIET:
+            break
+    return time.perf_counter() - start
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--only", default=",".join(SCRIPTS), help="comma-separated subset of " + ", ".join(SCRIPTS))
     p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each script, wait up to this long for a 5 s window in which other processes "
+                        f"use less than {c.QUIET} cores (default 0: do not wait)")
     args = p.parse_args()
-    outputs, seconds = {}, {}
+    outputs, seconds, waits = {}, {}, {}
     started = time.perf_counter()
     for name in args.only.split(","):
+        waited = wait_quiet(args.wait_quiet)
         command = [c.PYTHON, str(c.REPO / "benchmarks" / f"{name}.py"), "--device", args.device]
         print(f"\n$ python benchmarks/{name}.py --device {args.device}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(command, cwd=c.REPO, stdout=subprocess.PIPE, text=True)
         seconds[name] = time.perf_counter() - start
+        waits[name] = waited
         outputs[name] = done.stdout
         print(done.stdout, flush=True)
         if done.returncode:
             print(f"benchmarks/{name}.py exited {done.returncode}", file=sys.stderr)
     total = time.perf_counter() - started
-    summary = c.table(["script", "seconds"], [[f"benchmarks/{n}.py", f"{s:.0f}"] for n, s in seconds.items()]
-                      + [["all", f"{total:.0f}"]])
-    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, --device {args.device}"
+    summary = c.table(
+        ["script", "seconds", "waited for a quiet machine before it, s"],
+        [[f"benchmarks/{n}.py", f"{s:.0f}", f"{waits[n]:.0f}"] for n, s in seconds.items()]
+        + [["all scripts", f"{sum(seconds.values()):.0f}", f"{sum(waits.values()):.0f}"]],
+    )
+    stamp = (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, --device {args.device}, "
+             f"{total:.0f} s from start to end")
     print(f"\n{summary}\n\n{stamp}")
     if args.write_readme:
         text = README.read_text()

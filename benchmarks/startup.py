@@ -40,7 +40,7 @@ def first_step_child(argv: list[str]) -> None:
     marks: dict[str, float] = {"python started": time.time() - launched}
 
     def mark(name: str) -> None:
-        marks[name] = time.time() - launched
+        marks.setdefault(name, time.time() - launched)  # the first time only
 
     class Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
@@ -122,8 +122,6 @@ def main() -> None:
         subprocess.run([c.PYTHON, "-m", "src.run", "--cfg", "job"], cwd=c.REPO, check=True,
                        capture_output=True)
 
-    first_steps: list[dict] = []
-
     def first_step(seed: int):
         env["BENCH_LAUNCHED"] = repr(time.time())
         out = subprocess.run(
@@ -137,18 +135,16 @@ def main() -> None:
         from src.tracking import prepare_store
 
         prepare_store(c.compose(train_args).tracking)  # the store exists, as in a sweep
-        first_step(seed=100)  # warm-up: page cache, .pyc files
-        cfg_job()
-        cfg_times = []
-        for rep in range(args.reps):
-            if rep % 2:
-                first_steps.append(first_step(seed=rep))
-                cfg_times.append(c.timed(cfg_job))
-            else:
-                cfg_times.append(c.timed(cfg_job))
-                first_steps.append(first_step(seed=rep))
+        results: list[dict] = []
+        times = c.interleaved(
+            {"cfg job": cfg_job, "first step": lambda: results.append(first_step(seed=len(results)))},
+            reps=args.reps, max_rounds=args.reps + 2,
+        )  # the warm-up round: page cache, .pyc files
+        cfg_times = times["cfg job"]
+        first_steps = [results[1 + i] for i in times.kept]
         cfg_median = statistics.median(cfg_times)
-        print(f"Medians of {args.reps} repetitions (interleaved), seconds.\n")
+        print(f"Medians of {args.reps} repetitions (interleaved), seconds. "
+              f"Rounds: {c.rounds_cell(times)} ({c.ROUNDS_HEADER}).\n")
         print(c.table(["command", "wall s", "target", "verdict"], [
             ["python -m src.run --cfg job", f"{cfg_median:.2f}", f"< {TARGET_CFG_JOB:.0f}",
              c.verdict(cfg_median < TARGET_CFG_JOB)],
