@@ -3,8 +3,10 @@ decay_lr here, against what this machine's throughput at each batch size allows?
 
 1. Throughput: the time of one training step at every batch size the two schedules use (their
    B per epoch, and the smaller last batch of an epoch when N is not a multiple of B), through
-   src.train.train_epoch on the default data and model, median of --reps interleaved
-   repetitions. An epoch at B then costs floor(N/B) steps at B plus one at N mod B.
+   src.train.train_epoch on the default data and model: interleaved repetitions in one session
+   right before each seed's pair of runs (so a drift in the machine's speed reaches both
+   ratios), medians over all sessions (>= --reps). An epoch at B then costs floor(N/B) steps at
+   B plus one at N mod B.
 2. Ideal wall-time ratio: sum over epochs of the epoch cost at that epoch's B, increase_bs over
    decay_lr. This is what the hardware allows: the fewer, larger updates are only as much faster
    as the throughput at the larger B is higher.
@@ -36,23 +38,39 @@ SCHEDULES = ("decay_lr", "increase_bs")
 TOLERANCE = 0.10
 
 
-def step_times(cfg, sizes: list[int], args, device) -> dict[int, float]:
-    """Seconds per training step at each batch size (median of interleaved repetitions)."""
-    data, model, optimizer, _ = c.build(cfg, device)
-    n = data.n_train
-    order_rng = torch.Generator().manual_seed(0)
-    steps = {b: max(args.min_steps, math.ceil(args.samples / b)) for b in sizes}
+class StepTimer:
+    """Seconds per training step at each batch size, measured in sessions spread between the
+    full runs (so that a change in the machine's speed during the benchmark reaches both the
+    ideal and the measured ratio); medians over all sessions' repetitions."""
 
-    def arm(b):
+    def __init__(self, cfg, sizes: list[int], args, device):
+        self.data, self.model, self.optimizer, _ = c.build(cfg, device)
+        self.sizes, self.args, self.device = sizes, args, device
+        self.order_rng = torch.Generator().manual_seed(0)
+        self.steps = {b: max(args.min_steps, math.ceil(args.samples / b)) for b in sizes}
+        self.seconds: dict[int, list[float]] = {b: [] for b in sizes}
+        self.rounds: list[c.Rounds] = []
+
+    def _arm(self, b):
+        n, steps = self.data.n_train, self.steps[b]
+
         def run():
-            order = torch.randperm(n, generator=order_rng).to(device)
-            order = order.repeat(math.ceil(steps[b] * b / n))[: steps[b] * b]  # steps[b] whole batches
-            c.project_train_epoch(model, optimizer, data, order, b, "keep")
+            order = torch.randperm(n, generator=self.order_rng).to(self.device)
+            order = order.repeat(math.ceil(steps * b / n))[: steps * b]  # `steps` whole batches
+            c.project_train_epoch(self.model, self.optimizer, self.data, order, b, "keep")
         return run
 
-    times = c.interleaved({b: arm(b) for b in sizes}, reps=args.reps)
-    print(f"Rounds: {c.rounds_cell(times)} ({c.ROUNDS_HEADER}).\n")
-    return {b: c.median(t) / steps[b] for b, t in times.items()}
+    def session(self, reps: int) -> None:
+        times = c.interleaved({b: self._arm(b) for b in self.sizes}, reps=reps)
+        self.rounds.append(times)
+        for b, t in times.items():
+            self.seconds[b].extend(t)
+
+    def per_step(self) -> dict[int, float]:
+        return {b: c.median(t) / self.steps[b] for b, t in self.seconds.items()}
+
+    def note(self) -> str:
+        return "; ".join(c.rounds_cell(r) for r in self.rounds)
 
 
 def main() -> None:
@@ -72,44 +90,34 @@ def main() -> None:
 
     c.header("3. The claim on this hardware: increase_bs against decay_lr", device)
     cfg0 = cfgs["decay_lr"]
+    from hydra.utils import instantiate
+
+    from src.train import train
+
     with c.Load():
         data, _, _, _ = c.build(cfg0, device)
         n, epochs = data.n_train, args.epochs
         plans = {}
         for name, cfg in cfgs.items():
-            from hydra.utils import instantiate
-
             schedule = instantiate(cfg.schedule, n_train=n, epochs=epochs, momentum=cfg.optimizer.get("momentum", 0.0))
             plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
         sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
-        per_step = step_times(cfg0, sizes, args, device)
+        timer = StepTimer(cfg0, sizes, args, device)
+        session_reps = max(2, math.ceil(args.reps / len(seeds)))
 
-        def epoch_cost(b: int) -> float:
-            return (n // b) * per_step[b] + (per_step[n % b] if n % b else 0.0)
-
-        ideal = {name: sum(epoch_cost(b) for b in bs) for name, (_, bs) in plans.items()}
-        print(f"Throughput of training steps ({cfg0.model._target_.rsplit('.', 1)[-1]}, N = {n:,}), "
-              f"median of {args.reps} interleaved repetitions:\n")
-        rows = [[b, f"{per_step[b] * 1e3:.2f}", f"{b / per_step[b]:,.0f}", f"{per_step[b] / b * 1e6:.0f}"] for b in sizes]
-        print(c.table(["B", "ms/step", "samples/s", "us/sample"], rows))
-
-    print(f"\nFull runs: src.train.train(cfg), {epochs} epochs, seeds {args.seeds}; "
-          f"B per epoch: " + "; ".join(f"{name} {bs}" for name, (_, bs) in plans.items()) + "\n")
-    results: dict[str, list[dict]] = {name: [] for name in SCHEDULES}
-    from src.train import train
-
-    others: list[float] = []
-    retries = 1  # a pair disturbed by other processes is run again, this many in all
-    with c.Load():
+        results: dict[str, list[dict]] = {name: [] for name in SCHEDULES}
+        others: list[float] = []
+        retries = 1  # a pair disturbed by other processes is run again, this many in all
         for i, seed in enumerate(seeds):
+            timer.session(session_reps)  # throughput, right before this seed's pair of runs
             order = SCHEDULES if i % 2 == 0 else SCHEDULES[::-1]
             pairs = []
             while True:
                 pair = {}
                 with c.Contention() as contention:
                     for name in order:
-                        cfg = c.compose([f"schedule={name}", f"trainer.seed={seed}", f"tracking.experiment=claim-{len(pairs)}",
-                                         *common], output_dir)
+                        cfg = c.compose([f"schedule={name}", f"trainer.seed={seed}",
+                                         f"tracking.experiment=claim-{len(pairs)}", *common], output_dir)
                         pair[name] = train(cfg)
                 pairs.append((contention.others, pair))
                 if contention.others <= c.QUIET or not retries:
@@ -119,6 +127,22 @@ def main() -> None:
             others.append(quietest)
             for name in SCHEDULES:
                 results[name].append(pair[name])
+
+        per_step = timer.per_step()
+
+        def epoch_cost(b: int) -> float:
+            return (n // b) * per_step[b] + (per_step[n % b] if n % b else 0.0)
+
+        ideal = {name: sum(epoch_cost(b) for b in bs) for name, (_, bs) in plans.items()}
+        reps_total = len(next(iter(timer.seconds.values())))
+        print(f"Throughput of training steps ({cfg0.model._target_.rsplit('.', 1)[-1]}, N = {n:,}) through "
+              f"train_epoch, measured in {len(seeds)} sessions of {session_reps} interleaved repetitions, one right "
+              f"before each seed's pair of runs; medians of all {reps_total}. Rounds per session "
+              f"({c.ROUNDS_HEADER}): {timer.note()}.\n")
+        rows = [[b, f"{per_step[b] * 1e3:.2f}", f"{b / per_step[b]:,.0f}", f"{per_step[b] / b * 1e6:.0f}"] for b in sizes]
+        print(c.table(["B", "ms/step", "samples/s", "us/sample"], rows))
+        print(f"\nFull runs: src.train.train(cfg), {epochs} epochs, seeds {args.seeds}; "
+              f"B per epoch: " + "; ".join(f"{name} {bs}" for name, (_, bs) in plans.items()) + "\n")
         dec, inc = results["decay_lr"], results["increase_bs"]
         train_ratio = [b["train_time_s"] / a["train_time_s"] for a, b in zip(dec, inc)]
         wall_ratio = [b["total_wall_time_s"] / a["total_wall_time_s"] for a, b in zip(dec, inc)]
