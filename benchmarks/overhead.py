@@ -6,8 +6,9 @@ project's batch assembly against torch's DataLoader.
    against a plain loop written out below: the same model (a copy with the same initial weights),
    the same optimizer settings, the same resident tensors and batch size, no loss bookkeeping.
    Each repetition times both back to back (order alternating) on the same number of samples
-   (a whole number of batches, >= --samples (2,048) and >= --min-batches (3) batches: a subset of the
-   epoch, so that the table fits the time budget); the ratio is the median of the per-repetition
+   (a whole number of batches: >= --samples (2,048), >= --min-batches (3) batches and about
+   >= --block-seconds (0.25 s) of training, at most an epoch; a subset of the epoch, so that the
+   table fits the time budget); the ratio is the median of the per-repetition
    ratios. Target: ratio <= 1.05 at every B.
 
 2. Data path. Samples/s of a whole epoch of batches, with no training: the project's assembly
@@ -68,7 +69,13 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
     bare_order = torch.Generator().manual_seed(0)
     rows = []
     for batch_size in args.sizes or default_sizes(n):
-        samples = min(n, batch_size * max(args.min_batches, math.ceil(args.samples / batch_size)))
+        # Size the timed block: >= --samples, >= --min-batches batches and >= --block-seconds long
+        # (short blocks make noisy ratios), from an untimed calibration of a few steps.
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(1)).to(device)[: 3 * batch_size]
+        c.project_train_epoch(model, optimizer, data, probe, batch_size, "keep")  # warm
+        step = c.timed(lambda: c.project_train_epoch(model, optimizer, data, probe, batch_size, "keep")) / 3
+        batches = max(args.min_batches, math.ceil(args.samples / batch_size), math.ceil(args.block_seconds / step))
+        samples = min(n, batch_size * batches)
 
         def project():
             order = torch.randperm(n, generator=project_order).to(device)[:samples]
@@ -144,6 +151,7 @@ def main() -> None:
                    help="batch sizes, comma-separated (default 32,64,128,320,800,N/10)")
     p.add_argument("--samples", type=int, default=2048, help="samples per timed block in benchmark 1 (subset of an epoch)")
     p.add_argument("--min-batches", type=int, default=3, help="at least this many batches per timed block")
+    p.add_argument("--block-seconds", type=float, default=0.25, help="timed blocks at least this long (about)")
     p.add_argument("--skip-data-path", action="store_true")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset.n_samples=105000")
     args = p.parse_args()
@@ -152,7 +160,8 @@ def main() -> None:
 
     c.header("1. Harness overhead: src.train.train_epoch against a bare PyTorch loop", device)
     print(f"Median of {args.reps} interleaved repetitions; each times both loops on the same samples "
-          f"(>= {args.samples} or {args.min_batches} batches). Times are microseconds per training sample. "
+          f"(>= {args.samples}, >= {args.min_batches} batches and >= ~{args.block_seconds} s; at most an epoch). "
+          "Times are microseconds per training sample. "
           f"{c.ROUNDS_NOTE}\n")
     with c.Load():
         rows = [row for model in args.models.split(",") for row in overhead_table(model, args, device)]

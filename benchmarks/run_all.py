@@ -82,7 +82,8 @@ def main() -> None:
         text = README.read_text()
         for name, out in outputs.items():
             text = replace_block(text, name, out)
-        text = replace_block(text, "summary", f"Last run: {stamp}.\n\n{summary}\n")
+        if set(outputs) == set(SCRIPTS):  # a partial run leaves the summary of the last full one
+            text = replace_block(text, "summary", f"Last run: {stamp}.\n\n{summary}\n")
         README.write_text(text)
         print(f"wrote {README}")
 
