@@ -12,7 +12,9 @@ decay_lr here, against what this machine's throughput at each batch size allows?
    as the throughput at the larger B is higher.
 3. Measured: full training runs of both schedules with the same epochs through the project's
    real src.train.train(cfg) (MLflow store in a temp folder), seeds 0, 1, 2, the two schedules
-   of a seed back to back (order alternating). Measured ratio: train_time_s (the training steps
+   of a seed back to back (order alternating). Every run, and every throughput session, in a
+   fresh process: in one shared process the run right after a throughput session ran 6-20%
+   slower than the same run later, which biased the ratio by the order of the pair. Measured ratio: train_time_s (the training steps
    only, as the throughput measure) increase_bs over decay_lr, per seed, then the median;
    total_wall_time_s (the whole run: validation, checkpoints, logging) beside it. The
    parameter-update ratio is the one the paper reports.
@@ -24,9 +26,13 @@ Target: the measured train-time ratio within 10% of the ideal.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import subprocess
 import tempfile
+
+import argparse
 
 import _common as c  # noqa: E402
 
@@ -73,14 +79,42 @@ class StepTimer:
         return "; ".join(c.rounds_cell(r) for r in self.rounds)
 
 
+def child(args) -> None:
+    """One measurement in a fresh process (every run and every throughput session starts from the
+    same process state): `run` trains one run and prints its result, `steps` one session."""
+    device = c.device_from(args.device)
+    if args.child == "run":
+        from src.train import train
+
+        print(json.dumps(train(c.compose(args.overrides, args.output_dir))))
+        return
+    sizes = [int(b) for b in args.sizes.split(",")]
+    timer = StepTimer(c.compose(args.overrides), sizes, args, device)
+    timer.session(args.session_reps)
+    print(json.dumps({"seconds": {str(b): t for b, t in timer.seconds.items()},
+                      "steps": {str(b): k for b, k in timer.steps.items()}, "rounds": timer.note()}))
+
+
+def in_child(*argv: str) -> dict:
+    out = subprocess.run([c.PYTHON, __file__, *argv], cwd=c.REPO, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = c.parser(__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=10, help="epochs of every run (the default study has 20)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--samples", type=int, default=4000, help="samples per timed block of the throughput measure")
     p.add_argument("--min-steps", type=int, default=3)
+    p.add_argument("--child", choices=["run", "steps"], help=argparse.SUPPRESS)
+    p.add_argument("--output-dir", help=argparse.SUPPRESS)
+    p.add_argument("--sizes", help=argparse.SUPPRESS)
+    p.add_argument("--session-reps", type=int, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model=cnn1d")
     args = p.parse_args()
+    if args.child:
+        child(args)
+        return
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -92,8 +126,6 @@ def main() -> None:
     cfg0 = cfgs["decay_lr"]
     from hydra.utils import instantiate
 
-    from src.train import train
-
     with c.Load():
         data, _, _, _ = c.build(cfg0, device)
         n, epochs = data.n_train, args.epochs
@@ -102,23 +134,32 @@ def main() -> None:
             schedule = instantiate(cfg.schedule, n_train=n, epochs=epochs, momentum=cfg.optimizer.get("momentum", 0.0))
             plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
         sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
-        timer = StepTimer(cfg0, sizes, args, device)
         session_reps = max(2, math.ceil(args.reps / len(seeds)))
+        seconds: dict[int, list[float]] = {b: [] for b in sizes}
+        steps: dict[int, int] = {}
+        session_notes: list[str] = []
 
         results: dict[str, list[dict]] = {name: [] for name in SCHEDULES}
         others: list[float] = []
         retries = 1  # a pair disturbed by other processes is run again, this many in all
         for i, seed in enumerate(seeds):
-            timer.session(session_reps)  # throughput, right before this seed's pair of runs
+            # throughput, in a fresh process right before this seed's pair of runs
+            session = in_child("--child", "steps", "--device", args.device, "--sizes", ",".join(map(str, sizes)),
+                               "--session-reps", str(session_reps), "--samples", str(args.samples),
+                               "--min-steps", str(args.min_steps), *common)
+            for b in sizes:
+                seconds[b].extend(session["seconds"][str(b)])
+                steps[b] = session["steps"][str(b)]
+            session_notes.append(session["rounds"])
             order = SCHEDULES if i % 2 == 0 else SCHEDULES[::-1]
             pairs = []
             while True:
                 pair = {}
                 with c.Contention() as contention:
-                    for name in order:
-                        cfg = c.compose([f"schedule={name}", f"trainer.seed={seed}",
-                                         f"tracking.experiment=claim-{len(pairs)}", *common], output_dir)
-                        pair[name] = train(cfg)
+                    for name in order:  # each run in a fresh process, as a `python -m src.run` job
+                        pair[name] = in_child("--child", "run", "--device", args.device, "--output-dir", output_dir,
+                                              f"schedule={name}", f"trainer.seed={seed}",
+                                              f"tracking.experiment=claim-{len(pairs)}", *common)
                 pairs.append((contention.others, pair))
                 if contention.others <= c.QUIET or not retries:
                     break
@@ -128,20 +169,20 @@ def main() -> None:
             for name in SCHEDULES:
                 results[name].append(pair[name])
 
-        per_step = timer.per_step()
+        per_step = {b: c.median(t) / steps[b] for b, t in seconds.items()}
 
         def epoch_cost(b: int) -> float:
             return (n // b) * per_step[b] + (per_step[n % b] if n % b else 0.0)
 
         ideal = {name: sum(epoch_cost(b) for b in bs) for name, (_, bs) in plans.items()}
-        reps_total = len(next(iter(timer.seconds.values())))
+        reps_total = len(next(iter(seconds.values())))
         print(f"Throughput of training steps ({cfg0.model._target_.rsplit('.', 1)[-1]}, N = {n:,}) through "
-              f"train_epoch, measured in {len(seeds)} sessions of {session_reps} interleaved repetitions, one right "
-              f"before each seed's pair of runs; medians of all {reps_total}. Rounds per session "
-              f"({c.ROUNDS_HEADER}): {timer.note()}.\n")
+              f"train_epoch, measured in {len(seeds)} sessions of {session_reps} interleaved repetitions, each in a "
+              f"fresh process right before a seed's pair of runs; medians of all {reps_total}. Rounds per session "
+              f"({c.ROUNDS_HEADER}): {'; '.join(session_notes)}.\n")
         rows = [[b, f"{per_step[b] * 1e3:.2f}", f"{b / per_step[b]:,.0f}", f"{per_step[b] / b * 1e6:.0f}"] for b in sizes]
         print(c.table(["B", "ms/step", "samples/s", "us/sample"], rows))
-        print(f"\nFull runs: src.train.train(cfg), {epochs} epochs, seeds {args.seeds}; "
+        print(f"\nFull runs: src.train.train(cfg), each in a fresh process, {epochs} epochs, seeds {args.seeds}; "
               f"B per epoch: " + "; ".join(f"{name} {bs}" for name, (_, bs) in plans.items()) + "\n")
         dec, inc = results["decay_lr"], results["increase_bs"]
         train_ratio = [b["train_time_s"] / a["train_time_s"] for a, b in zip(dec, inc)]
