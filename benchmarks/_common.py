@@ -26,7 +26,7 @@ PYTHON = sys.executable
 
 # --- the project's loop, through one adapter -------------------------------------------------
 
-def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep"):
+def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep", noise=None):
     """src.train.train_epoch as a benchmark calls it: (mean loss, updates, samples).
 
     The ONLY call site of train_epoch in benchmarks/: when its signature changes (micro-batches,
@@ -36,7 +36,8 @@ def project_train_epoch(model, optimizer, data, order, batch_size: int, last_bat
     from src.train import Precision, train_epoch
 
     precision = Precision(data.x_train.device, bf16=False, channels_last=False)
-    return train_epoch(model, optimizer, data, order, batch_size, last_batch, None, torch.Generator(), precision)
+    return train_epoch(model, optimizer, data, order, batch_size, last_batch, None, torch.Generator(), precision,
+                       noise=noise)
 
 
 # --- configs ---------------------------------------------------------------------------------
