@@ -267,7 +267,7 @@ def describe_machine(device=None) -> str:
 
 
 def header(title: str, device=None) -> None:
-    print(f"## {title}\n")
+    print(f"### {title}\n")
     print(f"Machine: {describe_machine(device)}\n")
 
 

@@ -1,7 +1,7 @@
 """Benchmark 6: a 4-job CPU sweep, Hydra's basic launcher against the joblib launcher.
 
 The same 4 small but real jobs (MNIST-1D with 5,000 samples = 4,000 train / 1,000 validation,
-4 epochs, decay_lr and increase_bs x 2 seeds) run as `python -m src.run -m ...` subprocesses:
+3 epochs with steps after epochs 1 and 2, decay_lr and increase_bs x 2 seeds) run as `python -m src.run -m ...` subprocesses:
   basic   Hydra's default launcher: the jobs one after the other in one process,
           trainer.threads = cores.
   joblib  hydra/launcher=joblib hydra.launcher.n_jobs=2 trainer.threads=1: two worker
@@ -22,7 +22,7 @@ import tempfile
 
 import _common as c  # noqa: E402
 
-JOB = "dataset.n_samples=5000 dataset.n_val=1000 trainer.epochs=4"
+JOB = "dataset.n_samples=5000 dataset.n_val=1000 trainer.epochs=3 schedule.milestones=[1,2]"
 
 
 def main() -> None:
