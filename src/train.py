@@ -108,7 +108,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
                 with precision.autocast():
                     loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
                 (loss * (len(y_part) * weight)).backward()
-            loss_sum += loss.detach() * len(y_part)
+            loss_sum.add_(loss.detach(), alpha=len(y_part))  # one kernel
             if noise is not None and len(parts) > 1:
                 # the gradients accumulate: this part's mean gradient is the increase, rescaled
                 accumulated = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
