@@ -36,6 +36,17 @@ def project_train_epoch(model, optimizer, data, order, batch_size: int, last_bat
     return train_epoch(model, optimizer, data, order, batch_size, last_batch)
 
 
+def temp_dir(prefix: str) -> str:
+    """A temporary folder (MLflow stores, checkpoints) removed when the benchmark exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 # --- configs ---------------------------------------------------------------------------------
 
 def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None):
@@ -154,11 +165,6 @@ class Rounds(dict):
     run: int = 0
     kept: list[int]  # indices of the kept rounds (0-based, warm-up rounds not counted)
     others: list[float]  # CPU of other processes (cores) in each kept round
-
-    def note(self) -> str:
-        kept = len(next(iter(self.values()), []))
-        return (f"{kept} of {self.run} rounds kept (the least disturbed by other processes: "
-                f"median {median(self.others):.2f} cores of theirs)")
 
 
 ROUNDS_HEADER = "rounds kept/run, others' cores"

@@ -30,7 +30,6 @@ import json
 import math
 import statistics
 import subprocess
-import tempfile
 
 import argparse
 
@@ -118,7 +117,7 @@ def main() -> None:
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
-    output_dir = tempfile.mkdtemp(prefix="bench-claim-")
+    output_dir = c.temp_dir("bench-claim-")
     common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", *args.overrides]
     cfgs = {name: c.compose([f"schedule={name}", *common], output_dir) for name in SCHEDULES}
 
