@@ -26,14 +26,18 @@ PYTHON = sys.executable
 
 # --- the project's loop, through one adapter -------------------------------------------------
 
-def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep"):
+def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep", noise=None):
     """src.train.train_epoch as a benchmark calls it: (mean loss, updates, samples).
 
     The ONLY call site of train_epoch in benchmarks/: when its signature changes (micro-batches,
     an augmentation generator ...), this is the one line to adapt."""
-    from src.train import train_epoch
+    import torch
 
-    return train_epoch(model, optimizer, data, order, batch_size, last_batch)
+    from src.train import Precision, train_epoch
+
+    precision = Precision(data.x_train.device, bf16=False, channels_last=False)
+    return train_epoch(model, optimizer, data, order, batch_size, last_batch, None, torch.Generator(), precision,
+                       noise=noise)
 
 
 def temp_dir(prefix: str) -> str:
@@ -74,15 +78,16 @@ def build(cfg, device):
     data = instantiate(cfg.dataset).to(device)
     model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
     momentum = cfg.optimizer.get("momentum", 0.0)
-    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=cfg.trainer.epochs, momentum=momentum)
+    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=cfg.trainer.epochs, optimizer_momentum=momentum)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
     return data, model, optimizer, schedule
 
 
 def device_from(name: str):
+    from src.distributed import World
     from src.train import pick_device
 
-    return pick_device(name)
+    return pick_device(name, World())
 
 
 def synchronize(device) -> None:

@@ -31,6 +31,11 @@ class TrainerSchema:
     last_batch: str
     eval_batch_size: int
     resume: bool
+    micro_batch_size: Optional[int]
+    bf16: bool
+    channels_last: bool
+    gns: bool
+    gns_ema: float
 
 
 @dataclass
@@ -54,7 +59,7 @@ SUPPLIED_BY_LOOP = {
     "dataset": set(),
     "model": {"input_shape", "n_classes"},
     "optimizer": {"params", "lr"},
-    "schedule": {"n_train", "epochs", "momentum"},
+    "schedule": {"n_train", "epochs", "optimizer_momentum"},
 }
 # Keys the loop reads that are not arguments of the built object.
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
@@ -146,6 +151,17 @@ def _check_ranges(cfg: Mapping) -> None:
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
+    if not 0.0 <= trainer["gns_ema"] < 1.0:
+        raise ConfigError(f"trainer.gns_ema={trainer['gns_ema']!r}: must be in [0, 1)")
+    micro = trainer["micro_batch_size"]
+    if micro is not None:
+        _positive("trainer.micro_batch_size", micro, 1, inclusive=True)
+        ghost = cfg["model"].get("ghost_batch_size")
+        if ghost and micro % ghost:
+            raise ConfigError(
+                f"trainer.micro_batch_size={micro}: must be a multiple of model.ghost_batch_size={ghost}, "
+                "or ghost batches straddle micro-batches"
+            )
     if trainer["last_batch"] not in LAST_BATCH:
         raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
     if not DEVICE.fullmatch(trainer["device"]):
@@ -160,6 +176,18 @@ def _check_ranges(cfg: Mapping) -> None:
         _positive("optimizer.weight_decay", optimizer["weight_decay"], 0.0, inclusive=True)
 
     _positive("schedule.lr", schedule["lr"])
+    if "lr_boost" in schedule:
+        _positive("schedule.lr_boost", schedule["lr_boost"])
+    if schedule.get("momentum") is not None:
+        _check_type("schedule.momentum", schedule["momentum"], float)
+        if not 0.0 <= schedule["momentum"] < 1.0:
+            raise ConfigError(f"schedule.momentum={schedule['momentum']!r}: must be in [0, 1), or null (the optimizer's)")
+    if "warmup" in schedule:
+        _check_type("schedule.warmup", schedule["warmup"], float)
+        if not 0.0 <= schedule["warmup"] < 1.0:
+            raise ConfigError(f"schedule.warmup={schedule['warmup']!r}: a fraction of the epochs, in [0, 1)")
+    if "patience" in schedule:
+        _positive("schedule.patience", schedule["patience"], 1, inclusive=True)
     _check_type("schedule.batch_size", schedule["batch_size"], int)
     _positive("schedule.batch_size", schedule["batch_size"], 1, inclusive=True)
     if "factor" in schedule:

@@ -12,6 +12,7 @@ line saying where to put which files, when the files are missing and cannot be d
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import math
 import os
 import pickle
@@ -25,15 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.errors import DatasetUnavailable
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"  # what the archive unpacks to, and torchvision's layout
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
-
-
-class DatasetUnavailable(RuntimeError):
-    """The data are neither on disk nor downloadable; the message is one line saying where to
-    put which files."""
 
 
 @dataclass(frozen=True)
@@ -105,16 +103,19 @@ def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
 def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's make_dataset, never its
     download path. Cached as .npz under cache_dir keyed by the generation arguments."""
-    import mnist1d.data
-
-    args = mnist1d.data.get_dataset_args(as_dict=True)
-    args.update(num_samples=int(n_samples), train_split=1.0, seed=int(generator_seed))
-    key = hashlib.sha1(repr(sorted((k, v) for k, v in args.items() if k != "url")).encode()).hexdigest()[:10]
+    # The cache key needs no import of mnist1d (~0.65 s: it pulls in matplotlib and scipy): the
+    # generation arguments are its defaults but for these two, fixed by the installed version.
+    version = importlib.metadata.version("mnist1d")
+    key = hashlib.sha1(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()[:10]
     path = Path(cache_dir) / f"mnist1d_{n_samples}_{key}.npz"
     if path.exists():
         arrays = np.load(path)
         x, y = arrays["x"], arrays["y"]
     else:
+        import mnist1d.data
+
+        args = mnist1d.data.get_dataset_args(as_dict=True)
+        args.update(num_samples=int(n_samples), train_split=1.0, seed=int(generator_seed))
         with _global_rng_untouched():
             generated = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(args))
         x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int64)
@@ -175,12 +176,13 @@ def _download_cifar10(data_dir: Path) -> str | None:
     return None
 
 
-def load_cifar10(data_dir: str, download: bool = True) -> Dataset:
+def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = None, n_val: int | None = None) -> Dataset:
     """CIFAR-10 from torchvision's on-disk format, <data_dir>/cifar-10-batches-py/ (50,000 train
     images in data_batch_1..5; validation = the 10,000 of test_batch), as float32 (N, 3, 32, 32)
     normalised per channel with the training set's mean and std. Missing files are downloaded
     with torchvision when `download` and torchvision is installed. Training batches are
-    augmented as in the paper's base code (augment_crop_flip)."""
+    augmented as in the paper's base code (augment_crop_flip). n_train / n_val keep the first
+    images of each part only (the files are already shuffled): for quick, scaled-down runs."""
     data_dir = Path(data_dir).resolve()
     folder = data_dir / CIFAR10_FOLDER
 
@@ -197,17 +199,21 @@ def load_cifar10(data_dir: str, download: bool = True) -> Dataset:
             )
     x_train, y_train = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
     x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
+    x_train, y_train, x_val, y_val = x_train[:n_train], y_train[:n_train], x_val[:n_val], y_val[:n_val]
     _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
     return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip)
 
 
-def load_covtype(data_dir: str, split_seed: int, val_fraction: float = 0.25, download: bool = True) -> Dataset:
+def load_covtype(
+    data_dir: str, split_seed: int, val_fraction: float = 0.25, download: bool = True, n_samples: int | None = None
+) -> Dataset:
     """Forest covertype (581,012 samples, 54 features, 7 classes) through
     sklearn.datasets.fetch_covtype, cached under <data_dir>/covertype/ (sklearn's own cache:
     samples_py3 and targets_py3, joblib dumps); downloaded there when missing and `download`.
     The blog demo's split: a seeded shuffle, the last `val_fraction` for validation (rounded up,
     as sklearn's train_test_split does). Features standardised with the train part's mean and
-    std; labels 1..7 become 0..6."""
+    std; labels 1..7 become 0..6. n_samples keeps that many of the shuffled samples (before the
+    split): for quick, scaled-down runs."""
     from sklearn.datasets import fetch_covtype
 
     data_dir = Path(data_dir).resolve()
@@ -221,11 +227,34 @@ def load_covtype(data_dir: str, split_seed: int, val_fraction: float = 0.25, dow
             f"sklearn.datasets.fetch_covtype(data_home=...) where online) under {data_dir}",
             f"{type(error).__name__}: {error}" if download else "download=False",
         ) from error
-    order = np.random.default_rng(split_seed).permutation(len(y))
-    n_val = math.ceil(val_fraction * len(y))
+    order = np.random.default_rng(split_seed).permutation(len(y))[:n_samples]
+    n_val = math.ceil(val_fraction * len(order))
     data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7)
     _standardise_in_place(data.x_train, data.x_val, dims=(0,))
     return data
+
+
+def write_cifar10_files(data_dir, per_batch: int, seed: int = 0):
+    """Random images written in CIFAR-10's real on-disk format, for tests and hardware benchmarks:
+    cifar-10-batches-py/data_batch_1..5 and test_batch, pickled dicts with bytes keys, b"data"
+    uint8 (per_batch, 3072) channel-major rows, b"labels" a list. The three channels get different
+    means and spreads, so normalisation has work to do. Returns (train pixels, train labels,
+    test pixels, test labels) as written."""
+    rng = np.random.default_rng(seed)
+    folder = Path(data_dir) / CIFAR10_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
+        red, green, blue = (rng.integers(lo, hi, (per_batch, 1024)) for lo, hi in ((0, 256), (100, 150), (0, 60)))
+        data = np.concatenate([red, green, blue], axis=1).astype(np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        written[name] = (data, labels)
+    train = [written[name] for name in CIFAR10_TRAIN_FILES]
+    return (np.concatenate([d for d, _ in train]), sum((l for _, l in train), []), *written[CIFAR10_TEST_FILE])
 
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

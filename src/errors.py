@@ -12,6 +12,11 @@ class ConfigError(ValueError):
     """A bad config value; the message is one line naming the key, the value and what is allowed."""
 
 
+class DatasetUnavailable(RuntimeError):
+    """The data are neither on disk nor downloadable; the message is one line saying where to
+    put which files."""
+
+
 class Diverged(RuntimeError):
     """The loss stopped being finite: nothing later in the run would mean anything."""
 
@@ -37,7 +42,14 @@ def expected(error: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return isinstance(error, (ConfigError, Diverged, HydraException, OmegaConfBaseException))
+    return isinstance(_cause(error), (ConfigError, DatasetUnavailable, Diverged, HydraException, OmegaConfBaseException))
+
+
+def _cause(error: BaseException) -> BaseException:
+    """Hydra's instantiate wraps what the built object raised; the inner error is the story."""
+    from hydra.errors import InstantiationException
+
+    return error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
 
 
 def one_line_error(error: BaseException) -> tuple[str, int]:
@@ -46,6 +58,7 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    error = _cause(error)
     text = str(error)
     if isinstance(error, ConfigError):
         return text, 2

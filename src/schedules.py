@@ -15,8 +15,15 @@ should match while the number of parameter updates falls.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+from src.errors import ConfigError
+
+
+# What the loop has measured so far, per metric, one value per finished epoch
+# (e.g. {"val_loss": [...], "gns_b_simple": [...]}): what plateau and adaptive schedules follow.
+History = Mapping[str, Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,16 @@ class StepSchedule:
     `max_batch_size` stops at the cap and divides lr by what is left of the factor, so g stays
     on schedule (the paper's B_max = 5120 reading).
 
-        decay_lr     batch_growth_steps = 0
-        hybrid       batch_growth_steps = 1
-        increase_bs  batch_growth_steps = len(milestones)
-        constant     no milestones
+        decay_lr           batch_growth_steps = 0
+        hybrid             batch_growth_steps = 1
+        increase_bs        batch_growth_steps = len(milestones)
+        constant           no milestones
+        increase_lr        increase_bs with lr x5 and B0 x5 (paper figure 5)
+        increase_momentum  increase_bs with lr x5, m 0.98 and B0 x25 (paper figure 5)
+        large_batch_scaled B = max_batch_size from the start, lr scaled by B / B0 and warmed up
+                           linearly over the first epochs (Goyal et al. 2017), decays as decay_lr
+
+    During the first `warmup_epochs` epochs lr rises linearly from `warmup_start_lr` to `lr`.
     """
 
     name: str
@@ -79,6 +92,8 @@ class StepSchedule:
     milestones: tuple[int, ...]  # epochs (0-based) from which each step applies
     batch_growth_steps: int
     max_batch_size: int
+    warmup_epochs: int = 0
+    warmup_start_lr: float = 0.0
 
     @classmethod
     def for_run(
@@ -91,26 +106,54 @@ class StepSchedule:
         milestones: Sequence[float],
         batch_growth_steps: int | None,
         max_batch_size: int | None,
+        lr_boost: float = 1.0,
+        momentum: float | None = None,
+        scale_to_cap: bool = False,
+        warmup: float = 0.0,
         n_train: int,
         epochs: int,
-        momentum: float,
+        optimizer_momentum: float,
     ) -> StepSchedule:
-        """Resolve run-dependent defaults: fractional milestones, growth steps None = all,
-        max_batch_size None = N / 10 (the paper's recipe)."""
+        """Resolve what depends on the run: fractional milestones; growth steps None = all;
+        max_batch_size None = N / 10 (the paper's recipe); momentum None = the optimizer's.
+
+        Raising the effective learning rate lr / (1 - m), by lr_boost or by a larger momentum,
+        starts from the same noise scale g only if B0 grows by the same factor: B0 becomes
+        batch_size * lr_boost * (1 - optimizer_momentum) / (1 - momentum) (paper section 5.2:
+        eps 0.1 -> 0.5 with B0 128 -> 640; m 0.9 -> 0.98 with B0 -> 3200).
+        scale_to_cap: B0 = the cap and lr x cap / B0, warmed up over `warmup` of the epochs.
+        """
         steps = milestone_epochs(milestones, epochs)
+        cap = batch_cap(max_batch_size, n_train)
+        momentum = optimizer_momentum if momentum is None else momentum
+        first_lr = lr * lr_boost
+        first_batch = int(round(batch_size * lr_boost * (1 - optimizer_momentum) / (1 - momentum)))
+        if first_batch > cap:
+            raise ConfigError(
+                f"schedule.batch_size={batch_size}: the first batch ({first_batch}, after lr_boost and momentum) "
+                f"must be <= max_batch_size={cap}"
+            )
+        warmup_start_lr = first_lr
+        if scale_to_cap:  # Goyal et al.: k times the batch, k times the lr
+            first_lr *= cap / first_batch
+            first_batch = cap
         return cls(
             name=name,
-            lr=float(lr),
-            batch_size=int(batch_size),
+            lr=float(first_lr),
+            batch_size=first_batch,
             momentum=float(momentum),
             factor=float(factor),
             milestones=steps,
             batch_growth_steps=len(steps) if batch_growth_steps is None else int(batch_growth_steps),
-            max_batch_size=batch_cap(max_batch_size, n_train),
+            max_batch_size=cap,
+            warmup_epochs=math.ceil(warmup * epochs),
+            warmup_start_lr=float(warmup_start_lr),
         )
 
-    def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
         lr, batch_size = self.lr, self.batch_size
+        if epoch < self.warmup_epochs:
+            lr = self.warmup_start_lr + (self.lr - self.warmup_start_lr) * epoch / self.warmup_epochs
         for step, milestone in enumerate(self.milestones):
             if epoch < milestone:
                 break
@@ -193,18 +236,19 @@ class PlateauSchedule:
         min_delta: float = 1e-4,
         n_train: int,
         epochs: int,
-        momentum: float,
+        optimizer_momentum: float,
     ) -> PlateauSchedule:
         """Resolve max_batch_size None = N / 10. `epochs` is taken, and not needed, so that every
         schedule is built by the same call."""
         return cls(
-            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(momentum),
+            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
             max_batch_size=batch_cap(max_batch_size, n_train), factor=float(factor), patience=int(patience),
             grow_batch=bool(grow_batch), min_delta=float(min_delta),
         )
 
-    def __call__(self, epoch: int, val_losses: Sequence[float] = ()) -> Plan:
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
         state = self._state
+        val_losses = history.get("val_loss", ())
         if len(val_losses) < state.seen:
             raise ValueError(
                 f"{self.name}: {len(val_losses)} validation losses given, {state.seen} already seen; "
@@ -237,6 +281,91 @@ class PlateauSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self._state = _PlateauState(**state)
+
+
+@dataclass
+class _AdaptiveState:
+    """What an AdaptiveNoiseScaleSchedule has drawn from the measurements so far."""
+
+    batch_size: int  # current
+    capped_at: int | None = None  # the epoch from which B is at the cap
+    seen: int = 0  # noise-scale measurements consumed
+
+
+@dataclass(eq=False)
+class AdaptiveNoiseScaleSchedule:
+    """The batch follows the measured gradient noise scale B_simple (src/gns.py), the batch size
+    past which a bigger batch stops paying for itself (McCandlish et al. 2018); Merrill et al.
+    2025 grow the batch as the measured critical batch size grows.
+
+    After each epoch the smoothed B_simple is rounded up to the next multiple of `multiple` and
+    clipped to [batch_size, max_batch_size]. The batch only ever grows, and only when the new
+    size is at least `min_growth` times the current one, so noise in the estimate cannot make it
+    flip-flop. lr stays constant until B reaches the cap; each milestone from then on divides lr
+    by `factor`, as increase_bs does past its cap. Deterministic given the measurements, which are
+    deterministic given the seed.
+    """
+
+    follows = ("gns_b_simple",)  # what the loop must measure for it
+
+    name: str
+    lr: float
+    batch_size: int  # B_min, the first batch
+    momentum: float
+    factor: float
+    milestones: tuple[int, ...]
+    max_batch_size: int
+    multiple: int
+    min_growth: float
+    _state: _AdaptiveState = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._state = _AdaptiveState(self.batch_size)
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        name: str,
+        lr: float,
+        batch_size: int,
+        factor: float,
+        milestones: Sequence[float],
+        max_batch_size: int | None,
+        multiple: int | None = None,
+        min_growth: float = 1.5,
+        n_train: int,
+        epochs: int,
+        optimizer_momentum: float,
+    ) -> AdaptiveNoiseScaleSchedule:
+        """multiple None = batch_size; max_batch_size None = N / 10."""
+        return cls(
+            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
+            factor=float(factor), milestones=milestone_epochs(milestones, epochs),
+            max_batch_size=batch_cap(max_batch_size, n_train), multiple=int(multiple or batch_size),
+            min_growth=float(min_growth),
+        )
+
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
+        state = self._state
+        measured = history.get("gns_b_simple", ())
+        for value in measured[state.seen :]:
+            state.seen += 1
+            if not math.isfinite(value) or state.capped_at is not None:
+                continue
+            target = min(self.max_batch_size, max(self.batch_size, math.ceil(value / self.multiple) * self.multiple))
+            if target >= state.batch_size * self.min_growth or (target == self.max_batch_size > state.batch_size):
+                state.batch_size = target
+                if target == self.max_batch_size:
+                    state.capped_at = state.seen  # measured after epoch seen-1: B is capped from epoch `seen`
+        decays = sum(1 for m in self.milestones if state.capped_at is not None and state.capped_at <= m <= epoch)
+        return Plan(lr=self.lr / self.factor**decays, batch_size=state.batch_size, momentum=self.momentum)
+
+    def state_dict(self) -> dict:
+        return asdict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = _AdaptiveState(**state)
 
 
 def updates_in_epoch(n_train: int, batch_size: int, last_batch: str) -> int:

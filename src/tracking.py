@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -53,8 +54,17 @@ def prepare_store(tracking: DictConfig) -> str:
         experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
             return experiment.experiment_id
-        artifacts = Path(tracking.artifact_root).resolve().as_uri()
-        return client.create_experiment(tracking.experiment, artifact_location=artifacts)
+        return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+
+
+def artifact_location(tracking: DictConfig) -> str | None:
+    """Where a new experiment keeps its artifacts. A local store: artifact_root, as a file URI.
+    A tracking server (http/https): None, so the server picks its own root (its artifact proxy,
+    mlflow-artifacts:/, with `mlflow server --artifacts-destination`) and the runs of every
+    machine keep their artifacts in one place."""
+    if tracking.uri.startswith(("http://", "https://")):
+        return None
+    return Path(tracking.artifact_root).resolve().as_uri()
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
@@ -84,12 +94,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 def runs_with_config(cfg: DictConfig, key: str, status: str | None = None):
     """Training runs of this experiment logged with config hash `key`, newest first."""
-    client = MlflowClient(cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        return []
+    experiment_id = prepare_store(cfg.tracking)  # never the first, unlocked, writer of a store
     query = f"tags.config_hash = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
-    return client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"])
+    return MlflowClient(cfg.tracking.uri).search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
 def _git_commit() -> str | None:
@@ -119,6 +126,18 @@ class TrackedRun:
         now = int(time.time() * 1000)
         batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+
+class Untracked:
+    """What the ranks other than 0 of a DDP run log through: nothing; rank 0 logs for all."""
+
+    run_id = None
+
+    def last_logged_epoch(self) -> float:
+        return math.inf  # never re-logs a checkpointed epoch
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
 
 
 def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> None:

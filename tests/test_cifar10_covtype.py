@@ -4,15 +4,20 @@ one-line errors when the data are missing, and the batch augmentation."""
 import pickle
 import socket
 
-import joblib
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import fetch_covtype
 
-from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype
+from conftest import write_covtype_cache
+
+from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype, write_cifar10_files
 
 PER_BATCH = 20  # images per CIFAR-10 batch file (the real ones hold 10,000)
+
+
+def write_cifar10(data_dir, seed=0):
+    return write_cifar10_files(data_dir, PER_BATCH, seed)
 
 
 @pytest.fixture
@@ -24,27 +29,6 @@ def offline(monkeypatch):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", unreachable)
-
-
-def write_cifar10(data_dir, seed=0) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
-    """cifar-10-batches-py/data_batch_1..5 and test_batch as the real archive has them: pickled
-    dicts with bytes keys, b"data" uint8 (n, 3072) channel-major rows, b"labels" a list."""
-    rng = np.random.default_rng(seed)
-    folder = data_dir / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        # channels with different means and spreads, so that normalisation has work to do
-        red, green, blue = (rng.integers(lo, hi, (PER_BATCH, 1024)) for lo, hi in ((0, 256), (100, 150), (0, 60)))
-        data = np.concatenate([red, green, blue], axis=1).astype(np.uint8)
-        labels = rng.integers(0, 10, PER_BATCH).tolist()
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"{i}.png".encode() for i in range(PER_BATCH)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        written[name] = (data, labels)
-    train = [written[f"data_batch_{i}"] for i in range(1, 6)]
-    return (np.concatenate([d for d, _ in train]), sum((l for _, l in train), []), *written["test_batch"])
 
 
 def test_cifar10_reads_the_python_batches_normalised_per_channel(tmp_path):
@@ -79,23 +63,6 @@ def test_cifar10_missing_is_one_line_saying_what_goes_where(tmp_path, offline):
         assert_one_line_naming(error, str(tmp_path.resolve()), "cifar-10-batches-py/", "data_batch_1", "test_batch",
                                "cifar-10-python.tar.gz")
     assert isinstance(error.value, RuntimeError)
-
-
-def write_covtype_cache(data_home, n=200, seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's own cache of fetch_covtype: covertype/samples_py3 (float64 (n, 54)) and
-    covertype/targets_py3 (int32 labels 1..7), joblib dumps as sklearn writes them. Column 0
-    (elevation) holds each row's index, to trace rows through the split; the last column
-    (a soil type) is all zero, as rare soil types nearly are."""
-    rng = np.random.default_rng(seed)
-    x = np.concatenate(
-        [np.arange(n)[:, None], rng.normal(200, 50, (n, 9)), rng.integers(0, 2, (n, 43)), np.zeros((n, 1))], axis=1
-    )
-    y = rng.integers(1, 8, n).astype(np.int32)
-    folder = data_home / "covertype"
-    folder.mkdir(parents=True)
-    joblib.dump(x, folder / "samples_py3", compress=9)
-    joblib.dump(y, folder / "targets_py3", compress=9)
-    return x, y
 
 
 def row_ids(data) -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,13 @@ HISTORY = [1.0, 0.9, 0.95, 0.9, 0.91, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85]
 
 def plateau(grow_batch: bool, max_batch_size: int | None = None, **kw) -> PlateauSchedule:
     args = dict(name="plateau", lr=0.1, batch_size=256, factor=5, patience=3, max_batch_size=max_batch_size,
-                grow_batch=grow_batch, n_train=64_000, epochs=60, momentum=0.9)
+                grow_batch=grow_batch, n_train=64_000, epochs=60, optimizer_momentum=0.9)
     return PlateauSchedule.for_run(**{**args, **kw})
 
 
 def plans(schedule: PlateauSchedule, history: list[float]) -> list:
     """The plan of every epoch, asked for as a training loop does."""
-    return [schedule(epoch, history[:epoch]) for epoch in range(len(history) + 1)]
+    return [schedule(epoch, {"val_loss": history[:epoch]}) for epoch in range(len(history) + 1)]
 
 
 def test_baseline_divides_lr_at_each_plateau():
@@ -56,38 +56,38 @@ def test_growth_up_to_the_cap_itself_is_allowed():
 
 def test_improvements_smaller_than_min_delta_do_not_count():
     small_steps = [1.0, 1.0 - 5e-5, 1.0 - 9e-5, 1.0 - 9.9e-5]  # each within 1e-4 of the best 1.0
-    assert plateau(grow_batch=False)(4, small_steps).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {"val_loss": small_steps}).lr == pytest.approx(0.02)
     big_steps = [1.0, 0.9998, 0.9996, 0.9994]
-    assert plateau(grow_batch=False)(4, big_steps).lr == pytest.approx(0.1)
-    assert plateau(grow_batch=False, min_delta=0.1)(4, big_steps).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {"val_loss": big_steps}).lr == pytest.approx(0.1)
+    assert plateau(grow_batch=False, min_delta=0.1)(4, {"val_loss": big_steps}).lr == pytest.approx(0.02)
 
 
 def test_nan_loss_never_improves():
-    assert plateau(grow_batch=False)(4, [1.0, math.nan, math.nan, math.nan]).lr == pytest.approx(0.02)
-    assert plateau(grow_batch=False)(4, [math.nan, 1.0, 0.9, 0.8]).lr == pytest.approx(0.1)
+    assert plateau(grow_batch=False)(4, {"val_loss": [1.0, math.nan, math.nan, math.nan]}).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {"val_loss": [math.nan, 1.0, 0.9, 0.8]}).lr == pytest.approx(0.1)
 
 
 def test_replaying_a_history_equals_stepping_through_it():
     stepped = plateau(grow_batch=True, max_batch_size=6400)
     last = plans(stepped, HISTORY)[-1]
     replayed = plateau(grow_batch=True, max_batch_size=6400)
-    assert replayed(len(HISTORY), HISTORY) == last
-    assert replayed(len(HISTORY), HISTORY) == last  # losses already seen are not counted again
+    assert replayed(len(HISTORY), {"val_loss": HISTORY}) == last
+    assert replayed(len(HISTORY), {"val_loss": HISTORY}) == last  # losses already seen are not counted again
     assert stepped.state_dict() == replayed.state_dict()
     with pytest.raises(ValueError, match="already seen"):
-        replayed(3, HISTORY[:3])
+        replayed(3, {"val_loss": HISTORY[:3]})
 
 
 def test_state_dict_round_trip_continues_identically():
     history = [1.0] * 14
     original = plateau(grow_batch=True, max_batch_size=6400)
     for epoch in range(8):
-        original(epoch, history[:epoch])
+        original(epoch, {"val_loss": history[:epoch]})
     state = json.loads(json.dumps(original.state_dict(), allow_nan=False))  # strict JSON
     resumed = plateau(grow_batch=True, max_batch_size=6400)
     resumed.load_state_dict(state)
     rest = range(8, len(history) + 1)
-    assert [resumed(e, history[:e]) for e in rest] == [original(e, history[:e]) for e in rest]
+    assert [resumed(e, {"val_loss": history[:e]}) for e in rest] == [original(e, {"val_loss": history[:e]}) for e in rest]
     assert resumed.state_dict() == original.state_dict()
     assert resumed.state_dict()["phase"] == "lr"  # the resumed part crossed the switch
 
@@ -98,7 +98,7 @@ def test_fresh_state_is_json_and_loading_it_restarts():
     plans(schedule, [1.0] * 8)
     schedule.load_state_dict(fresh)
     assert schedule(0) == plateau(grow_batch=True)(0)
-    assert schedule(8, [1.0] * 8) == plateau(grow_batch=True)(8, [1.0] * 8)
+    assert schedule(8, {"val_loss": [1.0] * 8}) == plateau(grow_batch=True)(8, {"val_loss": [1.0] * 8})
 
 
 def test_default_cap_is_a_tenth_of_the_training_set():

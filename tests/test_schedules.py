@@ -2,6 +2,7 @@
 
 import pytest
 
+from src.errors import ConfigError
 from src.schedules import StepSchedule, milestone_epochs, noise_scale, planned_updates
 
 # CIFAR-10 in the paper: N = 50,000, B0 = 128, 200 epochs, steps at 60/120/160, factor 5.
@@ -11,7 +12,7 @@ N, EPOCHS = 50_000, 200
 def paper(name: str, batch_growth_steps, max_batch_size=None, milestones=(60, 120, 160), **kw) -> StepSchedule:
     args = dict(name=name, lr=0.1, batch_size=128, factor=5, milestones=milestones,
                 batch_growth_steps=batch_growth_steps, max_batch_size=max_batch_size,
-                n_train=N, epochs=EPOCHS, momentum=0.9)
+                n_train=N, epochs=EPOCHS, optimizer_momentum=0.9)
     return StepSchedule.for_run(**{**args, **kw})
 
 
@@ -94,3 +95,33 @@ def test_milestones_fractions_or_epochs():
 def test_constant_never_changes():
     constant = paper("constant", 0, milestones=[])
     assert {constant(e) for e in range(EPOCHS)} == {constant(0)}
+
+
+def test_paper_figure5_raising_the_effective_learning_rate():
+    """Figure 5 (B_max = 5120): eps 0.5 with B0 640 -> 6,406 updates ("<6,500"); eps 0.5,
+    m 0.98, B0 3200 -> 2,305 ("<2,500"); both start at the base regime's noise scale."""
+    boost_lr = paper("increase_lr", None, 5120, lr_boost=5)
+    boost_m = paper("increase_momentum", None, 5120, lr_boost=5, momentum=0.98)
+    assert (boost_lr(0).lr, boost_lr(0).batch_size, boost_lr(0).momentum) == (pytest.approx(0.5), 640, 0.9)
+    assert (boost_m(0).lr, boost_m(0).batch_size, boost_m(0).momentum) == (pytest.approx(0.5), 3200, 0.98)
+    assert [boost_m(e).batch_size for e in (0, 60, 120, 160)] == [3200, 5120, 5120, 5120]
+    assert round(planned_updates(boost_lr, N, EPOCHS)) == 6_406
+    assert round(planned_updates(boost_m, N, EPOCHS)) == 2_305
+    base = paper("increase_bs", None, 5120)
+    for epoch in range(EPOCHS):  # same noise scale at every epoch, up to the '-1' term
+        exact = [(s(epoch).lr / (1 - s(epoch).momentum)) * N / s(epoch).batch_size for s in (base, boost_lr, boost_m)]
+        assert max(exact) == pytest.approx(min(exact), rel=1e-12)
+
+
+def test_large_batch_scaled_after_goyal():
+    big = paper("large_batch_scaled", 0, 5120, scale_to_cap=True, warmup=0.05)
+    assert big.warmup_epochs == 10  # 5% of 200 epochs
+    assert {big(e).batch_size for e in range(EPOCHS)} == {5120}
+    scaled = 0.1 * 5120 / 128
+    assert [big(e).lr for e in (0, 5, 10, 59, 60, 120, 160)] == pytest.approx(
+        [0.1, 0.1 + (scaled - 0.1) / 2, scaled, scaled, scaled / 5, scaled / 25, scaled / 125])
+
+
+def test_a_first_batch_above_the_cap_is_refused():
+    with pytest.raises(ConfigError, match="schedule.batch_size=128: the first batch .3200"):
+        paper("increase_momentum", None, 2000, lr_boost=5, momentum=0.98)

@@ -28,8 +28,17 @@ def only_run(client, sweep_id):
     [(g, o) for g in ("dataset", "model", "optimizer", "schedule") for o in group_options(g)],
 )
 def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group, option):
-    extra = TINY_MNIST1D if (group, option) == ("dataset", "mnist1d") else ["dataset=digits"]
-    cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "schedule.milestones=[]", "trainer.threads=1",
+    extra = {
+        ("dataset", "mnist1d"): TINY_MNIST1D,
+        ("dataset", "cifar10"): [],  # 1,000 random images in CIFAR-10's format (conftest)
+        ("dataset", "covtype"): [],
+        ("model", "wrn"): ["dataset=cifar10", "model.depth=10", "model.width=1"],  # WRN-10-1: quick on CPU
+    }.get((group, option), ["dataset=digits"])
+    if group == "schedule":  # room for increase_momentum's B0 x25 under the cap (N = 1,437)
+        extra += ["schedule.batch_size=16", "schedule.max_batch_size=1000"]
+    if not (group == "schedule" and option.startswith("plateau")):  # one epoch: no room for a step
+        extra += ["schedule.milestones=[]"]
+    cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "trainer.threads=1",
                    "trainer.resume=false",  # several options give the same one-epoch config
                    f"tracking.sweep_id=option-{group}-{option}")
     final = train(cfg)
@@ -71,7 +80,7 @@ def test_loop_makes_the_planned_whole_batch_count(make_cfg):
         cfg = make_cfg(*TINY, "trainer.epochs=5", "schedule=increase_bs", f"trainer.last_batch={last_batch}",
                        f"tracking.sweep_id=planned-{last_batch}")
         final = train(cfg)
-        schedule = instantiate(cfg.schedule, n_train=1437, epochs=5, momentum=0.9)
+        schedule = instantiate(cfg.schedule, n_train=1437, epochs=5, optimizer_momentum=0.9)
         assert final["total_param_updates"] == planned_updates(schedule, 1437, 5, last_batch)
 
 
@@ -87,3 +96,33 @@ def test_same_seed_same_numbers(make_cfg, shared_store):
     train(make_cfg(*TINY, "schedule=hybrid", "trainer.seed=1", "tracking.sweep_id=other-seed"))
     run_id = only_run(client, "other-seed").info.run_id
     assert history(client, run_id, "train_loss") != curves[0]["train_loss"]
+
+
+def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
+    """Micro-batches of 64 accumulate into the gradient of the whole batch of 256: one update,
+    parameters equal to float32 rounding (atol 1e-6; an MLP without dropout or batch norm)."""
+    import copy
+
+    import torch
+
+    from src.data import load_digits
+    from src.models import MLP
+    from src.train import Precision, train_epoch
+
+    torch.manual_seed(0)
+    data = load_digits(n_val=360, split_seed=0)
+    whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[])
+    split = copy.deepcopy(whole)
+    before = [p.detach().clone() for p in whole.parameters()]
+    precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
+    results = []
+    for model, micro in ((whole, None), (split, 64)):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # lr 1: parameters move by the gradient
+        order = torch.randperm(256, generator=torch.Generator().manual_seed(1))
+        results.append(train_epoch(model, optimizer, data, order, 256, "keep", micro, torch.Generator(), precision))
+    assert results[0][1:] == results[1][1:] == (1, 256)  # one update, 256 samples, either way
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)  # the same mean loss
+    moved = [p.detach() for p in whole.parameters()]
+    for a, b in zip(moved, split.parameters()):
+        assert torch.allclose(a, b.detach(), atol=1e-6)
+    assert not torch.allclose(moved[0], before[0])  # the step did move them

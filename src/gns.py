@@ -1,0 +1,53 @@
+"""The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018): the batch size
+beyond which a larger batch buys less than proportional progress per step.
+
+Within one step the loop has, at no extra backward pass, the gradient of the whole batch
+(B_big samples) and those of its parts (the micro-batches, or two halves; B_small samples each).
+Their squared norms give unbiased estimates (../shared/notes/paper.md):
+
+    |G|^2     ~= (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~= (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
+
+One step's estimates are noisy and their ratio more so, so both are smoothed by exponential
+moving averages before dividing. Pure Python: the loop hands in four numbers per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class NoiseScaleEstimator:
+    ema: float = 0.95  # weight of the past at each step (~20-step memory)
+    grad_sq: float | None = None  # EMA of the |G|^2 estimates
+    trace: float | None = None  # EMA of the tr(Sigma) estimates
+
+    def update(self, small_sq: float, small_batch: float, big_sq: float, big_batch: float) -> None:
+        """One step: mean squared norm of the parts' mean gradients (parts of small_batch
+        samples) and squared norm of the whole batch's mean gradient (big_batch samples)."""
+        grad_sq = (big_batch * big_sq - small_batch * small_sq) / (big_batch - small_batch)
+        trace = (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
+        self.grad_sq = grad_sq if self.grad_sq is None else self.ema * self.grad_sq + (1 - self.ema) * grad_sq
+        self.trace = trace if self.trace is None else self.ema * self.trace + (1 - self.ema) * trace
+
+    @property
+    def b_simple(self) -> float:
+        """tr(Sigma) / |G|^2 from the smoothed estimates; nan until they make sense."""
+        if self.grad_sq is None or self.trace is None or self.grad_sq <= 0 or self.trace < 0:
+            return math.nan
+        return self.trace / self.grad_sq
+
+    def metrics(self) -> dict[str, float]:
+        """What the loop logs per epoch (nan before the first measured step)."""
+        def known(value):
+            return math.nan if value is None else value
+
+        return {"gns_b_simple": self.b_simple, "gns_trace": known(self.trace), "gns_grad_sq": known(self.grad_sq)}
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.grad_sq, self.trace = state["ema"], state["grad_sq"], state["trace"]
