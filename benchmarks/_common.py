@@ -77,10 +77,18 @@ def build(cfg, device):
     seed_everything(cfg.trainer.seed)
     data = instantiate(cfg.dataset).to(device)
     model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    momentum = cfg.optimizer.get("momentum", 0.0)
-    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=cfg.trainer.epochs, optimizer_momentum=momentum)
+    schedule = make_schedule(cfg, data.n_train)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
     return data, model, optimizer, schedule
+
+
+def make_schedule(cfg, n_train: int, epochs: int | None = None):
+    """The run's schedule, built as src.train.train builds it (the one place benchmarks do)."""
+    from hydra.utils import instantiate
+
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    epochs = cfg.trainer.epochs if epochs is None else epochs
+    return instantiate(cfg.schedule, n_train=n_train, epochs=epochs, optimizer_momentum=momentum)
 
 
 def device_from(name: str):

@@ -123,14 +123,13 @@ def main() -> None:
 
     c.header("3. The claim on this hardware: increase_bs against decay_lr", device)
     cfg0 = cfgs["decay_lr"]
-    from hydra.utils import instantiate
 
     with c.Load():
         data, _, _, _ = c.build(cfg0, device)
         n, epochs = data.n_train, args.epochs
         plans = {}
         for name, cfg in cfgs.items():
-            schedule = instantiate(cfg.schedule, n_train=n, epochs=epochs, momentum=cfg.optimizer.get("momentum", 0.0))
+            schedule = c.make_schedule(cfg, n, epochs)
             plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
         sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
         session_reps = max(2, math.ceil(args.reps / len(seeds)))
