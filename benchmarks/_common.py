@@ -40,6 +40,17 @@ def project_train_epoch(model, optimizer, data, order, batch_size: int, last_bat
                        noise=noise)
 
 
+def temp_dir(prefix: str) -> str:
+    """A temporary folder (MLflow stores, checkpoints) removed when the benchmark exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 # --- configs ---------------------------------------------------------------------------------
 
 def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None):
@@ -66,10 +77,18 @@ def build(cfg, device):
     seed_everything(cfg.trainer.seed)
     data = instantiate(cfg.dataset).to(device)
     model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    momentum = cfg.optimizer.get("momentum", 0.0)
-    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=cfg.trainer.epochs, optimizer_momentum=momentum)
+    schedule = make_schedule(cfg, data.n_train)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
     return data, model, optimizer, schedule
+
+
+def make_schedule(cfg, n_train: int, epochs: int | None = None):
+    """The run's schedule, built as src.train.train builds it (the one place benchmarks do)."""
+    from hydra.utils import instantiate
+
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    epochs = cfg.trainer.epochs if epochs is None else epochs
+    return instantiate(cfg.schedule, n_train=n_train, epochs=epochs, optimizer_momentum=momentum)
 
 
 def device_from(name: str):
@@ -159,11 +178,6 @@ class Rounds(dict):
     run: int = 0
     kept: list[int]  # indices of the kept rounds (0-based, warm-up rounds not counted)
     others: list[float]  # CPU of other processes (cores) in each kept round
-
-    def note(self) -> str:
-        kept = len(next(iter(self.values()), []))
-        return (f"{kept} of {self.run} rounds kept (the least disturbed by other processes: "
-                f"median {median(self.others):.2f} cores of theirs)")
 
 
 ROUNDS_HEADER = "rounds kept/run, others' cores"

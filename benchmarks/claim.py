@@ -30,7 +30,6 @@ import json
 import math
 import statistics
 import subprocess
-import tempfile
 
 import argparse
 
@@ -118,20 +117,19 @@ def main() -> None:
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
-    output_dir = tempfile.mkdtemp(prefix="bench-claim-")
+    output_dir = c.temp_dir("bench-claim-")
     common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", *args.overrides]
     cfgs = {name: c.compose([f"schedule={name}", *common], output_dir) for name in SCHEDULES}
 
     c.header("3. The claim on this hardware: increase_bs against decay_lr", device)
     cfg0 = cfgs["decay_lr"]
-    from hydra.utils import instantiate
 
     with c.Load():
         data, _, _, _ = c.build(cfg0, device)
         n, epochs = data.n_train, args.epochs
         plans = {}
         for name, cfg in cfgs.items():
-            schedule = instantiate(cfg.schedule, n_train=n, epochs=epochs, momentum=cfg.optimizer.get("momentum", 0.0))
+            schedule = c.make_schedule(cfg, n, epochs)
             plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
         sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
         session_reps = max(2, math.ceil(args.reps / len(seeds)))

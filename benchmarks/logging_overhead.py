@@ -31,7 +31,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 
@@ -164,7 +163,7 @@ def main() -> None:
         return
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
-    output_dir = tempfile.mkdtemp(prefix="bench-logging-")
+    output_dir = c.temp_dir("bench-logging-")
     # 30/60/80% of 2 or 3 epochs collide: steps after epochs 1 (and 2)
     milestones = {2: ["schedule.milestones=[1]"], 3: ["schedule.milestones=[1,2]"]}.get(args.epochs, [])
     common = [f"trainer.epochs={args.epochs}", *milestones, f"trainer.device={args.device}", *args.overrides]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import tempfile
 
 import _common as c  # noqa: E402
 
@@ -38,7 +37,7 @@ def main() -> None:
         f"joblib n_jobs={args.jobs}, trainer.threads=1": [
             "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", "trainer.threads=1"],
     }
-    stores = {name: tempfile.mkdtemp(prefix="bench-sweep-") for name in arms}
+    stores = {name: c.temp_dir("bench-sweep-") for name in arms}
 
     calls = {name: 0 for name in arms}
 

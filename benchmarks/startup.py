@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 
@@ -113,7 +112,7 @@ def main() -> None:
         first_step_child(args.first_step_child)
         return
     args.reps = max(args.reps, 5)
-    output_dir = tempfile.mkdtemp(prefix="bench-startup-")
+    output_dir = c.temp_dir("bench-startup-")
     train_args = [f"paths.output_dir={output_dir}", f"paths.data_dir={c.REPO / 'data'}",
                   "trainer.epochs=4", f"trainer.device={args.device}", *args.overrides]
     env = {**os.environ}
