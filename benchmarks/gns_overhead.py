@@ -2,9 +2,10 @@
 
 Per batch size B, one epoch of src.train.train_epoch with the estimator off against on (the
 same model and data, each arm its own copy), interleaved, medians of --reps rounds. With it on,
-a batch that is not split anyway is trained as two halves, and after each half the flattened
-gradients are copied and their squared norms taken: the cost is the smaller halves' lower
-throughput plus O(parameters) work per step, so it is largest at small B.
+a measured step trains a batch that is not split anyway as two halves, and after each half the
+flattened gradients are copied and their squared norms taken: the cost is the smaller halves'
+lower throughput plus O(parameters) work per measured step, so it is largest at small B, and
+trainer.gns_every (one measured step in N, default 10) divides it by N.
 
     python benchmarks/gns_overhead.py                # CPU here: ~1 min
 """
@@ -23,6 +24,7 @@ from src.gns import NoiseScaleEstimator  # noqa: E402
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--sizes", default="64,320,2000", help="batch sizes")
+    p.add_argument("--every", default="1,10", help="measure one step in N (trainer.gns_every), one row each")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn1d")
     args = p.parse_args()
     device = c.device_from(args.device)
@@ -31,9 +33,9 @@ def main() -> None:
     c.header("Gradient-noise-scale measurement: train_epoch with the estimator off and on", device)
     rows = []
     with c.Load():
-        for batch_size in [int(b) for b in args.sizes.split(",")]:
+        for every, batch_size in [(int(e), int(b)) for e in args.every.split(",") for b in args.sizes.split(",")]:
             arms = {}
-            for name, noise in (("off", None), ("on", NoiseScaleEstimator())):
+            for name, noise in (("off", None), ("on", NoiseScaleEstimator(every=every))):
                 arm_model = copy.deepcopy(model)
                 optimizer = torch.optim.SGD(arm_model.parameters(), lr=0.01, momentum=0.9)
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)
@@ -45,11 +47,11 @@ def main() -> None:
                 arms[name] = epoch
             rounds = c.interleaved(arms, args.reps)
             ratio = c.median_ratio(rounds["on"], rounds["off"])
-            rows.append([batch_size, c.fmt(c.median(rounds["off"])), c.fmt(c.median(rounds["on"])),
+            rows.append([every, batch_size, c.fmt(c.median(rounds["off"])), c.fmt(c.median(rounds["on"])),
                          f"{ratio:.3f}", f"{100 * (ratio - 1):+.1f}%", c.rounds_cell(rounds)])
         print(f"One epoch of {data.n_train:,} samples per arm and round; median of {args.reps} interleaved rounds. "
               + c.ROUNDS_NOTE + "\n")
-        print(c.table(["B", "off s/epoch", "on s/epoch", "on / off", "overhead", c.ROUNDS_HEADER], rows))
+        print(c.table(["gns_every", "B", "off s/epoch", "on s/epoch", "on / off", "overhead", c.ROUNDS_HEADER], rows))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class TrainerSchema:
     channels_last: bool
     gns: bool
     gns_ema: float
+    gns_every: int
 
 
 @dataclass
@@ -153,6 +154,7 @@ def _check_ranges(cfg: Mapping) -> None:
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
     if not 0.0 <= trainer["gns_ema"] < 1.0:
         raise ConfigError(f"trainer.gns_ema={trainer['gns_ema']!r}: must be in [0, 1)")
+    _positive("trainer.gns_every", trainer["gns_every"], 1, inclusive=True)
     micro = trainer["micro_batch_size"]
     if micro is not None:
         _positive("trainer.micro_batch_size", micro, 1, inclusive=True)

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class NoiseScaleEstimator:
-    ema: float = 0.95  # weight of the past at each step (~20-step memory)
+    ema: float = 0.95  # weight of the past at each measured step (~20 measurements of memory)
+    every: int = 1  # measure one step in `every`: the parts of a measured step train slower
     grad_sq: float | None = None  # EMA of the |G|^2 estimates
     trace: float | None = None  # EMA of the tr(Sigma) estimates
 
@@ -50,4 +51,4 @@ class NoiseScaleEstimator:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        self.ema, self.grad_sq, self.trace = state["ema"], state["grad_sq"], state["trace"]
+        self.ema, self.every, self.grad_sq, self.trace = state["ema"], state["every"], state["grad_sq"], state["trace"]

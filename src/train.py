@@ -81,9 +81,10 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
     is drawn for the whole batch first, so it depends neither on the micro-batch size nor on the
     number of ranks. Under DDP each rank trains on its share (src/distributed.py).
 
-    With `noise`, the squared norms of the parts' gradients and of the whole batch's feed the
-    gradient-noise-scale estimator (src/gns.py); a batch that is not split anyway is split in two
-    halves for it. The norms stay on the device until the end of the epoch: no sync per step.
+    With `noise`, on one step in noise.every, the squared norms of the parts' gradients and of
+    the whole batch's feed the gradient-noise-scale estimator (src/gns.py); a batch that is not
+    split anyway is split in two halves for it. The norms stay on the device until the end of
+    the epoch: no sync per step.
     """
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
@@ -95,8 +96,9 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
             x = data.augment(x, generator)
         x, y = share(x, world), share(y, world)
         weight = world.size / len(index)  # per sample: its share of the batch, DDP's average undone
+        measure = noise is not None and updates % noise.every == 0 and len(y) > 1
         part_size = micro_batch_size or len(y)
-        if noise is not None and part_size >= len(y) > 1:
+        if measure and part_size >= len(y):
             part_size = (len(y) + 1) // 2
         parts = list(zip(x.split(part_size), y.split(part_size)))
         optimizer.zero_grad(set_to_none=True)
@@ -109,7 +111,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
                     loss = F.cross_entropy(model(precision.layout(x_part)), y_part)
                 (loss * (len(y_part) * weight)).backward()
             loss_sum.add_(loss.detach(), alpha=len(y_part))  # one kernel
-            if noise is not None and len(parts) > 1:
+            if measure and len(parts) > 1:
                 # the gradients accumulate: this part's mean gradient is the increase, rescaled
                 accumulated = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
                 part_mean = (accumulated if before is None else accumulated - before) * (len(y) / len(y_part))
@@ -224,7 +226,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
     measure_noise = trainer.gns or "gns_b_simple" in getattr(schedule, "follows", ())
     if measure_noise and world.size > 1:
         raise ConfigError("trainer.gns=true: the noise-scale estimate needs a single process, not DDP")
-    noise = NoiseScaleEstimator(trainer.gns_ema) if measure_noise else None
+    noise = NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None
     if schedule(0).batch_size < world.size:
         raise ConfigError(f"schedule.batch_size={schedule(0).batch_size}: must be >= the {world.size} ranks")
     optimizer = build_optimizer(cfg.optimizer, net.parameters(), schedule(0).lr)

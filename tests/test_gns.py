@@ -89,6 +89,7 @@ def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store
     for repeat in range(2):
         sweep = f"gns-{repeat}"
         train(make_cfg(*TINY, "schedule=adaptive_gns", "schedule.batch_size=16", "trainer.resume=false",
+                       "trainer.gns_every=1",  # every step: enough measurements in 3 tiny epochs
                        f"tracking.sweep_id={sweep}"))
         client = client_for(shared_store)
         [run] = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id],
