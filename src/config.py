@@ -64,12 +64,10 @@ SUPPLIED_BY_LOOP = {
 }
 # Keys the loop reads that are not arguments of the built object.
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
+# Keys every option of a group must set, because the loop or the range checks read them.
+REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
 LAST_BATCH = ("keep", "drop")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:
@@ -147,6 +145,10 @@ def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = Fals
 
 
 def _check_ranges(cfg: Mapping) -> None:
+    for group, keys in REQUIRED_KEYS.items():
+        for key in keys:
+            if not isinstance(cfg[group], Mapping) or key not in cfg[group]:
+                raise ConfigError(f"{group}.{key}: missing; every {group} option must set it")
     trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
     _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
     if trainer["threads"] is not None:

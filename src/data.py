@@ -181,8 +181,9 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
     images in data_batch_1..5; validation = the 10,000 of test_batch), as float32 (N, 3, 32, 32)
     normalised per channel with the training set's mean and std. Missing files are downloaded
     with torchvision when `download` and torchvision is installed. Training batches are
-    augmented as in the paper's base code (augment_crop_flip). n_train / n_val keep the first
-    images of each part only (the files are already shuffled): for quick, scaled-down runs."""
+    augmented as in the WRN code the paper follows (augment_crop_flip; inferred: the paper is
+    silent). n_train / n_val keep the first images of each part only (the files are already
+    shuffled): for quick, scaled-down runs."""
     data_dir = Path(data_dir).resolve()
     folder = data_dir / CIFAR10_FOLDER
 
@@ -258,9 +259,9 @@ def write_cifar10_files(data_dir, per_batch: int, seed: int = 0):
 
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """The paper's base augmentation (Zagoruyko & Komodakis' code) on a whole batch (N, C, H, W):
-    a random H x W crop of the image zero-padded by `padding` pixels on each side, then a
-    horizontal flip with probability 1/2.
+    """The augmentation of the WRN code the paper follows (Zagoruyko & Komodakis; inferred), on
+    a whole batch (N, C, H, W): a random H x W crop of the image zero-padded by `padding` pixels
+    on each side, then a horizontal flip with probability 1/2.
 
     One gather on x's device, no loop over images. The random offsets and flips (3 numbers per
     image) are drawn on the generator's device and moved to x's: a CPU generator gives the same

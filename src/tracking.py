@@ -167,9 +167,6 @@ def tracked_run(
     if resume_run_id:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")
-        join_sweep(cfg, run_id, tags["sweep_id"])
-        if "error" in client.get_run(run_id).data.tags:  # from the attempt that failed
-            client.delete_tag(run_id, "error")
     else:
         all_tags = {**tags, "mlflow.runName": run_name, "config_hash": key}
         commit = _git_commit()
@@ -177,8 +174,12 @@ def tracked_run(
             all_tags["mlflow.source.git.commit"] = commit
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
-    try:
-        if not resume_run_id:
+    try:  # from here on, whatever fails, the run is closed in `finally`
+        if resume_run_id:
+            join_sweep(cfg, run_id, tags["sweep_id"])
+            if "error" in client.get_run(run_id).data.tags:  # from the attempt that failed
+                client.delete_tag(run_id, "error")
+        else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = [Param(k, v) for k, v in flatten(resolved).items()]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):

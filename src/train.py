@@ -39,7 +39,7 @@ from src.schedules import Plan, noise_scale
 log = logging.getLogger(__name__)
 
 FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
-CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "schedule", "noise", "rng", "counters", "history", "metrics"}
+CHECKPOINT_KEYS = {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "counters", "history", "metrics"}
 
 
 def seed_everything(seed: int) -> None:
@@ -49,9 +49,9 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str, world: World) -> torch.device:
-    """Under DDP with `auto`, the rank's local GPU; otherwise the one-GPU-per-job rule of
+    """Under DDP with `auto` or `cuda`, the rank's local GPU; otherwise the one-GPU-per-job rule of
     src.devices.device_for_job (CPU when there is no GPU)."""
-    if name == "auto" and world.size > 1 and torch.cuda.is_available():
+    if name in ("auto", "cuda") and world.size > 1 and torch.cuda.is_available():
         return torch.device("cuda", world.local_rank)
     return torch.device(devices.job_device(name))
 
@@ -205,7 +205,12 @@ def _train(cfg: DictConfig, world: World) -> dict:
                 tracking.join_sweep(cfg, done.info.run_id, sweep_id)
             return {"outcome": "skipped", **{k: done.data.metrics[k] for k in FINAL_METRICS}}
     checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{key}.pt"
+    store = f"{cfg.tracking.uri} experiment={cfg.tracking.experiment}"  # where run_id lives
     resumed = checkpoint.load(checkpoint_path, CHECKPOINT_KEYS) if trainer.resume else None
+    if resumed is not None and resumed["store"] != store:
+        log.warning("[%s] checkpoint %s continues a run logged to %s, not %s: starting over",
+                    label, checkpoint_path, resumed["store"], store)
+        resumed = None
     if resumed is None:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
@@ -225,10 +230,14 @@ def _train(cfg: DictConfig, world: World) -> dict:
     # Measure the gradient noise scale when asked, or when the schedule follows it.
     measure_noise = trainer.gns or "gns_b_simple" in getattr(schedule, "follows", ())
     if measure_noise and world.size > 1:
-        raise ConfigError("trainer.gns=true: the noise-scale estimate needs a single process, not DDP")
+        asked_by = "trainer.gns=true" if trainer.gns else f"schedule={cfg.schedule.name}"
+        raise ConfigError(f"{asked_by}: the noise-scale estimate needs a single process, not DDP")
     noise = NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None
     if schedule(0).batch_size < world.size:
-        raise ConfigError(f"schedule.batch_size={schedule(0).batch_size}: must be >= the {world.size} ranks")
+        raise ConfigError(
+            f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({schedule(0).batch_size}) "
+            f"must be >= the {world.size} ranks"
+        )
     optimizer = build_optimizer(cfg.optimizer, net.parameters(), schedule(0).lr)
     # One CPU stream for the batch order and the augmentation: the same on any device, and one
     # state to checkpoint.
@@ -290,7 +299,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
                 "samples_seen": samples_seen,
                 "wall_time_s": train_time,
             }
-            if noise is not None:  # smoothed over the last ~1/(1-ema) steps
+            if noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
                 metrics.update(noise.metrics())
             for name, value in metrics.items():
                 history.setdefault(name, []).append(value)
@@ -298,6 +307,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             if world.is_main:
                 checkpoint.save(checkpoint_path, {
                     "run_id": run.run_id,
+                    "store": store,
                     "epoch": epoch,
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),

@@ -1,5 +1,6 @@
 """Sweeps that lose nothing: failure isolation, resume after SIGKILL, bad input, checkpoints."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,7 @@ BAD_INPUTS = [
     ("trainer.last_batch=half", "trainer.last_batch"),
     ("trainer.device=tpu", "trainer.device"),
     ("trainer.epochs=[1", "trainer.epochs"),
+    ("~optimizer.lr_scale", "optimizer.lr_scale"),
 ]
 
 
@@ -110,6 +112,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     process.wait()
     [interrupted] = all_runs(killed)
     assert interrupted.info.status == "RUNNING"  # SIGKILL: nothing could close it
+
+    # The checkpoints copied next to another store: its run is not there, so start over.
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoints, moved / "checkpoints")
+    elsewhere = run_cli(*args, output_dir=moved, data_dir=data_dir)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert "starting over" in elsewhere.stdout and "resuming" not in elsewhere.stdout
+    assert [r.info.status for r in all_runs(moved)] == ["FINISHED"]
 
     resumed = run_cli(*args, output_dir=killed, data_dir=data_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -172,6 +182,8 @@ def test_four_processes_into_one_fresh_store(tmp_path, data_dir):
         assert process.returncode == 0, stderr[-2000:]
     runs = all_runs(tmp_path)
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    sweeps = [r.data.tags["sweep_id"] for r in runs]
+    assert sorted(sweeps.count(s) for s in set(sweeps)) == [2, 2, 2, 2]  # one id per sweep, never shared
     client = client_for(tmp_path)
     for run in runs:
         for name in PER_EPOCH:
