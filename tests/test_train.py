@@ -45,6 +45,8 @@ def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group
     assert math.isfinite(final["final_val_loss"]) and 0 <= final["final_val_acc"] <= 1
     run = only_run(client_for(shared_store), f"option-{group}-{option}")
     assert run.info.status == "FINISHED"
+    assert run.data.metrics["final_val_acc"] == final["final_val_acc"]  # what was logged is what ran
+    assert run.data.metrics["total_param_updates"] == final["total_param_updates"] >= 1
 
 
 def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
