@@ -64,7 +64,7 @@ SUPPLIED_BY_LOOP = {
 }
 # Keys the loop reads that are not arguments of the built object.
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
-# Keys every option of a group must set, because the loop or the range checks read them.
+# Keys every option of a built group must set, because the loop or the range checks read them.
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
 LAST_BATCH = ("keep", "drop")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
@@ -108,9 +108,13 @@ def _check_plain_group(group: str, node: Any) -> None:
         if key not in allowed:
             raise ConfigError(f"{group}.{key}: unknown key; {group} has: {', '.join(allowed)}")
         _check_type(f"{group}.{key}", value, hints[key])
-    missing = [k for k in allowed if k not in node]
+    _check_present(group, node, allowed)
+
+
+def _check_present(group: str, node: Mapping, needed: Sequence[str]) -> None:
+    missing = [k for k in needed if k not in node]
     if missing:
-        raise ConfigError(f"{group}.{missing[0]}: missing; {group} needs: {', '.join(allowed)}")
+        raise ConfigError(f"{group}.{missing[0]}: missing; {group} needs: {', '.join(needed)}")
 
 
 def _check_built_group(group: str, node: Any) -> None:
@@ -145,10 +149,6 @@ def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = Fals
 
 
 def _check_ranges(cfg: Mapping) -> None:
-    for group, keys in REQUIRED_KEYS.items():
-        for key in keys:
-            if not isinstance(cfg[group], Mapping) or key not in cfg[group]:
-                raise ConfigError(f"{group}.{key}: missing; every {group} option must set it")
     trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
     _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
     if trainer["threads"] is not None:
@@ -238,6 +238,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}: missing from the config")
     for group in PLAIN_GROUPS:
         _check_plain_group(group, plain[group])
+    for group, needed in REQUIRED_KEYS.items():
+        _check_present(group, plain[group], needed)
     _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
     for group in BUILT_GROUPS:
         _check_built_group(group, plain[group])
