@@ -1,11 +1,44 @@
-"""`python -m src.figures`: the paper's figures and a results table from the runs of one sweep.
+"""`python -m src.figures`: the paper's figures, a results table and a verdict from one sweep's runs.
 
 Nothing is retrained: the runs are read back from the MLflow store. Writes PNG + SVG figures and
 report.md / report.csv / report.json under <output-dir>/<sweep_id>/, and logs the same files as
 artifacts of a summary run (tag kind=summary) in the same experiment.
 
 Three layers, so the numbers can be checked without images: load_sweep (store -> plain RunData),
-report_rows (RunData -> one row of numbers per schedule) and the plot_* functions (-> figures).
+group_runs and report_rows (RunData -> groups of curves -> one row of numbers per curve) and the
+plot_* functions (-> figures).
+
+Grouping. A curve is the runs that differ in nothing but the seed: the same resolved config (the
+logged params) once the seed and the execution-only keys (src.tracking.NOT_IDENTITY: paths,
+tracking, threads, ...) are left out. A key that takes more than one value among the runs of one
+schedule is an axis of the sweep (the optimizer, schedule.factor, the model ...): each value of
+the axes is a group with its own figures and report section, and in a group the curves differ
+only by the schedule (and what comes with it). No fixed list of keys: a key the sweep varies can
+never be averaged over.
+
+The paper's figures (Smith, Kindermans, Ying & Le, ICLR 2018, arXiv 1711.00489), their captions:
+  1  "Schedules for the learning rate (a) and batch size (b), as a function of training epochs."
+  2  "Wide ResNet on CIFAR10. Training set cross-entropy, evaluated as a function of the number of
+     training epochs (a), or the number of parameter updates (b). The three learning curves are
+     identical, but increasing the batch size reduces the number of parameter updates required."
+  3  "Wide ResNet on CIFAR10. Test accuracy during training, for SGD with momentum (a) and
+     Nesterov momentum (b). In both cases all three schedules track each other extremely closely."
+  4  "Wide ResNet on CIFAR10. Test set accuracy during training, for vanilla SGD (a) and Adam (b).
+     Once again, all three schedules result in equivalent test set performance."
+  5  "Wide ResNet on CIFAR10. Test accuracy as a function of the number of parameter updates.
+     "Increasing batch size" replaces learning rate decay by batch size increases. "Increased
+     initial learning rate" additionally increases the initial learning rate from 0.1 to 0.5.
+     Finally "Increased momentum coefficient" also increases the momentum coefficient from 0.9
+     to 0.98."
+Per group: fig1_lr_batch_size, fig2a_train_loss_epochs, fig2b_train_loss_updates,
+fig3_val_acc_epochs (figure 3a's axes for any optimizer) and fig5_val_acc_updates; when the sweep
+varies the optimizer, figures 3 and 4 with one panel per optimizer. The validation split stands
+in for the paper's test set. Extra figures keep their own names.
+
+Epochs are 1-based on every axis: the x axis counts epochs trained, a per-epoch value (accuracy,
+loss) is drawn at the end of its epoch (epoch k at x = k) and a setting (lr, B, g) of epoch k as
+a step over [k - 1, k]; a milestone (the first epoch k whose lr, B or g differs from epoch k - 1's)
+is marked at x = k - 1, where the step is.
 """
 
 from __future__ import annotations
@@ -13,12 +46,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
+import shlex
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -27,14 +63,22 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from scipy import stats
 
-from src.tracking import SQLITE_PREFIX
+from src.tracking import NOT_IDENTITY, SQLITE_PREFIX
 
+DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "figures.yaml"
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
-HISTORIES = ("train_loss", "val_loss", "val_acc", "lr", "batch_size", "noise_scale",
+HISTORIES = ("train_loss", "val_loss", "val_acc", "lr", "batch_size", "momentum", "noise_scale",
              "param_updates", "wall_time_s")
+# A schedule's phase changes when one of these differs from the epoch before: a milestone.
+SETTINGS = ("lr", "batch_size", "noise_scale")
+SEED_PARAM = "trainer.seed"  # the one config key the runs of a curve may differ in
 # Per run, the report's numbers: name -> heading in report.md. best_val_loss is the lowest
 # val_loss of any epoch; the others are logged once per run.
 REPORTED = {
@@ -42,17 +86,23 @@ REPORTED = {
     "final_val_loss": "final val loss",
     "best_val_loss": "best val loss",
     "total_param_updates": "param updates",
-    "total_wall_time_s": "total wall time (s)",
     "train_time_s": "train time (s)",
+    "total_wall_time_s": "total wall time (s)",
 }
 # report.csv's columns (report.json's rows have the same keys). Ratios are of the means.
-COLUMNS = ["group", "schedule", "n_finished", "n_failed",
+COLUMNS = ["group", "schedule", "baseline", "n_finished", "n_failed",
            *(f"{name}_{stat}" for name in REPORTED for stat in ("mean", "std", "ratio")),
-           "matched", "verdict"]
-# Params a sweep may vary besides the schedule: one figure set and report section per value.
-GROUP_KEYS = ("schedule.factor", "optimizer._target_", "optimizer.momentum", "model._target_",
-              "dataset._target_", "trainer.epochs", "schedule.lr", "schedule.batch_size")
+           "n_paired", "acc_diff_points", "acc_diff_low", "acc_diff_high", "first_milestone_epoch",
+           "max_gap_points", "max_gap_epoch", "verdict", "verdict_detail"]
+# The optimizer panels of figures 3 and 4: optimizer (optimizer_name) -> panel title.
+OPTIMIZER_FIGURES = {
+    "fig3_val_acc_epochs_momentum_nesterov": ("Fig. 3: validation accuracy vs epochs",
+                                              {"momentum": "SGD with momentum", "nesterov": "Nesterov momentum"}),
+    "fig4_val_acc_epochs_sgd_adam": ("Fig. 4: validation accuracy vs epochs",
+                                     {"sgd": "vanilla SGD", "adam": "Adam"}),
+}
 LINESTYLES = ("-", "--", ":", "-.")  # with colours, so curves that lie on each other stay visible
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # each curve's end, in every figure
 DPI = 100
 
 
@@ -67,6 +117,7 @@ class RunData:
     run_id: str
     status: str  # FINISHED, FAILED, KILLED, RUNNING
     start_time: int  # ms since the epoch
+    end_time: int | None  # ms since the epoch; None while running
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]  # the last value of every metric: the once-per-run ones are finals
@@ -75,6 +126,10 @@ class RunData:
     @property
     def schedule(self) -> str:
         return self.tags.get("schedule", "?")
+
+    @property
+    def seed(self) -> str:
+        return self.tags.get("seed", "?")
 
     @property
     def finished(self) -> bool:
@@ -86,7 +141,42 @@ class RunData:
         return self.metrics[name]
 
 
-BySchedule = dict[str, list[RunData]]  # schedule -> its runs
+@dataclass
+class Curve:
+    """The runs of one schedule in one group: they differ in nothing but the seed."""
+
+    schedule: str
+    runs: list[RunData]
+
+    @property
+    def by_seed(self) -> dict[str, RunData]:
+        """seed -> its finished run (the newest, if a seed ran twice: the same config and seed
+        give the same numbers on CPU, so a second run is a repeat, not a second sample)."""
+        newest = {}
+        for run in sorted((r for r in self.runs if r.finished), key=lambda r: r.start_time):
+            newest[run.seed] = run
+        return dict(sorted(newest.items()))
+
+    @property
+    def finished(self) -> list[RunData]:
+        return list(self.by_seed.values())
+
+    @property
+    def n_failed(self) -> int:
+        return sum(not run.finished for run in self.runs)
+
+
+@dataclass
+class Group:
+    """Curves that share every config value but the schedule's (and the seed)."""
+
+    label: str  # what sets it apart from the sweep's other groups; '' when it is the only one
+    setting: dict[str, str | None]  # axis key -> its value in this group
+    curves: dict[str, Curve] = field(default_factory=dict)  # schedule -> curve
+
+    @property
+    def runs(self) -> list[RunData]:
+        return [run for curve in self.curves.values() for run in curve.runs]
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -109,8 +199,8 @@ def _run_data(client: MlflowClient, run) -> RunData:
         for point in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.timestamp):
             by_step[point.step] = point.value
         history[name] = [by_step[step] for step in sorted(by_step)]
-    return RunData(run.info.run_id, run.info.status, run.info.start_time, dict(run.data.tags),
-                   dict(run.data.params), dict(run.data.metrics), history)
+    return RunData(run.info.run_id, run.info.status, run.info.start_time, run.info.end_time,
+                   dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history)
 
 
 def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = None,
@@ -144,78 +234,185 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
         raise StoreError(f"no runs with sweep_id '{sweep_id}'{matching} in experiment '{experiment}'"
                          f" (known sweeps: {known or 'none'})")
     chosen = [_run_data(client, run) for run in runs if run.data.tags["sweep_id"] == sweep_id]
-    return sweep_id, sorted(chosen, key=lambda r: (r.schedule, r.tags.get("seed", ""), r.start_time))
+    return sweep_id, sorted(chosen, key=lambda r: (r.schedule, r.seed, r.start_time))
 
 
-# --- grouping and numbers ----------------------------------------------------------------------
+# --- grouping ----------------------------------------------------------------------------------
 
 
-def group_keys(runs: Sequence[RunData]) -> list[str]:
-    """The GROUP_KEYS that take more than one value within one schedule: the sweep's other axes.
-    A key that changes only with the schedule is part of what the schedule is."""
-    keys = []
-    for key in GROUP_KEYS:
-        values = defaultdict(set)
-        for run in runs:
-            values[run.schedule].add(run.params.get(key))
+def _execution_only(key: str) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in NOT_IDENTITY)
+
+
+def identity(params: dict[str, str]) -> dict[str, str]:
+    """What a run computes: its logged config without the seed and the execution-only keys."""
+    return {key: value for key, value in params.items() if key != SEED_PARAM and not _execution_only(key)}
+
+
+def sweep_axes(runs: Sequence[RunData]) -> list[str]:
+    """The config keys that take more than one value among the runs of one schedule (a key a run
+    does not log counts as the value None). A key that changes only with the schedule is part of
+    what the schedule is."""
+    configs = [(run.schedule, identity(run.params)) for run in runs]
+    keys = sorted(set().union(*(config for _, config in configs)))
+    axes = []
+    for key in keys:
+        values: dict[str, set] = {}
+        for schedule, config in configs:
+            values.setdefault(schedule, set()).add(config.get(key))
         if any(len(v) > 1 for v in values.values()):
-            keys.append(key)
-    return keys
+            axes.append(key)
+    return axes
 
 
-def group_runs(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
-    """label ('schedule.factor=2,model._target_=...', or '' when nothing else varies) -> runs."""
-    keys = group_keys(runs)
-    groups = defaultdict(list)
+def optimizer_name(params: dict[str, str]) -> str:
+    """momentum, nesterov, sgd (no momentum) or adam, as conf/optimizer/ names them; else the
+    class name."""
+    target = params.get("optimizer._target_", "?").rsplit(".", 1)[-1]
+    if target == "SGD":
+        if params.get("optimizer.nesterov") == "True":
+            return "nesterov"
+        return "sgd" if float(params.get("optimizer.momentum", 0)) == 0 else "momentum"
+    return target.lower()
+
+
+def _short(value: str | None) -> str:
+    """A value for a label: a class path by its class name."""
+    if value is None:
+        return "unset"
+    return value.rsplit(".", 1)[-1] if re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Z]\w*", value) else value
+
+
+def _labels(settings: list[dict[str, str | None]], runs: list[RunData]) -> list[str]:
+    """One label per group: the optimizer by its name when the sweep varies it, other axes as
+    key=value; every key=value when the short labels would not tell two groups apart."""
+    if not settings or not settings[0]:
+        return [""] * len(settings)
+    short = []
+    for setting, run in zip(settings, runs):
+        parts = [f"{key}={_short(value)}" for key, value in setting.items() if not key.startswith("optimizer.")]
+        if any(key.startswith("optimizer.") for key in setting):
+            parts.insert(0, f"optimizer={optimizer_name(run.params)}")
+        short.append(",".join(parts))
+    if len(set(short)) == len(short):
+        return short
+    return [",".join(f"{key}={value}" for key, value in setting.items()) for setting in settings]
+
+
+def group_runs(runs: Sequence[RunData], baselines: Sequence[str] = ()) -> list[Group]:
+    """The sweep's groups (sorted by label), each with one curve per schedule: the first of
+    `baselines` that ran first, then the others by name."""
+    axes = sweep_axes(runs)
+    members: dict[tuple, list[RunData]] = {}
     for run in runs:
-        groups[",".join(f"{key}={run.params.get(key)}" for key in keys)].append(run)
-    return dict(sorted(groups.items()))
+        config = identity(run.params)
+        members.setdefault(tuple(config.get(key) for key in axes), []).append(run)
+    settings = [dict(zip(axes, values)) for values in members]
+    labels = _labels(settings, [group[0] for group in members.values()])
+    groups = []
+    for label, setting, group_runs_ in zip(labels, settings, members.values()):
+        group = Group(label, setting)
+        for run in sorted(group_runs_, key=lambda r: _schedule_order(r.schedule, baselines)):
+            group.curves.setdefault(run.schedule, Curve(run.schedule, [])).runs.append(run)
+        groups.append(group)
+    return sorted(groups, key=lambda g: g.label)
 
 
-def by_schedule(runs: Sequence[RunData], baseline: str) -> BySchedule:
-    """schedule -> runs, the baseline first (so it gets the first colour and the first row)."""
-    grouped = defaultdict(list)
-    for run in runs:
-        grouped[run.schedule].append(run)
-    return dict(sorted(grouped.items(), key=lambda item: (item[0] != baseline, item[0])))
+def _schedule_order(schedule: str, baselines: Sequence[str]) -> tuple:
+    return (baselines.index(schedule) if schedule in baselines else len(baselines), schedule)
 
 
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
+def pick_baseline(group: Group, requested: str | None, candidates: Sequence[str]) -> str | None:
+    """`requested` if given, else the first of `candidates` that ran in the group; None if it
+    did not run."""
+    for schedule in [requested] if requested else candidates:
+        if schedule in group.curves:
+            return schedule
+    return None
 
 
-def _updates_phrase(ratio: float) -> str:
-    if ratio < 1:
-        return f"{1 / ratio:.1f}x fewer parameter updates"
-    return f"{ratio:.1f}x as many parameter updates"
+# --- numbers -----------------------------------------------------------------------------------
 
 
-def _verdict(row: dict, base: dict | None, baseline: str, tolerance: float) -> tuple[bool | None, str]:
-    """(matched, one line). Matched = mean final accuracy no more than `tolerance` points below
-    the baseline's."""
-    if row["schedule"] == baseline:
-        return None, "baseline"
-    if not row["n_finished"]:
-        return False, "no finished run"
-    if base is None or not base["n_finished"]:
-        return None, f"no finished {baseline} run to compare with"
-    acc, base_acc = row["final_val_acc_mean"], base["final_val_acc_mean"]
-    gap = 100 * (acc - base_acc)  # accuracy points
-    updates = _updates_phrase(row["total_param_updates_ratio"])
-    if gap >= -tolerance:
-        return True, (f"matched {baseline}'s final accuracy within {tolerance:g} point(s) "
-                      f"({acc:.2%} vs {base_acc:.2%}) with {updates}")
-    return False, (f"did not match {baseline}'s final accuracy: {acc:.2%} vs {base_acc:.2%} "
-                   f"({gap:+.2f} points, tolerance {tolerance:g}), with {updates}")
+def change_steps(run: RunData) -> list[int]:
+    """The 0-based epochs whose lr, batch size or noise scale differs from the epoch before's:
+    the first epoch of each new phase of the schedule."""
+    steps = set()
+    for name in SETTINGS:
+        values = run.history.get(name, [])
+        steps.update(e for e in range(1, len(values)) if not math.isclose(values[e], values[e - 1], rel_tol=1e-9))
+    return sorted(steps)
 
 
-def report_rows(runs: Sequence[RunData], baseline: str = "decay_lr", tolerance: float = 1.0) -> list[dict]:
-    """One row per schedule: run counts; mean, std (over seeds, finished runs only) and ratio of
-    mean to the baseline's mean for each REPORTED number; the verdict. std needs two runs."""
+def t_interval(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): a Student-t interval for the mean, n - 1 degrees of freedom; no
+    interval from one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def verdict_word(n_paired: int, low: float | None, high: float | None, margin: float, min_seeds: int) -> str:
+    """matched: the whole interval within ± margin; differs: wholly outside it; else inconclusive.
+    Fewer than min_seeds paired seeds: inconclusive whatever the interval."""
+    if n_paired < min_seeds or low is None:
+        return f"inconclusive ({n_paired} seed{'s' * (n_paired != 1)})"
+    if -margin <= low and high <= margin:
+        return "matched"
+    if high < -margin or low > margin:
+        return "differs"
+    return "inconclusive"
+
+
+def compare(curve: Curve, base: Curve, margin: float, confidence: float, min_seeds: int) -> dict:
+    """The curve against the baseline, paired by seed (the same seed: the same initial weights):
+    the final accuracy difference in points with its t interval, the largest per-epoch gap of
+    the validation accuracy from the first milestone on, and the verdict."""
+    mine, theirs = curve.by_seed, base.by_seed
+    pairs = [(mine[seed], theirs[seed]) for seed in mine if seed in theirs]
+    row = {"n_paired": len(pairs), "acc_diff_points": None, "acc_diff_low": None, "acc_diff_high": None,
+           "first_milestone_epoch": None, "max_gap_points": None, "max_gap_epoch": None}
+    if not pairs:
+        row["verdict"] = verdict_word(0, None, None, margin, min_seeds)
+        row["verdict_detail"] = f"no seed finished in both this schedule and {base.schedule}"
+        return row
+    diffs = [100 * (run.metrics["final_val_acc"] - other.metrics["final_val_acc"]) for run, other in pairs]
+    mean, low, high = t_interval(diffs, confidence)
+    row.update(acc_diff_points=mean, acc_diff_low=low, acc_diff_high=high)
+    # Before the first milestone both schedules are the same; the gap that matters starts there.
+    firsts = [steps[0] for run in (r for pair in pairs for r in pair) if (steps := change_steps(run))]
+    start = min(firsts, default=0)
+    length = min(len(run.history["val_acc"]) for pair in pairs for run in pair)
+    gaps = [statistics.fmean(100 * (run.history["val_acc"][e] - other.history["val_acc"][e]) for run, other in pairs)
+            for e in range(start, length)]
+    if firsts:
+        row["first_milestone_epoch"] = start + 1
+    if gaps:
+        at = max(range(len(gaps)), key=lambda i: abs(gaps[i]))
+        row["max_gap_points"], row["max_gap_epoch"] = gaps[at], start + at + 1
+    row["verdict"] = verdict_word(len(pairs), low, high, margin, min_seeds)
+    interval = (f"{100 * confidence:g}% t interval {low:+.2f} to {high:+.2f}" if low is not None
+                else "no interval from one seed")
+    detail = f"{mean:+.2f} points ({interval}, {len(pairs)} paired seed{'s' * (len(pairs) != 1)})"
+    if row["max_gap_points"] is not None:
+        since = f"from epoch {start + 1}, the first milestone" if firsts else "no milestone: every epoch"
+        detail += f"; largest per-epoch gap {row['max_gap_points']:+.2f} points at epoch {row['max_gap_epoch']} ({since})"
+    row["verdict_detail"] = detail
+    return row
+
+
+def report_rows(group: Group, baseline: str | None, margin: float = 1.0, confidence: float = 0.95,
+                min_seeds: int = 3) -> list[dict]:
+    """One row per curve of the group: run counts; mean, std (over seeds, finished runs only)
+    and ratio of mean to the baseline's mean for each REPORTED number; the comparison with the
+    baseline (compare). std needs two seeds."""
     rows = []
-    for schedule, runs_of in by_schedule(runs, baseline).items():
-        finished = [run for run in runs_of if run.finished]
-        row = {"schedule": schedule, "n_finished": len(finished), "n_failed": len(runs_of) - len(finished)}
+    for schedule, curve in group.curves.items():
+        finished = curve.finished
+        row = {"group": group.label, "schedule": schedule, "baseline": baseline or "",
+               "n_finished": len(finished), "n_failed": curve.n_failed}
         for name in REPORTED:
             values = [run.reported(name) for run in finished]
             row[f"{name}_mean"] = statistics.fmean(values) if values else None
@@ -224,167 +421,379 @@ def report_rows(runs: Sequence[RunData], baseline: str = "decay_lr", tolerance: 
     base = next((row for row in rows if row["schedule"] == baseline), None)
     for row in rows:
         for name in REPORTED:
-            row[f"{name}_ratio"] = _ratio(row[f"{name}_mean"], base[f"{name}_mean"] if base else None)
-        row["matched"], row["verdict"] = _verdict(row, base, baseline, tolerance)
-    return [{column: row[column] for column in COLUMNS[1:]} for row in rows]
+            base_mean = base[f"{name}_mean"] if base else None
+            mean = row[f"{name}_mean"]
+            row[f"{name}_ratio"] = None if mean is None or not base_mean else mean / base_mean
+        if row["schedule"] == baseline:
+            row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired"):-2]), verdict="baseline", verdict_detail="")
+        elif baseline is None:
+            row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired"):-2]), verdict="no baseline",
+                       verdict_detail="no baseline schedule ran in this group (choose one with --baseline)")
+        else:
+            row.update(compare(group.curves[row["schedule"]], group.curves[baseline], margin, confidence, min_seeds))
+            if row["n_paired"] and row["total_param_updates_ratio"]:
+                row["verdict_detail"] += f"; {_updates_phrase(row['total_param_updates_ratio'])}"
+    return [{column: row[column] for column in COLUMNS} for row in rows]
+
+
+def _updates_phrase(ratio: float) -> str:
+    if ratio < 1:
+        return f"{1 / ratio:.1f}x fewer parameter updates"
+    return f"{ratio:.1f}x as many parameter updates"
+
+
+def series(runs: Sequence[RunData], y: str, x: str | None = None, y_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A curve's numbers: x (1-based epochs, or the mean of metric x), the mean of y over the
+    runs and its min and max (histories cut to the shortest)."""
+    n = min(len(run.history[y]) for run in runs)
+    values = y_scale * np.array([run.history[y][:n] for run in runs])
+    xs = np.arange(1, n + 1) if x is None else np.mean([run.history[x][:n] for run in runs], axis=0)
+    return {"x": xs, "mean": values.mean(0), "low": values.min(0), "high": values.max(0)}
+
+
+def minus_one_spread(curves: dict[str, list[RunData]]) -> float | None:
+    """When every epoch's lr·N/(B(1-m)) is the same for all curves (the paper's equal-g
+    schedules), the largest relative spread of the exact g = lr/(1-m)·(N/B - 1) at any epoch:
+    the '-1' does not scale with B. None when the curves' approximate g differ by design."""
+    exact = [series(runs, "noise_scale")["mean"] for runs in curves.values()]
+    approx = [g + series(runs, "lr")["mean"] / (1 - series(runs, "momentum")["mean"])
+              for g, runs in zip(exact, curves.values())]  # g + lr/(1-m) = lr·N/(B(1-m))
+    n = min(len(values) for values in exact)
+    if len(exact) < 2 or n == 0:
+        return None
+    approx_at = np.array([values[:n] for values in approx])
+    if not np.allclose(approx_at.min(0), approx_at.max(0), rtol=1e-6, atol=0):
+        return None
+    exact_at = np.array([values[:n] for values in exact])
+    return float((exact_at.max(0) / exact_at.min(0) - 1).max())
 
 
 # --- figures -----------------------------------------------------------------------------------
 
 
-def _styles(groups: BySchedule) -> dict[str, dict]:
-    """schedule -> line style and legend label (with the number of seeds behind the curve)."""
-    styles = {}
-    for i, (schedule, runs) in enumerate(groups.items()):
-        n_finished = sum(run.finished for run in runs)
-        failed = len(runs) - n_finished
-        label = f"{schedule} ({n_finished} seed{'s' * (n_finished != 1)}"
-        label += f", {failed} failed, left out)" if failed else ")"
-        styles[schedule] = {"color": f"C{i}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "label": label}
-    return styles
+def styles_for(schedules: Sequence[str]) -> dict[str, dict]:
+    """schedule -> colour, line style and end marker, the same in every figure of a sweep."""
+    return {s: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+            for i, s in enumerate(schedules)}
+
+
+def _label(curve: Curve) -> str:
+    n = len(curve.finished)
+    text = f"{curve.schedule} ({n} seed{'s' * (n != 1)}"
+    return text + (f", {curve.n_failed} failed, left out)" if curve.n_failed else ")")
 
 
 def _figure(title: str, ncols: int = 1) -> tuple[Figure, list]:
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), squeeze=False, layout="constrained")
     fig.suptitle(title)
     return fig, list(axes[0])
 
 
-def _seed_band(runs: Sequence[RunData], name: str, scale: float = 1.0):
-    """Mean, min and max over runs of a per-epoch metric (cut to the shortest history)."""
-    n = min(len(run.history[name]) for run in runs)
-    values = scale * np.array([run.history[name][:n] for run in runs])
-    return values.mean(0), values.min(0), values.max(0)
+def _legend(fig: Figure, curves: Sequence[Curve], styles: dict, extra: Sequence[tuple] = (),
+            bands: bool = False) -> None:
+    """One legend under the axes (it never covers a curve); the band is explained only when the
+    figure draws one (`bands`, and a curve with more than one seed)."""
+    handles = [Line2D([], [], color=styles[c.schedule]["color"], linestyle=styles[c.schedule]["linestyle"],
+                      marker=styles[c.schedule]["marker"]) for c in curves]
+    labels = [_label(c) for c in curves]
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    if bands and any(len(c.finished) > 1 for c in curves):
+        handles.append(Patch(color="grey", alpha=0.25))
+        labels.append("line: mean over seeds; band: min to max")
+    columns = 2 if len(fig.axes) == 1 else 4  # what fits under one panel, or two
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(columns, len(handles)), fontsize="small",
+               frameon=False)
 
 
-def _curves(ax, finished: BySchedule, styles: dict, y: str, x: str | None = None,
-            y_scale: float = 1.0) -> None:
-    """Mean over seeds of y against epochs trained (x None) or against the mean of metric x,
-    with a min-max band over seeds."""
-    for schedule, runs in finished.items():
-        mean, low, high = _seed_band(runs, y, y_scale)
-        xs = np.arange(1, len(mean) + 1) if x is None else _seed_band(runs, x)[0][: len(mean)]
-        ax.plot(xs, mean, **styles[schedule])
-        ax.fill_between(xs, low, high, color=styles[schedule]["color"], alpha=0.2, linewidth=0)
-    ax.grid(alpha=0.3)
-    ax.legend(title="mean over seeds, band: min to max", title_fontsize="small")
+def _milestone_steps(curves: Sequence[Curve]) -> list[int]:
+    return sorted({step for curve in curves for run in curve.finished for step in change_steps(run)})
 
 
-def _epoch_axis(ax) -> None:
-    ax.set_xlabel("epoch")
+MILESTONE_STYLE = {"color": "0.45", "linestyle": (0, (1, 3)), "linewidth": 1.0}
+MILESTONE_HANDLE = (Line2D([], [], **MILESTONE_STYLE), "milestone: lr, B or g changes")
+MILESTONE_POINT = {"marker": "|", "markersize": 11, "markeredgewidth": 1.6, "linestyle": "none"}
+MILESTONE_TICK_HANDLE = (Line2D([], [], color="0.3", **MILESTONE_POINT), "milestone (the point before it)")
+
+
+def _mark_milestones_epochs(ax, curves: Sequence[Curve]) -> bool:
+    """Dotted lines where a phase starts: x = epochs trained before it."""
+    steps = _milestone_steps(curves)
+    for step in steps:
+        ax.axvline(step, **MILESTONE_STYLE, zorder=0)
+    return bool(steps)
+
+
+def _epoch_axis(ax, curves: Sequence[Curve]) -> None:
+    ax.set_xlabel("epochs trained (epoch k ends at k)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    n = max(len(run.history["val_acc"]) for c in curves for run in c.finished)
+    ax.set_xlim(0, n)
 
 
-def _steps(ax, finished: BySchedule, styles: dict, name: str) -> None:
-    """A per-epoch setting (lr, B, g) as a step function: the value of step e holds over
-    epochs [e, e + 1)."""
-    for schedule, runs in finished.items():
-        values = _seed_band(runs, name)[0]
-        ax.step(np.arange(len(values) + 1), np.append(values, values[-1]), where="post", **styles[schedule])
-    _epoch_axis(ax)
+def _label_ends(ax, ends: list[tuple[float, float, str, str]]) -> None:
+    """Each curve's end point labelled in the right margin, labels pushed apart so none hides
+    another; a thin leader line joins label and point."""
+    ax.autoscale_view()
+    to_axes = ax.transAxes.inverted()
+    placed = sorted((to_axes.transform(ax.transData.transform((x, y)))[1], x, y, text, color)
+                    for x, y, text, color in ends)
+    gap = 0.075  # axes fraction between label centres (small font on a ~4 inch axes)
+    positions = []
+    for fraction, *_ in placed:
+        positions.append(max(fraction, positions[-1] + gap) if positions else fraction)
+    overflow = positions[-1] - 1.0 if positions else 0
+    if overflow > 0:  # shift down, never below 0
+        positions = [p - overflow for p in positions]
+        for i in range(1, len(positions)):
+            positions[i] = max(positions[i], positions[i - 1] + gap)
+    for position, (_, x, y, text, color) in zip(positions, placed):
+        ax.annotate(text, xy=(x, y), xycoords="data", xytext=(1.03, position), textcoords="axes fraction",
+                    va="center", fontsize="small", color=color, annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "alpha": 0.5,
+                                "linestyle": (0, (2, 2)), "shrinkA": 0, "shrinkB": 4})
+
+
+def _curves(ax, curves: Sequence[Curve], styles: dict, y: str, x: str | None = None, y_scale: float = 1.0) -> None:
+    """Mean over seeds of y against epochs trained (x None) or against the mean of metric x; a
+    min-max band when a curve has more than one seed; each end marked and labelled with the
+    curve's total updates; on an updates axis, each curve's milestones as ticks on it."""
+    ends = []
+    for curve in curves:
+        runs, style = curve.finished, styles[curve.schedule]
+        numbers = series(runs, y, x, y_scale)
+        ax.plot(numbers["x"], numbers["mean"], color=style["color"], linestyle=style["linestyle"], linewidth=1.6)
+        if len(runs) > 1:
+            ax.fill_between(numbers["x"], numbers["low"], numbers["high"], color=style["color"], alpha=0.2, linewidth=0)
+        ax.plot(numbers["x"][-1], numbers["mean"][-1], marker=style["marker"], color=style["color"], markersize=7,
+                linestyle="none", markeredgecolor="white", zorder=5)
+        updates = statistics.fmean(run.metrics["total_param_updates"] for run in runs)
+        ends.append((numbers["x"][-1], numbers["mean"][-1], f"{curve.schedule}: {updates:,.0f} updates", style["color"]))
+        if x is not None:  # milestones of this curve: the last point before each change
+            steps = sorted({s for run in runs for s in change_steps(run)})
+            at = [s - 1 for s in steps if 0 < s <= len(numbers["x"])]
+            ax.plot(numbers["x"][at], numbers["mean"][at], color=style["color"], **MILESTONE_POINT, zorder=4)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _label_ends(ax, ends)
 
 
-def plot_schedules(finished: BySchedule, styles: dict, title: str) -> Figure:
-    """The paper's figure 1: learning rate and batch size against epochs."""
+def _plain_log(axis) -> None:
+    """A log axis with plain numbers at 1, 2 and 5 x 10^k: a sweep's values often span less
+    than a decade, where the default labels 10^k only (or 9x10^1)."""
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 100 else f"{value:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _updates_axis(ax) -> None:
+    ax.set(xscale="log", xlabel="parameter updates (optimizer steps, log scale)")
+    _plain_log(ax.xaxis)
+
+
+def _steps(ax, curves: Sequence[Curve], styles: dict, name: str) -> None:
+    """A per-epoch setting (lr, B, g) as a step function, one per run (seeds of a step schedule
+    coincide; a plateau schedule's differ): epoch k's value over [k - 1, k]."""
+    for curve in curves:
+        style = styles[curve.schedule]
+        for run in curve.finished:
+            values = run.history[name]
+            ax.step(np.arange(len(values) + 1), np.append(values, values[-1]), where="post",
+                    color=style["color"], linestyle=style["linestyle"], linewidth=1.6)
+            ax.plot(len(values), values[-1], marker=style["marker"], color=style["color"], markersize=7,
+                    linestyle="none", markeredgecolor="white", zorder=5, clip_on=False)
+    _mark_milestones_epochs(ax, curves)
+    _epoch_axis(ax, curves)
+    ax.grid(alpha=0.3)
+
+
+def plot_schedules(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 1: learning rate (a) and batch size (b) against epochs, both log."""
     fig, (lr, batch) = _figure(title, ncols=2)
-    _steps(lr, finished, styles, "lr")
-    lr.set_ylabel("learning rate")
-    _steps(batch, finished, styles, "batch_size")
-    batch.set_yscale("log")
-    batch.set_ylabel("batch size (samples)")
+    _steps(lr, curves, styles, "lr")
+    lr.set(yscale="log", ylabel="learning rate (log scale)", title="(a) learning rate")
+    _steps(batch, curves, styles, "batch_size")
+    batch.set(yscale="log", ylabel="batch size (samples, log scale)", title="(b) batch size")
+    _plain_log(lr.yaxis)
+    _plain_log(batch.yaxis)
+    _legend(fig, curves, styles, [MILESTONE_HANDLE])
     return fig
 
 
-def plot_val_acc_epochs(finished: BySchedule, styles: dict, title: str) -> Figure:
+def _loss_axis(ax, curves: Sequence[Curve]) -> None:
+    """Training cross-entropy on a log axis when it falls by more than 10x, else linear (less
+    than a decade on a log axis shows little but the tick labels)."""
+    values = [v for c in curves for run in c.finished for v in run.history["train_loss"] if v > 0]
+    if values and max(values) > 10 * min(values):
+        ax.set(yscale="log", ylabel="training cross-entropy (nats, log scale)")
+        _plain_log(ax.yaxis)
+    else:
+        ax.set_ylabel("training cross-entropy (nats)")
+
+
+def plot_train_loss_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 2a: training cross-entropy against epochs."""
     fig, (ax,) = _figure(title)
-    _curves(ax, finished, styles, "val_acc", y_scale=100)
-    _epoch_axis(ax)
+    _mark_milestones_epochs(ax, curves)
+    _epoch_axis(ax, curves)
+    _loss_axis(ax, curves)
+    _curves(ax, curves, styles, "train_loss")
+    _legend(fig, curves, styles, [MILESTONE_HANDLE], bands=True)
+    return fig
+
+
+def plot_train_loss_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 2b: training cross-entropy against parameter updates."""
+    fig, (ax,) = _figure(title)
+    _updates_axis(ax)
+    _loss_axis(ax, curves)
+    _curves(ax, curves, styles, "train_loss", x="param_updates")
+    _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
+    return fig
+
+
+def _val_acc_epochs(ax, curves: Sequence[Curve], styles: dict) -> None:
+    _mark_milestones_epochs(ax, curves)
+    _epoch_axis(ax, curves)
     ax.set_ylabel("validation accuracy (%)")
-    return fig
+    _curves(ax, curves, styles, "val_acc", y_scale=100)
 
 
-def plot_val_acc_updates(finished: BySchedule, styles: dict, title: str) -> Figure:
+def plot_val_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 3 (one panel): validation accuracy against epochs."""
     fig, (ax,) = _figure(title)
-    _curves(ax, finished, styles, "val_acc", x="param_updates", y_scale=100)
-    ax.set(xscale="log", xlabel="parameter updates (optimizer steps, log scale)",
-           ylabel="validation accuracy (%)")
-    # plain numbers at 1, 2 and 5 x 10^k: a sweep often spans less than one decade
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _val_acc_epochs(ax, curves, styles)
+    _legend(fig, curves, styles, [MILESTONE_HANDLE], bands=True)
     return fig
 
 
-def plot_train_loss(finished: BySchedule, styles: dict, title: str) -> Figure:
+def plot_val_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 5: validation accuracy against parameter updates."""
     fig, (ax,) = _figure(title)
-    _curves(ax, finished, styles, "train_loss")
-    _epoch_axis(ax)
-    ax.set_ylabel("training loss (cross-entropy, nats)")
+    _updates_axis(ax)
+    ax.set_ylabel("validation accuracy (%)")
+    _curves(ax, curves, styles, "val_acc", x="param_updates", y_scale=100)
+    _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
 
-def plot_noise_scale(finished: BySchedule, styles: dict, title: str) -> Figure:
+def plot_noise_scale(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """The noise scale g = lr/(1-m)·(N/B - 1) per epoch, and why equal-g schedules differ when
+    they do."""
     fig, (ax,) = _figure(title)
-    _steps(ax, finished, styles, "noise_scale")
-    ax.set(yscale="log", ylabel="noise scale g = lr/(1-m) (N/B - 1)  (log scale)")
+    _steps(ax, curves, styles, "noise_scale")
+    ax.set(yscale="log", ylabel="noise scale g = lr/(1-m)·(N/B - 1)  (log scale)")
+    _plain_log(ax.yaxis)
+    spread = minus_one_spread({c.schedule: c.finished for c in curves})
+    if spread is not None and spread > 1e-6:
+        ax.set_title(f"lr·N/(B(1-m)) is equal for every curve at every epoch, yet g differs by up to "
+                     f"{100 * spread:.1f}%:\nthe -1 in N/B - 1 does not scale with B, so a larger B gets a "
+                     f"slightly smaller g", fontsize="small")
+    _legend(fig, curves, styles, [MILESTONE_HANDLE])
     return fig
 
 
-def plot_val_loss_wall_time(finished: BySchedule, styles: dict, title: str) -> Figure:
+def plot_val_loss_wall_time(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
-    _curves(ax, finished, styles, "val_loss", x="wall_time_s")
-    ax.set(xlabel="training wall time (s)", ylabel="validation loss (cross-entropy, nats)")
+    ax.set(xlabel="training time (s, cumulative; validation excluded)", ylabel="validation cross-entropy (nats)")
+    _curves(ax, curves, styles, "val_loss", x="wall_time_s")
+    _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
 
-def plot_totals(rows: list[dict], styles: dict, title: str, baseline: str) -> Figure:
-    """Bars of mean total wall time and parameter updates (std as error bars), each bar labelled
-    with its ratio to the baseline."""
+def plot_totals(rows: list[dict], styles: dict, title: str, baseline: str | None) -> Figure:
+    """Bars of mean training time (train_time_s: the training steps, not the whole job) and
+    parameter updates per run (std over seeds as error bars), each bar labelled with its ratio
+    to the baseline."""
     fig, axes = _figure(title, ncols=2)
     rows = [row for row in rows if row["n_finished"]]
     names = [row["schedule"] for row in rows]
-    for ax, name, label in zip(axes, ("total_wall_time_s", "total_param_updates"),
-                               ("total wall time per run (s)", "parameter updates per run")):
+    for ax, name, label in zip(axes, ("train_time_s", "total_param_updates"),
+                               ("training time per run (s)", "parameter updates per run")):
         bars = ax.bar(names, [row[f"{name}_mean"] for row in rows],
                       yerr=[row[f"{name}_std"] or 0 for row in rows], capsize=4,
                       color=[styles[s]["color"] for s in names])
         ratios = [row[f"{name}_ratio"] for row in rows]
         ax.bar_label(bars, ["" if r is None else f"{r:.2f}x" for r in ratios], label_type="center")
-        ax.set(ylabel=label, xlabel=f"schedule (in the bar: ratio to {baseline})")
+        ax.set(ylabel=label, xlabel="schedule" + (f" (in the bar: ratio to {baseline})" if baseline else ""))
         ax.grid(axis="y", alpha=0.3)
     return fig
 
 
-# stem -> (heading, plot function of the finished runs by schedule); plot_totals reads the rows.
+# stem -> (heading, plot function of the group's curves with a finished run); plot_totals reads the rows.
 FIGURES = {
-    "fig1_lr_batch_size": ("Fig. 1: learning rate and batch size", plot_schedules),
-    "fig2a_val_acc_epochs": ("Fig. 2a: validation accuracy vs epochs", plot_val_acc_epochs),
-    "fig2b_val_acc_updates": ("Fig. 2b: validation accuracy vs parameter updates", plot_val_acc_updates),
-    "fig3_train_loss_epochs": ("Fig. 3: training loss vs epochs", plot_train_loss),
-    "noise_scale_epochs": ("Noise scale vs epochs (equal g: the curves should overlap)", plot_noise_scale),
-    "val_loss_wall_time": ("Validation loss vs wall time", plot_val_loss_wall_time),
+    "fig1_lr_batch_size": ("Fig. 1: learning rate and batch size vs epochs", plot_schedules),
+    "fig2a_train_loss_epochs": ("Fig. 2a: training cross-entropy vs epochs", plot_train_loss_epochs),
+    "fig2b_train_loss_updates": ("Fig. 2b: training cross-entropy vs parameter updates", plot_train_loss_updates),
+    "fig3_val_acc_epochs": ("Fig. 3: validation accuracy vs epochs", plot_val_acc_epochs),
+    "fig5_val_acc_updates": ("Fig. 5: validation accuracy vs parameter updates", plot_val_acc_updates),
+    "noise_scale_epochs": ("Noise scale vs epochs (equal-g schedules overlap)", plot_noise_scale),
+    "val_loss_wall_time": ("Validation loss vs training time", plot_val_loss_wall_time),
 }
-TOTALS = ("totals_bars", "Total wall time and parameter updates (mean ± std over seeds)")
+TOTALS = ("totals_bars", "Training time and parameter updates per run (mean ± std over seeds)")
 
 
-def write_figures(folder: Path, runs: Sequence[RunData], rows: list[dict], baseline: str,
+def _save(fig: Figure, folder: Path, stem: str, dpi: int) -> list[Path]:
+    written = []
+    with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
+        for suffix in (".png", ".svg"):
+            fig.savefig(folder / f"{stem}{suffix}", dpi=dpi)
+            written.append(folder / f"{stem}{suffix}")
+    plt.close(fig)
+    return written
+
+
+def write_figures(folder: Path, group: Group, rows: list[dict], baseline: str | None, styles: dict,
                   title: str, dpi: int = DPI) -> list[Path]:
     """Every figure of one group, as PNG and SVG; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    groups = by_schedule(runs, baseline)
-    styles = _styles(groups)
-    finished = {s: [r for r in rs if r.finished] for s, rs in groups.items() if any(r.finished for r in rs)}
-    figures = {stem: plot(finished, styles, f"{heading}\n{title}") for stem, (heading, plot) in FIGURES.items()}
-    figures[TOTALS[0]] = plot_totals(rows, styles, f"{TOTALS[1]}\n{title}", baseline)
+    curves = [curve for curve in group.curves.values() if curve.finished]
+    if not curves:
+        return []
     written = []
-    with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
-        for stem, fig in figures.items():
-            for suffix in (".png", ".svg"):
-                fig.savefig(folder / f"{stem}{suffix}", dpi=dpi)
-                written.append(folder / f"{stem}{suffix}")
-            plt.close(fig)
+    for stem, (heading, plot) in FIGURES.items():
+        written += _save(plot(curves, styles, f"{heading}\n{title}"), folder, stem, dpi)
+    written += _save(plot_totals(rows, styles, f"{TOTALS[1]}\n{title}", baseline), folder, TOTALS[0], dpi)
+    return written
+
+
+def plot_optimizer_panels(panels: list[tuple[str, Group]], styles: dict, title: str) -> Figure:
+    """Figures 3 and 4: validation accuracy against epochs, one panel per optimizer."""
+    fig, axes = _figure(title, ncols=len(panels))
+    shown: dict[str, Curve] = {}
+    for letter, ax, (panel_title, group) in zip("abcd", axes, panels):
+        curves = [curve for curve in group.curves.values() if curve.finished]
+        _val_acc_epochs(ax, curves, styles)
+        ax.set_title(f"({letter}) {panel_title}")
+        for curve in curves:
+            shown.setdefault(curve.schedule, curve)
+    _legend(fig, list(shown.values()), styles, [MILESTONE_HANDLE], bands=True)
+    return fig
+
+
+def write_optimizer_figures(folder: Path, groups: list[Group], styles: dict, title: str,
+                            dpi: int = DPI) -> list[Path]:
+    """When the sweep varies the optimizer: figures 3 and 4 for each setting of the other axes
+    (in that setting's folder), with the optimizers that ran."""
+    if not any(key.startswith("optimizer.") for group in groups for key in group.setting):
+        return []
+    by_rest: dict[tuple, list[Group]] = {}
+    for group in groups:
+        rest = tuple((k, v) for k, v in group.setting.items() if not k.startswith("optimizer."))
+        by_rest.setdefault(rest, []).append(group)
+    written = []
+    for rest, members in by_rest.items():
+        named = {optimizer_name(g.runs[0].params): g for g in members if any(c.finished for c in g.curves.values())}
+        if len(named) < len(members):  # two groups with one optimizer name: the panels would be ambiguous
+            continue
+        label = ",".join(f"{key}={_short(value)}" for key, value in rest)
+        target = folder / _folder_name(label) if label else folder
+        target.mkdir(parents=True, exist_ok=True)
+        for stem, (heading, panels) in OPTIMIZER_FIGURES.items():
+            chosen = [(panel, named[name]) for name, panel in panels.items() if name in named]
+            if chosen:
+                heading_title = f"{heading}\n{title}" + (f"  [{label}]" if label else "")
+                written += _save(plot_optimizer_panels(chosen, styles, heading_title), target, stem, dpi)
     return written
 
 
@@ -403,7 +812,57 @@ def _fmt(name: str, value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def _markdown_section(rows: list[dict], baseline: str, figure_folder: str) -> list[str]:
+def _distinct(values: list[str | None]) -> str:
+    """One value, or each with its number of runs; runs that did not log it are counted."""
+    present = Counter(v for v in values if v)
+    missing = sum(not v for v in values)
+    if not present:
+        return "not logged"
+    text = "; ".join(value if len(present) == 1 else f"{value} ({n} runs)" for value, n in present.most_common())
+    return text + (f"; not logged by {missing} run{'s' * (missing != 1)}" if missing else "")
+
+
+def _command(text: str | None) -> str | None:
+    """The logged command line, with the entry point as the user typed it."""
+    if not text:
+        return None
+    words = shlex.split(text)
+    if words and words[0].endswith(("src/run.py", "src\\run.py")):
+        words[:1] = ["python", "-m", "src.run"]
+    return shlex.join(words)
+
+
+def _utc(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else "?"
+
+
+def environment(runs: Sequence[RunData]) -> dict[str, str]:
+    """Where and how the runs ran, and how busy the machine was: the context every wall time in
+    the report needs."""
+    def tag(name: str) -> str:
+        return _distinct([run.tags.get(name) for run in runs])
+
+    env = {
+        "commit": tag("mlflow.source.git.commit"),
+        "command": _distinct([_command(run.tags.get("command")) for run in runs]),
+        "torch": tag("torch_version"),
+        "device": tag("device"),
+        "threads": f"{tag('threads')} per run (torch intra-op), on a machine with {tag('cpus')} CPUs",
+    }
+    loads = []
+    for span in ("1m", "15m"):
+        values = [run.metrics[f"load_{span}_{when}"] for run in runs for when in ("start", "end")
+                  if f"load_{span}_{when}" in run.metrics]
+        if values:
+            loads.append(f"{span[:-1]}-minute {min(values):.2f} to {max(values):.2f}")
+    env["load"] = ("load average at the runs' starts and ends: " + ", ".join(loads)) if loads else "not logged"
+    starts = [run.start_time for run in runs]
+    ends = [run.end_time for run in runs if run.end_time]
+    env["time"] = f"{_utc(min(starts))} to {_utc(max(ends) if ends else None)} UTC"
+    return env
+
+
+def _markdown_section(rows: list[dict], baseline: str | None, figure_folder: str) -> list[str]:
     lines = [
         "| schedule | runs | " + " | ".join(REPORTED.values()) + " |",
         "|---" * (len(REPORTED) + 2) + "|",
@@ -417,53 +876,70 @@ def _markdown_section(rows: list[dict], baseline: str, figure_folder: str) -> li
                 cell += f" ± {_fmt(name, row[f'{name}_std'])}"
             cells.append(cell)
         lines.append(f"| {row['schedule']} | {runs} | " + " | ".join(cells) + " |")
-    lines += ["", f"Ratio of each mean to {baseline}'s:", "",
-              "| schedule | " + " | ".join(REPORTED.values()) + " |",
-              "|---" * (len(REPORTED) + 1) + "|"]
-    for row in rows:
-        ratios = ["-" if row[f"{n}_ratio"] is None else f"{row[f'{n}_ratio']:.2f}x" for n in REPORTED]
-        lines.append(f"| {row['schedule']} | " + " | ".join(ratios) + " |")
-    lines += ["", "Verdict:", ""]
-    lines += [f"- **{row['schedule']}**: {row['verdict']}" for row in rows]
-    lines += ["", f"![validation accuracy vs parameter updates]({figure_folder}fig2b_val_acc_updates.png)",
-              f"![validation accuracy vs epochs]({figure_folder}fig2a_val_acc_epochs.png)", ""]
-    return lines
+    if baseline:
+        lines += ["", f"Ratio of each mean to {baseline}'s:", "",
+                  "| schedule | " + " | ".join(REPORTED.values()) + " |",
+                  "|---" * (len(REPORTED) + 1) + "|"]
+        for row in rows:
+            ratios = ["-" if row[f"{n}_ratio"] is None else f"{row[f'{n}_ratio']:.2f}x" for n in REPORTED]
+            lines.append(f"| {row['schedule']} | " + " | ".join(ratios) + " |")
+    lines += ["", f"Verdict against {baseline or 'no baseline'}:", ""]
+    lines += [f"- **{row['schedule']}**: {row['verdict']}" + (f". {row['verdict_detail']}" if row["verdict_detail"] else "")
+              for row in rows]
+    lines += ["", "| figure | file |", "|---|---|"]
+    lines += [f"| {heading} | [{stem}.png]({figure_folder}{stem}.png) |"
+              for stem, (heading, _) in list(FIGURES.items())[:5]]
+    return lines + [""]
 
 
-def write_report(folder: Path, sweep_id: str, experiment: str, sections: dict[str, list[dict]],
-                 failed: list[RunData], keys: list[str], baseline: str, tolerance: float) -> list[Path]:
+def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Group], sections: dict[str, list[dict]],
+                 baselines: dict[str, str | None], runs: Sequence[RunData], settings: dict) -> list[Path]:
     """report.md, report.csv and report.json: the same numbers, one row per (group, schedule)."""
-    n_runs = sum(row["n_finished"] + row["n_failed"] for rows in sections.values() for row in rows)
-    md = [
-        f"# Sweep {sweep_id}",
+    failed = [run for run in runs if not run.finished]
+    env = environment(runs)
+    margin, confidence, min_seeds = settings["margin_points"], settings["confidence"], settings["min_seeds"]
+    md = [f"# Sweep {sweep_id}", "", "Environment (what every time below depends on):", ""]
+    md += [f"- {name}: " + (f"`{value}`" if name in ("commit", "command") and value != "not logged" else value)
+           for name, value in env.items()]
+    md += [
         "",
-        f"Experiment `{experiment}`: {n_runs} runs, {len(failed)} of them not finished (FAILED, KILLED "
-        f"or still RUNNING: listed under Failed runs, left out of every mean). Mean ± std over seeds of the finished runs; accuracy in %, times "
-        f"in seconds (wall time: the whole job; train time: the training steps only). Verdict: "
-        f"matched = mean final validation accuracy at most {tolerance:g} point(s) below {baseline}'s.",
+        f"Experiment `{experiment}`: {len(runs)} runs, {len(failed)} of them not finished (FAILED, KILLED "
+        "or still RUNNING: listed under Failed runs, left out of every number). A curve is the runs that "
+        "differ only in the seed; mean ± std over its seeds; accuracy in %, times in seconds (train "
+        "time: the training steps only; total wall time: the whole job).",
+        "",
+        f"Verdict: each schedule's final validation accuracy minus the baseline's, in accuracy points, "
+        f"paired by seed (the same seed: the same initial weights), with a {100 * confidence:g}% Student-t "
+        f"interval over the paired seeds (n - 1 degrees of freedom). **matched**: the whole interval "
+        f"lies within ±{margin:g} point(s); **differs**: it lies wholly outside; otherwise **inconclusive**; "
+        f"with fewer than {min_seeds} paired seeds always **inconclusive (n seeds)**. Also the largest gap "
+        "between the mean validation-accuracy curves at any epoch from the first milestone on (the first "
+        "epoch whose lr, B or noise scale differs from the epoch before's).",
         "",
     ]
-    for label, rows in sections.items():
+    for group in groups:
+        label = group.label
         if label:
             md += [f"## {label}", ""]
-        md += _markdown_section(rows, baseline, f"{_folder_name(label)}/" if label else "")
+        md += _markdown_section(sections[label], baselines[label], f"{_folder_name(label)}/" if label else "")
     md += ["## Failed runs", ""]
     if failed:
         md += ["| run | schedule | seed | status | error |", "|---|---|---|---|---|"]
-        md += [f"| {r.tags.get('mlflow.runName', r.run_id)} | {r.schedule} | {r.tags.get('seed', '?')} | "
+        md += [f"| {r.tags.get('mlflow.runName', r.run_id)} | {r.schedule} | {r.seed} | "
                f"{r.status} | {_cell(r.tags.get('error', '-'))} |" for r in failed]
     else:
         md.append("None.")
     (folder / "report.md").write_text("\n".join(md) + "\n")
 
-    flat = [{"group": label, **row} for label, rows in sections.items() for row in rows]
+    flat = [row for rows in sections.values() for row in rows]
     with open(folder / "report.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(flat)
     summary = {
-        "sweep_id": sweep_id, "experiment": experiment, "baseline": baseline,
-        "tolerance_points": tolerance, "group_keys": keys, "rows": flat,
+        "sweep_id": sweep_id, "experiment": experiment, "environment": env,
+        "margin_points": margin, "confidence": confidence, "interval": "Student t over paired seeds",
+        "min_seeds": min_seeds, "axes": sweep_axes(runs), "baselines": baselines, "rows": flat,
         "failed_runs": [{"run_id": r.run_id, "name": r.tags.get("mlflow.runName"), "schedule": r.schedule,
                          "seed": r.tags.get("seed"), "status": r.status, "error": r.tags.get("error")}
                         for r in failed],
@@ -481,17 +957,31 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^\w.=,+-]", "_", label)
 
 
-def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunData],
-              baseline: str = "decay_lr", tolerance: float = 1.0) -> list[Path]:
-    """Figures (one set per group) and the report for one sweep's runs; returns the files."""
-    groups = group_runs(runs)
-    sections = {label: report_rows(group, baseline, tolerance) for label, group in groups.items()}
+def load_settings(path: Path = DEFAULTS) -> dict:
+    """conf/figures.yaml: the defaults of the verdict and the baseline."""
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunData], baseline: str | None = None,
+              settings: dict | None = None) -> list[Path]:
+    """Figures (one set per group, and the optimizer panels) and the report for one sweep's runs;
+    returns the files. `baseline` None: the first of settings['baselines'] in each group."""
+    settings = {**load_settings(), **(settings or {})}
+    candidates = settings["baselines"]
+    groups = group_runs(runs, [baseline] if baseline else candidates)
+    schedules = sorted({run.schedule for run in runs}, key=lambda s: _schedule_order(s, [baseline] if baseline else candidates))
+    styles = styles_for(schedules)
+    baselines = {group.label: pick_baseline(group, baseline, candidates) for group in groups}
+    sections = {group.label: report_rows(group, baselines[group.label], settings["margin_points"],
+                                         settings["confidence"], settings["min_seeds"]) for group in groups}
     written = []
-    for label, group in groups.items():
-        title = f"sweep {sweep_id}" + (f"  [{label}]" if label else "")
-        written += write_figures(folder / _folder_name(label), group, sections[label], baseline, title)
-    failed = [run for run in runs if not run.finished]
-    written += write_report(folder, sweep_id, experiment, sections, failed, group_keys(runs), baseline, tolerance)
+    for group in groups:
+        title = f"sweep {sweep_id}" + (f"  [{group.label}]" if group.label else "")
+        target = folder / _folder_name(group.label) if group.label else folder
+        written += write_figures(target, group, sections[group.label], baselines[group.label], styles, title)
+    written += write_optimizer_figures(folder, groups, styles, f"sweep {sweep_id}")
+    folder.mkdir(parents=True, exist_ok=True)
+    written += write_report(folder, sweep_id, experiment, groups, sections, baselines, runs, settings)
     return written
 
 
@@ -505,10 +995,18 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _points(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 accuracy points, got '{text}'")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    settings = load_settings()
     parser = argparse.ArgumentParser(
         prog="python -m src.figures",
-        description="Figures and a results table for one sweep, read from the MLflow store.",
+        description="Figures, a results table and a verdict for one sweep, read from the MLflow store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="the MLflow store")
@@ -516,9 +1014,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-id", help="the sweep to report; none: the newest (latest run start)")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="read only runs with this tag (repeatable)")
-    parser.add_argument("--baseline", default="decay_lr", help="the schedule ratios are taken to")
-    parser.add_argument("--tolerance", type=float, default=1.0,
-                        help="accuracy points below the baseline that still count as matched")
+    parser.add_argument("--baseline", help="the schedule the others are compared with; none: the first of "
+                        f"{', '.join(settings['baselines'])} that ran (conf/figures.yaml)")
+    parser.add_argument("--margin", "--tolerance", dest="margin", type=_points, default=settings["margin_points"],
+                        help="matched = the whole interval of the accuracy difference within ± this many points")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/figures"),
                         help="files go to OUTPUT_DIR/<sweep_id>/")
     return parser.parse_args(argv)
@@ -532,6 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StoreError(f"no MLflow store at {uri[len(SQLITE_PREFIX):]}")  # MLflow would create one
         client = MlflowClient(uri)
         sweep_id, runs = load_sweep(client, args.experiment, args.sweep_id, dict(args.tag))
+        if args.baseline and args.baseline not in {run.schedule for run in runs}:
+            ran = ", ".join(sorted({run.schedule for run in runs}))
+            raise StoreError(f"--baseline {args.baseline}: no run of that schedule in sweep '{sweep_id}' (schedules: {ran})")
     except StoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -542,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_id": sweep_id, "kind": "summary", "mlflow.runName": f"figures {sweep_id}"}).info.run_id
     status = "FAILED"
     try:
-        written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, args.tolerance)
+        written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_points": args.margin})
         for path in written:
             parent = path.parent.relative_to(folder).as_posix()
             client.log_artifact(summary, str(path), artifact_path=None if parent == "." else parent)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import shlex
+import sys
 import time
 import uuid
 from contextlib import nullcontext
@@ -40,6 +43,12 @@ log = logging.getLogger(__name__)
 
 FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
 CHECKPOINT_KEYS = {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "counters", "history", "metrics"}
+
+
+def load_average(when: str) -> dict[str, float]:
+    """The machine's 1-, 5- and 15-minute load averages (runnable processes, all users), e.g.
+    load_1m_start: the context a wall time is read in (report.md's environment block)."""
+    return {f"load_{span}_{when}": value for span, value in zip(("1m", "5m", "15m"), os.getloadavg())}
 
 
 def seed_everything(seed: int) -> None:
@@ -260,12 +269,17 @@ def _train(cfg: DictConfig, world: World) -> dict:
     # DDP after restoring: every rank then starts from the same weights.
     model = DistributedDataParallel(net) if world.size > 1 else net
 
-    tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id}
+    tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id,
+            # where and how it ran, for the report's environment block (not part of the config)
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count()),
+            "torch_version": torch.__version__, "command": shlex.join(sys.argv)}
     tracked = (
         tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"])
         if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
     )
     with tracked as run:
+        run.log(load_average("start"))
         if resumed:
             log.info("[%s] resuming MLflow run %s from epoch %d of %d", label, run.run_id, first_epoch + 1, trainer.epochs)
             if run.last_logged_epoch() < resumed["epoch"]:  # killed between checkpoint and log
@@ -333,7 +347,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             "train_time_s": train_time,
             "total_wall_time_s": time.perf_counter() - started,
         }
-        run.log(final)
+        run.log({**final, **load_average("end")})
     if world.is_main:
         checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
     log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
