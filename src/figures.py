@@ -77,7 +77,7 @@ DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "figures.yaml"
 HISTORIES = ("train_loss", "val_loss", "val_acc", "lr", "batch_size", "momentum", "noise_scale",
              "param_updates", "wall_time_s")
 # A schedule's phase changes when one of these differs from the epoch before: a milestone.
-SETTINGS = ("lr", "batch_size", "noise_scale")
+PHASE_METRICS = ("lr", "batch_size", "noise_scale")
 SEED_PARAM = "trainer.seed"  # the one config key the runs of a curve may differ in
 # Per run, the report's numbers: name -> heading in report.md. best_val_loss is the lowest
 # val_loss of any epoch; the others are logged once per run.
@@ -94,6 +94,7 @@ COLUMNS = ["group", "schedule", "baseline", "n_finished", "n_failed",
            *(f"{name}_{stat}" for name in REPORTED for stat in ("mean", "std", "ratio")),
            "n_paired", "acc_diff_points", "acc_diff_low", "acc_diff_high", "first_milestone_epoch",
            "max_gap_points", "max_gap_epoch", "verdict", "verdict_detail"]
+COMPARISON = COLUMNS[COLUMNS.index("n_paired"):COLUMNS.index("verdict")]  # compare()'s numbers
 # The optimizer panels of figures 3 and 4: optimizer (optimizer_name) -> panel title.
 OPTIMIZER_FIGURES = {
     "fig3_val_acc_epochs_momentum_nesterov": ("Fig. 3: validation accuracy vs epochs",
@@ -338,7 +339,7 @@ def change_steps(run: RunData) -> list[int]:
     """The 0-based epochs whose lr, batch size or noise scale differs from the epoch before's:
     the first epoch of each new phase of the schedule."""
     steps = set()
-    for name in SETTINGS:
+    for name in PHASE_METRICS:
         values = run.history.get(name, [])
         steps.update(e for e in range(1, len(values)) if not math.isclose(values[e], values[e - 1], rel_tol=1e-9))
     return sorted(steps)
@@ -425,9 +426,9 @@ def report_rows(group: Group, baseline: str | None, margin: float = 1.0, confide
             mean = row[f"{name}_mean"]
             row[f"{name}_ratio"] = None if mean is None or not base_mean else mean / base_mean
         if row["schedule"] == baseline:
-            row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired"):-2]), verdict="baseline", verdict_detail="")
+            row.update(dict.fromkeys(COMPARISON), verdict="baseline", verdict_detail="")
         elif baseline is None:
-            row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired"):-2]), verdict="no baseline",
+            row.update(dict.fromkeys(COMPARISON), verdict="no baseline",
                        verdict_detail="no baseline schedule ran in this group (choose one with --baseline)")
         else:
             row.update(compare(group.curves[row["schedule"]], group.curves[baseline], margin, confidence, min_seeds))
@@ -746,10 +747,10 @@ def _save(fig: Figure, folder: Path, stem: str, dpi: int) -> list[Path]:
 def write_figures(folder: Path, group: Group, rows: list[dict], baseline: str | None, styles: dict,
                   title: str, dpi: int = DPI) -> list[Path]:
     """Every figure of one group, as PNG and SVG; returns the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
     curves = [curve for curve in group.curves.values() if curve.finished]
     if not curves:
         return []
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for stem, (heading, plot) in FIGURES.items():
         written += _save(plot(curves, styles, f"{heading}\n{title}"), folder, stem, dpi)
@@ -783,9 +784,10 @@ def write_optimizer_figures(folder: Path, groups: list[Group], styles: dict, tit
         by_rest.setdefault(rest, []).append(group)
     written = []
     for rest, members in by_rest.items():
-        named = {optimizer_name(g.runs[0].params): g for g in members if any(c.finished for c in g.curves.values())}
+        named = {optimizer_name(g.runs[0].params): g for g in members}
         if len(named) < len(members):  # two groups with one optimizer name: the panels would be ambiguous
             continue
+        named = {name: g for name, g in named.items() if any(c.finished for c in g.curves.values())}
         label = ",".join(f"{key}={_short(value)}" for key, value in rest)
         target = folder / _folder_name(label) if label else folder
         target.mkdir(parents=True, exist_ok=True)
@@ -847,8 +849,10 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
         "command": _distinct([_command(run.tags.get("command")) for run in runs]),
         "torch": tag("torch_version"),
         "device": tag("device"),
-        "threads": f"{tag('threads')} per run (torch intra-op), on a machine with {tag('cpus')} CPUs",
+        "threads": tag("threads"),
     }
+    if env["threads"] != "not logged":
+        env["threads"] += f" per run (torch intra-op), on a machine with {tag('cpus')} CPUs"
     loads = []
     for span in ("1m", "15m"):
         values = [run.metrics[f"load_{span}_{when}"] for run in runs for when in ("start", "end")
@@ -893,11 +897,13 @@ def _markdown_section(rows: list[dict], baseline: str | None, figure_folder: str
 
 
 def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Group], sections: dict[str, list[dict]],
-                 baselines: dict[str, str | None], runs: Sequence[RunData], settings: dict) -> list[Path]:
-    """report.md, report.csv and report.json: the same numbers, one row per (group, schedule)."""
+                 baselines: dict[str, str | None], runs: Sequence[RunData], options: dict,
+                 optimizer_figures: Sequence[Path] = ()) -> list[Path]:
+    """report.md, report.csv and report.json: the same numbers, one row per (group, schedule);
+    report.md links each group's paper figures and the optimizer panels."""
     failed = [run for run in runs if not run.finished]
     env = environment(runs)
-    margin, confidence, min_seeds = settings["margin_points"], settings["confidence"], settings["min_seeds"]
+    margin, confidence, min_seeds = options["margin_points"], options["confidence"], options["min_seeds"]
     md = [f"# Sweep {sweep_id}", "", "Environment (what every time below depends on):", ""]
     md += [f"- {name}: " + (f"`{value}`" if name in ("commit", "command") and value != "not logged" else value)
            for name, value in env.items()]
@@ -922,6 +928,10 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         if label:
             md += [f"## {label}", ""]
         md += _markdown_section(sections[label], baselines[label], f"{_folder_name(label)}/" if label else "")
+    panels = [path.relative_to(folder).as_posix() for path in optimizer_figures if path.suffix == ".png"]
+    if panels:
+        md += ["## Figures 3 and 4: one panel per optimizer", ""]
+        md += [f"- [{name}]({name})" for name in panels] + [""]
     md += ["## Failed runs", ""]
     if failed:
         md += ["| run | schedule | seed | status | error |", "|---|---|---|---|---|"]
@@ -957,31 +967,32 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^\w.=,+-]", "_", label)
 
 
-def load_settings(path: Path = DEFAULTS) -> dict:
+def load_options(path: Path = DEFAULTS) -> dict:
     """conf/figures.yaml: the defaults of the verdict and the baseline."""
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
 def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunData], baseline: str | None = None,
-              settings: dict | None = None) -> list[Path]:
+              options: dict | None = None) -> list[Path]:
     """Figures (one set per group, and the optimizer panels) and the report for one sweep's runs;
-    returns the files. `baseline` None: the first of settings['baselines'] in each group."""
-    settings = {**load_settings(), **(settings or {})}
-    candidates = settings["baselines"]
+    returns the files. `baseline` None: the first of options['baselines'] in each group; options
+    not given come from conf/figures.yaml."""
+    options = {**load_options(), **(options or {})}
+    candidates = options["baselines"]
     groups = group_runs(runs, [baseline] if baseline else candidates)
     schedules = sorted({run.schedule for run in runs}, key=lambda s: _schedule_order(s, [baseline] if baseline else candidates))
     styles = styles_for(schedules)
     baselines = {group.label: pick_baseline(group, baseline, candidates) for group in groups}
-    sections = {group.label: report_rows(group, baselines[group.label], settings["margin_points"],
-                                         settings["confidence"], settings["min_seeds"]) for group in groups}
+    sections = {group.label: report_rows(group, baselines[group.label], options["margin_points"],
+                                         options["confidence"], options["min_seeds"]) for group in groups}
     written = []
     for group in groups:
         title = f"sweep {sweep_id}" + (f"  [{group.label}]" if group.label else "")
         target = folder / _folder_name(group.label) if group.label else folder
         written += write_figures(target, group, sections[group.label], baselines[group.label], styles, title)
-    written += write_optimizer_figures(folder, groups, styles, f"sweep {sweep_id}")
+    panels = write_optimizer_figures(folder, groups, styles, f"sweep {sweep_id}")
     folder.mkdir(parents=True, exist_ok=True)
-    written += write_report(folder, sweep_id, experiment, groups, sections, baselines, runs, settings)
+    written += panels + write_report(folder, sweep_id, experiment, groups, sections, baselines, runs, options, panels)
     return written
 
 
@@ -1003,7 +1014,7 @@ def _points(text: str) -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    settings = load_settings()
+    options = load_options()
     parser = argparse.ArgumentParser(
         prog="python -m src.figures",
         description="Figures, a results table and a verdict for one sweep, read from the MLflow store.",
@@ -1015,8 +1026,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="read only runs with this tag (repeatable)")
     parser.add_argument("--baseline", help="the schedule the others are compared with; none: the first of "
-                        f"{', '.join(settings['baselines'])} that ran (conf/figures.yaml)")
-    parser.add_argument("--margin", "--tolerance", dest="margin", type=_points, default=settings["margin_points"],
+                        f"{', '.join(options['baselines'])} that ran (conf/figures.yaml)")
+    parser.add_argument("--margin", "--tolerance", dest="margin", type=_points, default=options["margin_points"],
                         help="matched = the whole interval of the accuracy difference within ± this many points")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/figures"),
                         help="files go to OUTPUT_DIR/<sweep_id>/")
