@@ -19,7 +19,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError, _one_line
-from src.schedules import milestone_epochs
+from src.schedules import LAST_BATCH, milestone_epochs
 
 
 @dataclass
@@ -66,7 +66,6 @@ SUPPLIED_BY_LOOP = {
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
 # Keys every option of a built group must set, because the loop or the range checks read them.
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
-LAST_BATCH = ("keep", "drop")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
