@@ -308,8 +308,13 @@ def write_cifar10_files(data_dir, per_batch: int, seed: int = 0):
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """The augmentation of the WRN code the paper follows (Zagoruyko & Komodakis; inferred), on
-    a whole batch (N, C, H, W): a random H x W crop of the image zero-padded by `padding` pixels
-    on each side, then a horizontal flip with probability 1/2.
+    a whole batch (N, C, H, W): a random H x W crop of the image padded by `padding` pixels on
+    each side by REFLECTION (the edge pixel not repeated), then a horizontal flip with
+    probability 1/2. Reflection, not zeros, as that code trains CIFAR-10: its Lua train.lua
+    defaults to zero padding but scripts/train_cifar.sh sets randomcrop_type=reflection
+    (nn.SpatialReflectionPadding; its logged CIFAR runs say "reflection"), and its PyTorch port
+    pads with torchvision's Pad(4, padding_mode='reflect'). The same distribution as theirs: 9 x 9
+    offsets, flip independent of the crop.
 
     One gather on x's device, no loop over images. The random offsets and flips (3 numbers per
     image) are drawn on the generator's device and moved to x's: a CPU generator gives the same
@@ -320,7 +325,7 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int 
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
     left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
     flip = torch.rand(n, generator=generator, device=draw_device).to(x.device) < 0.5
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = F.pad(x, (padding, padding, padding, padding), mode="reflect")
     rows = top[:, None] + torch.arange(height, device=x.device)  # (n, H) rows of the padded image
     columns = torch.arange(width, device=x.device).expand(n, width)
     columns = left[:, None] + torch.where(flip[:, None], columns.flip(1), columns)  # flipped: read right to left
