@@ -24,6 +24,11 @@ def test_paper_update_counts_fractional():
     assert planned_updates(paper("increase_bs", None, UNCAPPED), N, EPOCHS) == pytest.approx(28_875)
     assert round(planned_updates(paper("increase_bs", None, 5120), N, EPOCHS)) == 29_141
     assert planned_updates(paper("hybrid", 1, UNCAPPED), N, EPOCHS) == pytest.approx(34_375)
+    # The WRN code steps from its 60th epoch (1-based), our milestone 59 (conf/base/step_schedule.yaml):
+    # phases of 59/60/40/41 epochs give other counts than the paper's, so the paper's are 60/60/40/40
+    wrn = {"milestones": (59, 119, 159)}
+    assert planned_updates(paper("increase_bs", None, UNCAPPED, **wrn), N, EPOCHS) == pytest.approx(28_487.5)
+    assert round(planned_updates(paper("increase_bs", None, 5120, **wrn), N, EPOCHS)) == 28_760
 
 
 def test_carry_counts_are_the_papers_within_a_few_steps():
