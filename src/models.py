@@ -13,7 +13,12 @@ from torch import nn
 class MLP(nn.Module):
     """The blog demo's bottleneck MLP: Dense 512 -> Drop -> 256 -> 256 -> Drop -> 128 -> 256 ->
     256 -> Drop -> 512 -> Drop -> classes, ReLU. `dropout_after` lists the hidden layers
-    (0-based) followed by dropout."""
+    (0-based) followed by dropout.
+
+    init: "torch", PyTorch's nn.Linear default (weights and biases uniform in +-1/sqrt(fan_in));
+    "keras", Keras' Dense default (glorot-uniform weights, uniform in
+    +-sqrt(6 / (fan_in + fan_out)), zero biases), the blog demo's own (it is Keras code).
+    """
 
     def __init__(
         self,
@@ -22,8 +27,11 @@ class MLP(nn.Module):
         hidden: Sequence[int],
         dropout: float,
         dropout_after: Sequence[int],
+        init: str,
     ):
         super().__init__()
+        if init not in ("torch", "keras"):
+            raise ValueError(f"MLP init={init!r}: allowed: torch, keras")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for index, size in enumerate(hidden):
@@ -33,6 +41,11 @@ class MLP(nn.Module):
             width = size
         layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
+        if init == "keras":
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)  # glorot_uniform
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, x):
         return self.net(x)

@@ -56,6 +56,7 @@ BAD_INPUTS = [
     ("optimizer.momentum=1.0", "optimizer.momentum"),
     ("optimizer.momentum=-0.1", "optimizer.momentum"),
     ("trainer.last_batch=half", "trainer.last_batch"),
+    ("model.init=he", "model.init"),
     ("trainer.device=tpu", "trainer.device"),
     ("trainer.epochs=[1", "trainer.epochs"),
     ("~optimizer.lr_scale", "optimizer.lr_scale"),

@@ -116,7 +116,7 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
-    whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[])
+    whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[], init="torch")
     split = copy.deepcopy(whole)
     before = [p.detach().clone() for p in whole.parameters()]
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
