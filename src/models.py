@@ -89,9 +89,14 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     normalised with its own mean and variance, so the normalisation noise does not shrink as B
     grows. With ghost_batch_size >= the batch, and in eval mode, it is nn.BatchNorm2d.
 
-    The running statistics take one update per training batch, as plain BN's do, towards the
-    mean over chunks of the chunk means and of the (unbiased) chunk variances: what TensorFlow's
-    virtual_batch_size does, and what eval mode then normalises with.
+    The running statistics take one update per forward call in training, as plain BN's do,
+    towards the mean over chunks of the chunk means and of the (unbiased) chunk variances: what
+    TensorFlow's virtual_batch_size does, and what eval mode then normalises with. A forward call
+    is one batch, or one micro-batch when trainer.micro_batch_size splits the batch: then the
+    statistics take k updates per parameter update (k micro-batches), each towards that
+    micro-batch's chunks, so they forget k times faster per step (momentum 0.1: over the last
+    ~10 micro-batches rather than ~10 batches). The ghost batches themselves, and so training,
+    are the same when the micro-batch is a multiple of ghost_batch_size (src/config.py checks).
     """
 
     def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1):
