@@ -97,7 +97,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
-    norms = []  # per measured step: (mean |part gradient|^2, part size, |batch gradient|^2, batch size)
+    norms = []  # per measured step: (mean |part gradient|^2, their harmonic mean size, |batch gradient|^2, B)
     for index in batches.epoch(order, batch_size):
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
