@@ -33,11 +33,12 @@ def project_train_epoch(model, optimizer, data, order, batch_size: int, last_bat
     an augmentation generator ...), this is the one line to adapt."""
     import torch
 
+    from src.data import BatchStream
     from src.train import Precision, train_epoch
 
     precision = Precision(data.x_train.device, bf16=False, channels_last=False)
-    return train_epoch(model, optimizer, data, order, batch_size, last_batch, None, torch.Generator(), precision,
-                       noise=noise)
+    return train_epoch(model, optimizer, data, order, batch_size, BatchStream(last_batch), None, torch.Generator(),
+                       precision, noise=noise)
 
 
 def temp_dir(prefix: str) -> str:

@@ -6,7 +6,7 @@ decay_lr here, against what this machine's throughput at each batch size allows?
    src.train.train_epoch on the default data and model: interleaved repetitions in one session
    right before each seed's pair of runs (so a drift in the machine's speed reaches both
    ratios), medians over all sessions (>= --reps). An epoch at B then costs floor(N/B) steps at
-   B plus one at N mod B.
+   B plus one at N mod B (the runs are pinned to trainer.last_batch=keep for that).
 2. Ideal wall-time ratio: sum over epochs of the epoch cost at that epoch's B, increase_bs over
    decay_lr. This is what the hardware allows: the fewer, larger updates are only as much faster
    as the throughput at the larger B is higher.
@@ -118,7 +118,10 @@ def main() -> None:
     device = c.device_from(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
     output_dir = c.temp_dir("bench-claim-")
-    common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", *args.overrides]
+    # trainer.last_batch=keep (the default is carry): the ideal below costs an epoch as floor(N/B)
+    # steps at B plus one at N mod B, so the runs must make those steps too
+    common = [f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", "trainer.last_batch=keep",
+              *args.overrides]
     cfgs = {name: c.compose([f"schedule={name}", *common], output_dir) for name in SCHEDULES}
 
     c.header("3. The claim on this hardware: increase_bs against decay_lr", device)

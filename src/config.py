@@ -19,7 +19,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError, _one_line
-from src.schedules import milestone_epochs
+from src.schedules import LAST_BATCH, milestone_epochs
 
 
 @dataclass
@@ -66,7 +66,7 @@ SUPPLIED_BY_LOOP = {
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
 # Keys every option of a built group must set, because the loop or the range checks read them.
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
-LAST_BATCH = ("keep", "drop")
+MLP_INIT = ("torch", "keras")  # src.models.MLP's weight initialisations
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
@@ -166,6 +166,8 @@ def _check_ranges(cfg: Mapping) -> None:
                 f"trainer.micro_batch_size={micro}: must be a multiple of model.ghost_batch_size={ghost}, "
                 "or ghost batches straddle micro-batches"
             )
+    if cfg["model"].get("init", "torch") not in MLP_INIT:
+        raise ConfigError(f"model.init={cfg['model']['init']!r}: allowed: {', '.join(MLP_INIT)}")
     if trainer["last_batch"] not in LAST_BATCH:
         raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
     if not DEVICE.fullmatch(trainer["device"]):

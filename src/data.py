@@ -1,8 +1,9 @@
 """Data: each loader returns a Dataset of whole tensors that then live on the training device.
 
 Batches are slices of a seeded permutation of the resident training tensors (batch_indices),
-so the batch size can change at any epoch with nothing to rebuild and no random state lost:
-no DataLoader, no workers prefetching batches of the old size. Augmentation, where a dataset has
+cut by the trainer.last_batch policy (BatchStream), so the batch size can change at any epoch
+with nothing to rebuild and no random state lost: no DataLoader, no workers prefetching batches
+of the old size. Augmentation, where a dataset has
 one, works on a whole batch on the device for the same reason (augment_crop_flip).
 
 Loaders of data that must be downloaded (cifar10, covtype) raise DatasetUnavailable, with one
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from src.errors import DatasetUnavailable
+from src.schedules import LAST_BATCH
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"  # what the archive unpacks to, and torchvision's layout
@@ -69,6 +71,52 @@ def batch_indices(permutation: torch.Tensor, batch_size: int, last_batch: str) -
     stop = n if last_batch == "keep" else n - n % batch_size
     for start in range(0, stop, batch_size):
         yield permutation[start : start + batch_size]
+
+
+class BatchStream:
+    """The training batches of a run, one epoch's permutation at a time, cut into batches of B
+    by the trainer.last_batch policy (conf/trainer/default.yaml says why carry is the default):
+
+      carry  one continuing stream of per-epoch permutations: the samples left over at an
+             epoch's end (fewer than B) open the next epoch's first batch, so every batch holds
+             exactly B samples and none is skipped (except the last leftover of the run).
+             epoch(permutation, B) yields floor((leftover + N) / B) batches.
+      drop   the remainder of each epoch (N mod B samples) is skipped: floor(N / B) batches
+      keep   the remainder is one more, smaller batch: ceil(N / B) batches
+
+    Under carry the leftover (indices into the training set) is this object's state:
+    state_dict() goes into the checkpoint, so a resumed run cuts the same batches. The batch
+    that opens an epoch with carried samples is completed with samples of the new permutation
+    that are not among them (the first such ones, in permutation order; the ones passed over
+    keep their order behind), so no batch holds a sample twice while B does not shrink (no
+    schedule shrinks it), and each permutation is still consumed exactly once. No random draw:
+    every DDP rank, given the same permutations, cuts the same batches.
+    """
+
+    def __init__(self, last_batch: str):
+        if last_batch not in LAST_BATCH:
+            raise ValueError(f"last_batch={last_batch!r}: allowed: {', '.join(LAST_BATCH)}")
+        self.last_batch = last_batch
+        self.leftover = torch.empty(0, dtype=torch.int64)
+
+    def epoch(self, permutation: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+        """This epoch's batches (index tensors on the permutation's device)."""
+        if self.last_batch != "carry":
+            return list(batch_indices(permutation, batch_size, self.last_batch))
+        carried = self.leftover.to(permutation.device)
+        if len(carried):
+            missing = -len(carried) % batch_size  # samples that complete the carried batch
+            fill = permutation[~torch.isin(permutation, carried)][:missing]
+            permutation = torch.cat([carried, fill, permutation[~torch.isin(permutation, fill)]])
+        whole = len(permutation) - len(permutation) % batch_size
+        self.leftover = permutation[whole:]
+        return list(permutation[:whole].split(batch_size))
+
+    def state_dict(self) -> dict:
+        return {"leftover": self.leftover.cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.leftover = state["leftover"].to(torch.int64)
 
 
 def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_classes: int) -> Dataset:
@@ -260,8 +308,13 @@ def write_cifar10_files(data_dir, per_batch: int, seed: int = 0):
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """The augmentation of the WRN code the paper follows (Zagoruyko & Komodakis; inferred), on
-    a whole batch (N, C, H, W): a random H x W crop of the image zero-padded by `padding` pixels
-    on each side, then a horizontal flip with probability 1/2.
+    a whole batch (N, C, H, W): a random H x W crop of the image padded by `padding` pixels on
+    each side by REFLECTION (the edge pixel not repeated), then a horizontal flip with
+    probability 1/2. Reflection, not zeros, as that code trains CIFAR-10: its Lua train.lua
+    defaults to zero padding but scripts/train_cifar.sh sets randomcrop_type=reflection
+    (nn.SpatialReflectionPadding; its logged CIFAR runs say "reflection"), and its PyTorch port
+    pads with torchvision's Pad(4, padding_mode='reflect'). The same distribution as theirs: 9 x 9
+    offsets, flip independent of the crop.
 
     One gather on x's device, no loop over images. The random offsets and flips (3 numbers per
     image) are drawn on the generator's device and moved to x's: a CPU generator gives the same
@@ -272,7 +325,7 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int 
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
     left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_device).to(x.device)
     flip = torch.rand(n, generator=generator, device=draw_device).to(x.device) < 0.5
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = F.pad(x, (padding, padding, padding, padding), mode="reflect")
     rows = top[:, None] + torch.arange(height, device=x.device)  # (n, H) rows of the padded image
     columns = torch.arange(width, device=x.device).expand(n, width)
     columns = left[:, None] + torch.where(flip[:, None], columns.flip(1), columns)  # flipped: read right to left

@@ -2,11 +2,17 @@
 beyond which a larger batch buys less than proportional progress per step.
 
 Within one step the loop has, at no extra backward pass, the gradient of the whole batch
-(B_big samples) and those of its parts (the micro-batches, or two halves; B_small samples each).
-Their squared norms give unbiased estimates (../shared/notes/paper.md):
+(B_big samples) and those of its parts (the micro-batches, or two halves). Since
+E|G_b|^2 = |G|^2 + tr(Sigma) / b for a mean gradient over b samples, their squared norms give
+unbiased estimates (McCandlish et al. 2018, appendix A):
 
     |G|^2     ~= (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
     tr(Sigma) ~= (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
+
+|G_small|^2 is the mean over the parts of their squared norms; when the parts differ in size
+b_i, its expectation is |G|^2 + tr(Sigma) * mean_i(1 / b_i), so B_small must be the HARMONIC
+mean of the b_i for both estimates to stay unbiased (the loop passes it; tests/test_gns.py
+shows the arithmetic mean's bias).
 
 One step's estimates are noisy and their ratio more so, so both are smoothed by exponential
 moving averages before dividing. Pure Python: the loop hands in four numbers per step.
@@ -27,7 +33,8 @@ class NoiseScaleEstimator:
 
     def update(self, small_sq: float, small_batch: float, big_sq: float, big_batch: float) -> None:
         """One step: mean squared norm of the parts' mean gradients (parts of small_batch
-        samples) and squared norm of the whole batch's mean gradient (big_batch samples)."""
+        samples, the harmonic mean of their sizes when they differ) and squared norm of the
+        whole batch's mean gradient (big_batch samples)."""
         grad_sq = (big_batch * big_sq - small_batch * small_sq) / (big_batch - small_batch)
         trace = (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
         self.grad_sq = grad_sq if self.grad_sq is None else self.ema * self.grad_sq + (1 - self.ema) * grad_sq

@@ -13,7 +13,12 @@ from torch import nn
 class MLP(nn.Module):
     """The blog demo's bottleneck MLP: Dense 512 -> Drop -> 256 -> 256 -> Drop -> 128 -> 256 ->
     256 -> Drop -> 512 -> Drop -> classes, ReLU. `dropout_after` lists the hidden layers
-    (0-based) followed by dropout."""
+    (0-based) followed by dropout.
+
+    init: "torch", PyTorch's nn.Linear default (weights and biases uniform in +-1/sqrt(fan_in));
+    "keras", Keras' Dense default (glorot-uniform weights, uniform in
+    +-sqrt(6 / (fan_in + fan_out)), zero biases), the blog demo's own (it is Keras code).
+    """
 
     def __init__(
         self,
@@ -22,8 +27,11 @@ class MLP(nn.Module):
         hidden: Sequence[int],
         dropout: float,
         dropout_after: Sequence[int],
+        init: str,
     ):
         super().__init__()
+        if init not in ("torch", "keras"):
+            raise ValueError(f"MLP init={init!r}: allowed: torch, keras")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for index, size in enumerate(hidden):
@@ -33,6 +41,11 @@ class MLP(nn.Module):
             width = size
         layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
+        if init == "keras":
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)  # glorot_uniform
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, x):
         return self.net(x)
@@ -76,9 +89,14 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     normalised with its own mean and variance, so the normalisation noise does not shrink as B
     grows. With ghost_batch_size >= the batch, and in eval mode, it is nn.BatchNorm2d.
 
-    The running statistics take one update per training batch, as plain BN's do, towards the
-    mean over chunks of the chunk means and of the (unbiased) chunk variances: what TensorFlow's
-    virtual_batch_size does, and what eval mode then normalises with.
+    The running statistics take one update per forward call in training, as plain BN's do,
+    towards the mean over chunks of the chunk means and of the (unbiased) chunk variances: what
+    TensorFlow's virtual_batch_size does, and what eval mode then normalises with. A forward call
+    is one batch, or one micro-batch when trainer.micro_batch_size splits the batch: then the
+    statistics take k updates per parameter update (k micro-batches), each towards that
+    micro-batch's chunks, so they forget k times faster per step (momentum 0.1: over the last
+    ~10 micro-batches rather than ~10 batches). The ghost batches themselves, and so training,
+    are the same when the micro-batch is a multiple of ghost_batch_size (src/config.py checks).
     """
 
     def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1):

@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass, field
 from src.errors import ConfigError
 
 
+# trainer.last_batch: what becomes of the samples left over when B does not divide an epoch
+# (src.data.BatchStream; conf/trainer/default.yaml says why carry is the default).
+LAST_BATCH = ("carry", "drop", "keep")
+
 # What the loop has measured so far, per metric, one value per finished epoch
 # (e.g. {"val_loss": [...], "gns_b_simple": [...]}): what plateau and adaptive schedules follow.
 History = Mapping[str, Sequence[float]]
@@ -368,25 +372,35 @@ class AdaptiveNoiseScaleSchedule:
         self._state = _AdaptiveState(**state)
 
 
-def updates_in_epoch(n_train: int, batch_size: int, last_batch: str) -> int:
-    """Optimizer steps in one epoch. last_batch='keep': the smaller last batch is a step too;
-    'drop': it is skipped (its samples are not seen that epoch)."""
+def updates_in_epoch(n_train: int, batch_size: int, last_batch: str, leftover: int = 0) -> int:
+    """Optimizer steps in one epoch (src.data.BatchStream cuts them). last_batch='carry': the
+    `leftover` samples carried in from the epoch before open its first batch, every batch holds
+    B: floor((leftover + N) / B), and (leftover + N) mod B carry on; 'keep': the smaller last
+    batch is a step too; 'drop': it is skipped (its samples are not seen that epoch)."""
+    if last_batch == "carry":
+        return (leftover + n_train) // batch_size
+    if leftover:
+        raise ValueError(f"last_batch={last_batch!r} carries nothing: leftover must be 0, not {leftover}")
     if last_batch == "keep":
         return math.ceil(n_train / batch_size)
     if last_batch == "drop":
         return n_train // batch_size
-    raise ValueError(f"last_batch={last_batch!r}: allowed 'keep' or 'drop'")
+    raise ValueError(f"last_batch={last_batch!r}: allowed: {', '.join(LAST_BATCH)}")
 
 
 def planned_updates(schedule, n_train: int, epochs: int, last_batch: str | None = None) -> float:
     """Total parameter updates a schedule makes. last_batch=None counts N/B per epoch as a
-    fraction, as the paper does (200 * 50000 / 128 = 78,125); 'keep' or 'drop' count the
-    whole batches a loop really makes."""
-    total = 0.0
+    fraction, as the paper does (200 * 50000 / 128 = 78,125); 'carry', 'keep' or 'drop' count
+    the whole batches the loop really makes (carry: the leftovers carried from epoch to epoch,
+    counted as the loop counts them)."""
+    total, leftover = 0.0, 0
     for epoch in range(epochs):
         batch_size = schedule(epoch).batch_size
         if last_batch is None:
             total += n_train / batch_size
-        else:
-            total += updates_in_epoch(n_train, batch_size, last_batch)
+            continue
+        updates = updates_in_epoch(n_train, batch_size, last_batch, leftover)
+        if last_batch == "carry":
+            leftover = leftover + n_train - updates * batch_size
+        total += updates
     return total

@@ -1,9 +1,11 @@
 """train(cfg) -> final metrics: one run of one schedule, read top to bottom.
 
-Per epoch: ask the schedule for (lr, B, m); set lr and m on the optimizer; slice a seeded
-permutation of the resident training tensors into batches of B; step; validate; checkpoint;
-log one batch of metrics. Counters are exact: param_updates counts optimizer steps,
-samples_seen the samples that went into them. Times are seconds.
+Per epoch: ask the schedule for (lr, B, m); set lr and m on the optimizer; draw a seeded
+permutation of the resident training tensors and cut it into batches of B (src.data.BatchStream:
+under the default trainer.last_batch=carry the samples left over at an epoch's end open the next
+epoch's first batch, so every update has exactly B samples); step; validate; checkpoint; log one
+batch of metrics. Counters are exact: param_updates counts optimizer steps, samples_seen the
+samples that went into them. Times are seconds.
 
 A run is identified by the hash of its resolved config (tracking.config_hash). With
 trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
@@ -33,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from src import checkpoint, devices, tracking
 from src.config import validate, validate_against_data
-from src.data import Dataset, batch_indices
+from src.data import BatchStream, Dataset
 from src.distributed import World, all_sum, join, leave, share
 from src.errors import ConfigError, Diverged
 from src.gns import NoiseScaleEstimator
@@ -42,7 +44,8 @@ from src.schedules import Plan, noise_scale
 log = logging.getLogger(__name__)
 
 FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
-CHECKPOINT_KEYS = {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "counters", "history", "metrics"}
+CHECKPOINT_KEYS = {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "batches", "counters",
+                   "history", "metrics"}
 
 
 def load_average(when: str) -> dict[str, float]:
@@ -79,10 +82,13 @@ def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) ->
             group["momentum"] = plan.momentum
 
 
-def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, last_batch: str,
+def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, batches: BatchStream,
                 micro_batch_size: int | None, generator: torch.Generator, precision: "Precision",
                 world: World = World(), noise: NoiseScaleEstimator | None = None):
-    """One pass over the permutation `order`. Returns (mean train loss, updates, samples).
+    """The updates drawn while the permutation `order` is consumed, in batches of batch_size cut
+    by `batches` (under carry they include the samples carried in from the epoch before, and the
+    samples carried out are left to the next). Returns (mean train loss over the samples of
+    these updates, updates, samples).
 
     A batch larger than micro_batch_size is cut into micro-batches whose gradients add up to
     the whole batch's (each loss weighted by its share of the batch) before ONE optimizer step:
@@ -92,14 +98,16 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
 
     With `noise`, on one step in noise.every, the squared norms of the parts' gradients and of
     the whole batch's feed the gradient-noise-scale estimator (src/gns.py); a batch that is not
-    split anyway is split in two halves for it. The norms stay on the device until the end of
-    the epoch: no sync per step.
+    split anyway is split in two halves for it. Parts of unequal size (B not a multiple of the
+    micro-batch, or odd B halved) count as their harmonic mean: mean_i |G_i|^2 estimates
+    |G|^2 + tr(Sigma) * mean_i(1 / b_i), so that is the part size that keeps the estimator
+    unbiased. The norms stay on the device until the end of the epoch: no sync per step.
     """
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
-    norms = []  # per measured step: (mean |part gradient|^2, part size, |batch gradient|^2, batch size)
-    for index in batch_indices(order, batch_size, last_batch):
+    norms = []  # per measured step: (mean |part gradient|^2, their harmonic mean size, |batch gradient|^2, B)
+    for index in batches.epoch(order, batch_size):
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
             x = data.augment(x, generator)
@@ -127,7 +135,8 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
                 part_sq.append(part_mean.square().sum())
                 before = accumulated
         if part_sq:
-            norms.append((torch.stack(part_sq).mean(), len(y) / len(parts), before.square().sum(), len(y)))
+            harmonic_part_size = len(parts) / sum(1 / len(y_part) for _, y_part in parts)
+            norms.append((torch.stack(part_sq).mean(), harmonic_part_size, before.square().sum(), len(y)))
         optimizer.step()
         updates += 1
         samples += len(index)
@@ -251,6 +260,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
     # One CPU stream for the batch order and the augmentation: the same on any device, and one
     # state to checkpoint.
     batch_order = torch.Generator().manual_seed(trainer.seed)
+    batches = BatchStream(trainer.last_batch)  # under carry, the leftover: checkpointed with the rest
 
     first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
     history: dict[str, list[float]] = {}  # every per-epoch metric so far: what schedules follow
@@ -261,6 +271,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
         if noise is not None:
             noise.load_state_dict(resumed["noise"])
         restore_rng(resumed["rng"], batch_order)
+        batches.load_state_dict(resumed["batches"])
         first_epoch = resumed["epoch"] + 1
         param_updates, samples_seen, train_time, elapsed = resumed["counters"]
         started -= elapsed  # total_wall_time_s counts the earlier attempts too
@@ -291,7 +302,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
 
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
-                model, optimizer, data, order, plan.batch_size, trainer.last_batch,
+                model, optimizer, data, order, plan.batch_size, batches,
                 trainer.micro_batch_size, batch_order, precision, world, noise,
             )
             train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
@@ -328,6 +339,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
                     "schedule": schedule.state_dict(),
                     "noise": noise.state_dict() if noise is not None else {},
                     "rng": rng_state(batch_order),
+                    "batches": batches.state_dict(),
                     "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
                     "history": history,
                     "metrics": metrics,

@@ -131,11 +131,17 @@ def test_flips_mirror_half_the_images():
     assert 16 < sum(flipped) < 48
 
 
-def test_crops_are_shifted_windows_of_the_zero_padded_image():
+def test_crops_are_shifted_windows_of_the_reflection_padded_image():
+    """As the WRN code pads CIFAR-10 (reflection; src/data.py says where): each output is the
+    window at one of the (2p + 1)^2 offsets of the image mirrored at its edges, maybe flipped."""
     padding, size = 2, 6
     x = numbered_images(64, size)
     out = augment_crop_flip(x, torch.Generator().manual_seed(0), padding=padding)
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    # reflection by hand: rows/columns -p..size-1+p read |i| mirrored at both edges, edge kept once
+    mirror = [abs(i) if i < size else 2 * (size - 1) - i for i in range(-padding, size + padding)]
+    padded = x[:, :, mirror][:, :, :, mirror]
+    assert torch.equal(padded[0, 0, padding:-padding, padding:-padding], x[0, 0])
+    assert torch.equal(padded[0, 0, 0], padded[0, 0, 2 * padding])  # row -2 is row 2
     seen = set()
     for image, source in zip(out, padded):
         matches = [
@@ -146,7 +152,7 @@ def test_crops_are_shifted_windows_of_the_zero_padded_image():
             if torch.equal(image, source[:, top : top + size, left : left + size].flip(-1) if flip
                            else source[:, top : top + size, left : left + size])
         ]
-        assert len(matches) == 1, "not a window of the padded image"
+        assert len(matches) == 1, "not a window of the reflection-padded image"
         seen.add(matches[0][:2])
     assert len(seen) > 12  # most of the 25 shifts occur
-    assert (out == 0).any()  # zeros of the padding enter the shifted images
+    assert not (out == 0).any()  # no zeros: every pixel of the numbered images is > 0

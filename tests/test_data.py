@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data import batch_indices, load_digits, load_mnist1d
+from src.data import BatchStream, batch_indices, load_digits, load_mnist1d
+from src.schedules import updates_in_epoch
 
 
 def test_batches_cover_the_permutation_once():
@@ -16,6 +17,61 @@ def test_batches_cover_the_permutation_once():
     dropped = list(batch_indices(order, 10, "drop"))
     assert [len(b) for b in dropped] == [10] * 10
     assert torch.equal(torch.cat(dropped), order[:100])
+    for policy in ("keep", "drop"):  # the stream carries nothing under these
+        stream = BatchStream(policy)
+        got, want = stream.epoch(order, 10), list(batch_indices(order, 10, policy))
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+        assert len(stream.leftover) == 0
+
+
+def carry_epochs(batch_sizes, n=103, seed=0, stream=None):
+    """Run a carry stream over one seeded permutation per epoch: (permutations, batches per epoch, stream)."""
+    generator = torch.Generator().manual_seed(seed)
+    stream = stream or BatchStream("carry")
+    permutations, batches = [], []
+    for batch_size in batch_sizes:
+        permutations.append(torch.randperm(n, generator=generator))
+        batches.append(stream.epoch(permutations[-1], batch_size))
+    return permutations, batches, stream
+
+
+def test_carry_every_batch_is_whole_and_every_permutation_is_consumed_once():
+    sizes = [10, 10, 10, 40, 40, 64, 64, 103]  # N = 103: never a multiple; B grows at "milestones"
+    permutations, batches, stream = carry_epochs(sizes)
+    leftover = 0
+    for batch_size, epoch_batches in zip(sizes, batches):
+        assert {len(b) for b in epoch_batches} == {batch_size}  # every update has exactly B
+        assert len(epoch_batches) == updates_in_epoch(103, batch_size, "carry", leftover)  # the count schedules use
+        leftover = leftover + 103 - len(epoch_batches) * batch_size
+        assert all(len(set(b.tolist())) == len(b) for b in epoch_batches)  # no sample twice in a batch
+    assert len(stream.leftover) == leftover < sizes[-1]
+    # the stream, batches then the final leftover, is the permutations consumed one after the
+    # other: each sample exactly once per permutation, in epoch order
+    stream_order = torch.cat([*(torch.cat(b) for b in batches), stream.leftover]).tolist()
+    start = 0
+    for permutation in permutations:
+        assert sorted(stream_order[start : start + 103]) == list(range(103))
+        start += 103
+    assert len(stream_order) == start
+    # the carried samples open the next epoch's first batch
+    first_carry = 103 % 10
+    assert torch.equal(batches[1][0][:first_carry], permutations[0][-first_carry:])
+
+
+def test_carry_state_round_trip_continues_the_same_batches():
+    sizes = [10, 10, 40, 40, 64]
+    _, uninterrupted, _ = carry_epochs(sizes)
+    _, _, first_part = carry_epochs(sizes[:2])
+    resumed = BatchStream("carry")
+    resumed.load_state_dict(first_part.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for _ in sizes[:2]:
+        torch.randperm(103, generator=generator)  # the permutations the first part drew
+    rest = [resumed.epoch(torch.randperm(103, generator=generator), b) for b in sizes[2:]]
+    assert all(torch.equal(a, b) for got, want in zip(rest, uninterrupted[2:]) for a, b in zip(got, want))
+    assert [len(e) for e in rest] == [len(e) for e in uninterrupted[2:]]
+    with pytest.raises(ValueError, match="last_batch='half'"):
+        BatchStream("half")
 
 
 def test_mnist1d_generated_split_and_cached(tmp_path, monkeypatch):

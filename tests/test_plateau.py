@@ -54,6 +54,14 @@ def test_growth_up_to_the_cap_itself_is_allowed():
     assert [p.lr for p in got] == pytest.approx([0.1] * 7 + [0.02])
 
 
+def test_an_improvement_resets_the_wait():
+    # Two epochs without improving (wait 2), then a new best: the wait starts again from 0, so
+    # the next plateau ends 3 epochs after the best (epoch 6), not 1 epoch after (epoch 4).
+    history = [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+    got = plans(plateau(grow_batch=False), history)
+    assert [p.lr for p in got] == pytest.approx([0.1] * 7 + [0.02])
+
+
 def test_improvements_smaller_than_min_delta_do_not_count():
     small_steps = [1.0, 1.0 - 5e-5, 1.0 - 9e-5, 1.0 - 9.9e-5]  # each within 1e-4 of the best 1.0
     assert plateau(grow_batch=False)(4, {"val_loss": small_steps}).lr == pytest.approx(0.02)

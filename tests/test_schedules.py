@@ -24,6 +24,34 @@ def test_paper_update_counts_fractional():
     assert planned_updates(paper("increase_bs", None, UNCAPPED), N, EPOCHS) == pytest.approx(28_875)
     assert round(planned_updates(paper("increase_bs", None, 5120), N, EPOCHS)) == 29_141
     assert planned_updates(paper("hybrid", 1, UNCAPPED), N, EPOCHS) == pytest.approx(34_375)
+    # The WRN code steps from its 60th epoch (1-based), our milestone 59 (conf/base/step_schedule.yaml):
+    # phases of 59/60/40/41 epochs give other counts than the paper's, so the paper's are 60/60/40/40
+    wrn = {"milestones": (59, 119, 159)}
+    assert planned_updates(paper("increase_bs", None, UNCAPPED, **wrn), N, EPOCHS) == pytest.approx(28_487.5)
+    assert round(planned_updates(paper("increase_bs", None, 5120, **wrn), N, EPOCHS)) == 28_760
+
+
+def test_carry_counts_are_the_papers_within_a_few_steps():
+    """Under trainer.last_batch=carry (the default) every update has B samples, so the loop's
+    count is the paper's fractional sum of N/B less what is left unused: samples left over at a
+    change of B are trained at the new, larger B (r/B_new steps where the paper counts r/B_old),
+    and the fewer than B left at the very end are never trained. Each such change and the end
+    lose less than one step, so the count is within (changes of B + 1) steps below the paper's."""
+    cases = [  # (schedule, the paper's count, the loop's under carry)
+        (paper("decay_lr", 0), 78_125, 78_125),  # 200 x 50,000 is a multiple of 128: nothing left
+        (paper("increase_bs", None, UNCAPPED), 28_875, 28_874),
+        (paper("increase_bs", None, 5120), 29_140.625, 29_139),
+        (paper("increase_lr", None, 5120, lr_boost=5), 6_406.25, 6_405),
+        (paper("increase_momentum", None, 5120, lr_boost=5, momentum=0.98), 2_304.6875, 2_304),
+    ]
+    for schedule, fractional, carried in cases:
+        assert planned_updates(schedule, N, EPOCHS) == pytest.approx(fractional)
+        assert planned_updates(schedule, N, EPOCHS, "carry") == carried
+        changes = len({schedule(e).batch_size for e in range(EPOCHS)}) - 1
+        assert 0 <= fractional - carried < changes + 1
+    # increase_bs by hand: 60 epochs at 128 -> 23,437 steps, 64 left; 64 + 3,000,000 at 640 ->
+    # 4,687, 384 left; 384 + 2,000,000 at 3,200 -> 625, 384 left; then at 16,000 -> 125, 384 unused
+    assert 23_437 + 4_687 + 625 + 125 == 28_874
 
 
 def test_whole_batch_counts_the_loop_makes():

@@ -61,10 +61,13 @@ def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
     sizes = [v for _, v in history(client, run.info.run_id, "batch_size")]
     assert sizes == [16, 32, 64, 128]
     updates = [v for _, v in history(client, run.info.run_id, "param_updates")]
-    expected = [sum(math.ceil(n_train / b) for b in sizes[: i + 1]) for i in range(4)]
-    assert updates == expected  # cumulative optimizer steps, last partial batch kept
-    assert [v for _, v in history(client, run.info.run_id, "samples_seen")] == [n_train * (i + 1) for i in range(4)]
-    assert final["total_param_updates"] == expected[-1]
+    # last_batch=carry (the default): 1437 // 16 = 89 steps, 13 left; (13 + 1437) // 32 = 45, 10
+    # left; (10 + 1437) // 64 = 22, 39 left; (39 + 1437) // 128 = 11, 68 left
+    assert updates == [89, 89 + 45, 89 + 45 + 22, 89 + 45 + 22 + 11]  # cumulative optimizer steps
+    # the samples that went into them: every sample of each epoch but the leftover carried on
+    assert [v for _, v in history(client, run.info.run_id, "samples_seen")] == [
+        n_train - 13, 2 * n_train - 10, 3 * n_train - 39, 4 * n_train - 68]
+    assert final["total_param_updates"] == updates[-1]
     wall = [v for _, v in history(client, run.info.run_id, "wall_time_s")]
     assert all(b > a for a, b in zip(wall, wall[1:]))
     for name in ("final_val_loss", "final_val_acc", "total_param_updates", "total_wall_time_s"):
@@ -78,7 +81,7 @@ def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
 def test_loop_makes_the_planned_whole_batch_count(make_cfg):
     from hydra.utils import instantiate
 
-    for last_batch in ("keep", "drop"):
+    for last_batch in ("carry", "keep", "drop"):
         cfg = make_cfg(*TINY, "trainer.epochs=5", "schedule=increase_bs", f"trainer.last_batch={last_batch}",
                        f"tracking.sweep_id=planned-{last_batch}")
         final = train(cfg)
@@ -107,13 +110,13 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
 
     import torch
 
-    from src.data import load_digits
+    from src.data import BatchStream, load_digits
     from src.models import MLP
     from src.train import Precision, train_epoch
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
-    whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[])
+    whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[], init="torch")
     split = copy.deepcopy(whole)
     before = [p.detach().clone() for p in whole.parameters()]
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
@@ -121,7 +124,8 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
     for model, micro in ((whole, None), (split, 64)):
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # lr 1: parameters move by the gradient
         order = torch.randperm(256, generator=torch.Generator().manual_seed(1))
-        results.append(train_epoch(model, optimizer, data, order, 256, "keep", micro, torch.Generator(), precision))
+        results.append(train_epoch(model, optimizer, data, order, 256, BatchStream("keep"), micro, torch.Generator(),
+                                   precision))
     assert results[0][1:] == results[1][1:] == (1, 256)  # one update, 256 samples, either way
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)  # the same mean loss
     moved = [p.detach() for p in whole.parameters()]
