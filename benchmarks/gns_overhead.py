@@ -19,6 +19,7 @@ import _common as c  # noqa: E402  (puts the repo on sys.path)
 import torch  # noqa: E402
 
 from src.gns import NoiseScaleEstimator  # noqa: E402
+from src.train import train_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +30,8 @@ def main() -> None:
     args = p.parse_args()
     device = c.device_from(args.device)
     cfg = c.compose(args.overrides)
-    data, model, _, _ = c.build(cfg, device)
+    run = c.build(cfg, device)
+    data, model = run.data, run.model
     c.header("Gradient-noise-scale measurement: train_epoch with the estimator off and on", device)
     rows = []
     with c.Load():
@@ -41,7 +43,8 @@ def main() -> None:
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)
 
                 def epoch(arm_model=arm_model, optimizer=optimizer, order=order, noise=noise):
-                    c.project_train_epoch(arm_model, optimizer, data, order, batch_size, "keep", noise)
+                    train_epoch(arm_model, optimizer, data, order, batch_size=batch_size, generator=run.batch_order,
+                                settings=run.steps, noise=noise)
                     c.synchronize(device)
 
                 arms[name] = epoch

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from src import schema
 from src.gns import NoiseScaleEstimator
 
 
@@ -54,7 +55,7 @@ def adaptive(**kw):
 
 
 def plans(schedule, estimates):
-    return [schedule(epoch, {"gns_b_simple": estimates[:epoch]}) for epoch in range(len(estimates) + 1)]
+    return [schedule(epoch, {schema.GNS_B_SIMPLE: estimates[:epoch]}) for epoch in range(len(estimates) + 1)]
 
 
 def test_adaptive_batch_follows_the_estimate_grows_only_and_respects_the_cap():
@@ -77,11 +78,12 @@ def test_adaptive_state_round_trip_and_replay():
     resumed = adaptive()
     resumed.load_state_dict(original.state_dict())
     assert plans(resumed, estimates)[3:] == plans(original, estimates)[3:]
-    assert adaptive()(5, {"gns_b_simple": estimates}) == original(5, {"gns_b_simple": estimates})
+    assert adaptive()(5, {schema.GNS_B_SIMPLE: estimates}) == original(5, {schema.GNS_B_SIMPLE: estimates})
 
 
 def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store):
-    from conftest import TINY, client_for
+    from helpers.configs import TINY
+    from helpers.store import client_for, only_run
 
     from src.train import train
 
@@ -92,11 +94,10 @@ def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store
                        "trainer.gns_every=1",  # every step: enough measurements in 3 tiny epochs
                        f"tracking.sweep_id={sweep}"))
         client = client_for(shared_store)
-        [run] = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id],
-                                   f"tags.sweep_id = '{sweep}'")
+        run = only_run(shared_store, sweep)
         curves.append({name: [None if math.isnan(m.value) else m.value  # nan != nan
                               for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-                       for name in ("batch_size", "gns_b_simple", "gns_trace", "gns_grad_sq", "val_loss")})
+                       for name in (schema.BATCH_SIZE, *schema.GNS_METRICS, schema.VAL_LOSS)})
     assert curves[0] == curves[1]
-    measured = curves[0]["gns_b_simple"]  # nan while the smoothed |G|^2 estimate is still <= 0
+    measured = curves[0][schema.GNS_B_SIMPLE]  # nan while the smoothed |G|^2 estimate is still <= 0
     assert len(measured) == 3 and any(v is not None and v > 0 for v in measured)
