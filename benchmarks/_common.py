@@ -1,5 +1,5 @@
-"""Shared by the benchmark scripts: the machine, timing, medians, tables, and the one adapter
-through which every benchmark calls the project's training loop.
+"""Shared by the benchmark scripts: the machine, timing, medians, tables, and composing and
+building a run as src.train does (build: src.train.build_run).
 
 Every number a benchmark reports is a ratio (or a rate) measured side by side in one process,
 with the arms interleaved (the order alternates each repetition) and reduced to a median, so a
@@ -22,23 +22,6 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not 
     sys.path.insert(0, str(REPO))
 
 PYTHON = sys.executable
-
-
-# --- the project's loop, through one adapter -------------------------------------------------
-
-def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep", noise=None):
-    """src.train.train_epoch as a benchmark calls it: (mean loss, updates, samples).
-
-    The ONLY call site of train_epoch in benchmarks/: when its signature changes (micro-batches,
-    an augmentation generator ...), this is the one line to adapt."""
-    import torch
-
-    from src.data import BatchStream
-    from src.train import Precision, train_epoch
-
-    precision = Precision(data.x_train.device, bf16=False, channels_last=False)
-    return train_epoch(model, optimizer, data, order, batch_size, BatchStream(last_batch), None, torch.Generator(),
-                       precision, noise=noise)
 
 
 def temp_dir(prefix: str) -> str:
@@ -70,33 +53,18 @@ def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None)
 
 
 def build(cfg, device):
-    """(data on device, model, optimizer, schedule) exactly as src.train.train builds them."""
-    from hydra.utils import instantiate
+    """src.train.build_run: the data on `device`, model, schedule, optimizer and the settings of
+    each step (cfg.trainer's: every batch in one pass, float32), exactly as a run of cfg has them.
+    Imported here, not at the top: torch loads only when a benchmark builds."""
+    from src.train import build_run
 
-    from src.train import build_optimizer, seed_everything
-
-    seed_everything(cfg.trainer.seed)
-    data = instantiate(cfg.dataset).to(device)
-    model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    schedule = make_schedule(cfg, data.n_train)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), schedule(0).lr)
-    return data, model, optimizer, schedule
-
-
-def make_schedule(cfg, n_train: int, epochs: int | None = None):
-    """The run's schedule, built as src.train.train builds it (the one place benchmarks do)."""
-    from hydra.utils import instantiate
-
-    momentum = cfg.optimizer.get("momentum", 0.0)
-    epochs = cfg.trainer.epochs if epochs is None else epochs
-    return instantiate(cfg.schedule, n_train=n_train, epochs=epochs, optimizer_momentum=momentum)
+    return build_run(cfg, device)
 
 
 def device_from(name: str):
-    from src.distributed import World
-    from src.train import pick_device
+    from src.devices import pick_device
 
-    return pick_device(name, World())
+    return pick_device(name)
 
 
 def synchronize(device) -> None:

@@ -38,6 +38,7 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from src.schedules import planned_updates  # noqa: E402
+from src.train import make_schedule, train_epoch  # noqa: E402
 
 SCHEDULES = ("decay_lr", "increase_bs")
 TOLERANCE = 0.10
@@ -49,7 +50,8 @@ class StepTimer:
     ideal and the measured ratio); medians over all sessions' repetitions."""
 
     def __init__(self, cfg, sizes: list[int], args, device):
-        self.data, self.model, self.optimizer, _ = c.build(cfg, device)
+        self.run = c.build(cfg, device)
+        self.data = self.run.data
         self.sizes, self.args, self.device = sizes, args, device
         self.order_rng = torch.Generator().manual_seed(0)
         self.steps = {b: max(args.min_steps, math.ceil(args.samples / b)) for b in sizes}
@@ -62,7 +64,9 @@ class StepTimer:
         def run():
             order = torch.randperm(n, generator=self.order_rng).to(self.device)
             order = order.repeat(math.ceil(steps * b / n))[: steps * b]  # `steps` whole batches
-            c.project_train_epoch(self.model, self.optimizer, self.data, order, b, "keep")
+            run = self.run
+            train_epoch(run.model, run.optimizer, run.data, order, batch_size=b, batches=run.batches,
+                        generator=run.batch_order, settings=run.steps)
         return run
 
     def session(self, reps: int) -> None:
@@ -128,11 +132,10 @@ def main() -> None:
     cfg0 = cfgs["decay_lr"]
 
     with c.Load():
-        data, _, _, _ = c.build(cfg0, device)
-        n, epochs = data.n_train, args.epochs
+        n, epochs = c.build(cfg0, device).data.n_train, args.epochs
         plans = {}
         for name, cfg in cfgs.items():
-            schedule = c.make_schedule(cfg, n, epochs)
+            schedule = make_schedule(cfg, n, epochs)
             plans[name] = (schedule, [schedule(e).batch_size for e in range(epochs)])
         sizes = sorted({b for _, bs in plans.values() for b in bs} | {n % b for _, bs in plans.values() for b in bs if n % b})
         session_reps = max(2, math.ceil(args.reps / len(seeds)))

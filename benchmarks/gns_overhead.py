@@ -19,6 +19,7 @@ import _common as c  # noqa: E402  (puts the repo on sys.path)
 import torch  # noqa: E402
 
 from src.gns import NoiseScaleEstimator  # noqa: E402
+from src.train import train_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -28,8 +29,11 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn1d")
     args = p.parse_args()
     device = c.device_from(args.device)
-    cfg = c.compose(args.overrides)
-    data, model, _, _ = c.build(cfg, device)
+    # trainer.last_batch=keep (the default is carry): every call is then one whole epoch of the
+    # same steps, in both arms, with no leftover carried from one call (or arm) to the next
+    cfg = c.compose(["trainer.last_batch=keep", *args.overrides])
+    run = c.build(cfg, device)
+    data, model = run.data, run.model
     c.header("Gradient-noise-scale measurement: train_epoch with the estimator off and on", device)
     rows = []
     with c.Load():
@@ -41,7 +45,8 @@ def main() -> None:
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)
 
                 def epoch(arm_model=arm_model, optimizer=optimizer, order=order, noise=noise):
-                    c.project_train_epoch(arm_model, optimizer, data, order, batch_size, "keep", noise)
+                    train_epoch(arm_model, optimizer, data, order, batch_size=batch_size, batches=run.batches,
+                                generator=run.batch_order, settings=run.steps, noise=noise)
                     c.synchronize(device)
 
                 arms[name] = epoch

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check the issues ask for, as one prepared script for one GPU machine (~8 min):
-#   issue 5: smith2018_cifar10, a few epochs per regime on synthetic CIFAR-shaped data (random
-#            images written in CIFAR-10's real on-disk format), and images/s per batch size;
-#   issue 6: the overhead and claim benchmarks on the GPU (benchmarks/gpu.sh);
-#   issue 7: a 2-job sweep (joblib, one GPU per job) and a short nccl DDP run (world size = GPUs).
+# Every check of the project that needs a GPU, as one prepared script for one GPU machine (~8 min):
+#   1. smith2018_cifar10, a few epochs per regime on synthetic CIFAR-shaped data (random images
+#      written in CIFAR-10's real on-disk format by tests/helpers/data_files.py), and images/s
+#      per batch size;
+#   2. the overhead and claim benchmarks on the GPU (benchmarks/gpu.sh);
+#   3. a 2-job sweep (joblib, one GPU per job) and a short nccl DDP run (world size = GPUs).
 # Needs the project importable with a CUDA torch: pip install -c requirements/lock.txt -e .
 # (or, without network, the wheels of hydra-core, omegaconf, mlflow, mnist1d, hydra-joblib-launcher
 # on PYTHONPATH). Output: stdout, and $OUT/gpu_checks.md when $OUT is set.
@@ -19,8 +20,8 @@ if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && out="$OUT/gpu_checks.md"; fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
   gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
-  echo "## Issue 5: smith2018_cifar10 on synthetic CIFAR-10 (50,000 + 10,000 random images), 4 epochs per regime"
-  "$PY" -c "from src.data import write_cifar10_files; write_cifar10_files('$work/data', per_batch=10000)"
+  echo "## 1. smith2018_cifar10 on synthetic CIFAR-10 (50,000 + 10,000 random images), 4 epochs per regime"
+  PYTHONPATH=tests "$PY" -c "from helpers.data_files import write_cifar10_files; write_cifar10_files('$work/data', per_batch=10000)"
   # Steps after epochs 1, 2, 3: B 128 -> 640 -> 3200 -> 16000 for increase_bs (micro-batches of 2048).
   timeout 420 "$PY" -m src.run -m experiment=smith2018_cifar10 trainer.epochs=4 'schedule.milestones=[1,2,3]' \
     paths.data_dir="$work/data" paths.output_dir="$work/out5" 2>&1 | grep -E "epoch|jobs failed|error"
@@ -43,10 +44,10 @@ for b in sorted(rate):
     print(f"| {b} | {values[len(values) // 2]:,.0f} |")
 PYEOF
 
-  echo "## Issue 6: overhead and claim on the GPU"
+  echo "## 2. Overhead and claim on the GPU"
   PYTHON="$PY" bash benchmarks/gpu.sh
 
-  echo "## Issue 7: a 2-job sweep, one GPU per job ($gpus GPUs), and an nccl DDP run"
+  echo "## 3. A 2-job sweep, one GPU per job ($gpus GPUs), and an nccl DDP run"
   timeout 300 "$PY" -m src.run -m hydra/launcher=joblib hydra.launcher.n_jobs=2 schedule=decay_lr,increase_bs \
     trainer.epochs=3 paths.output_dir="$work/out7" 2>&1 | grep -E "jobs failed|error|cuda"
   timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m src.run \

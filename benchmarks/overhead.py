@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset  # noqa: E402
 
 from src.data import batch_indices  # noqa: E402
+from src.train import train_epoch  # noqa: E402
 
 TARGET_OVERHEAD = 1.05
 
@@ -57,8 +58,16 @@ def default_sizes(n_train: int) -> list[int]:
 
 
 def overhead_table(model_name: str, args, device) -> list[list[object]]:
-    cfg = c.compose([f"model={model_name}", *args.overrides])
-    data, model, optimizer, _ = c.build(cfg, device)
+    # trainer.last_batch=keep (the default is carry): the bare loop below cuts each block as keep
+    # does, and each block is then cut alike, with no leftover carried from the block before
+    cfg = c.compose([f"model={model_name}", "trainer.last_batch=keep", *args.overrides])
+    run = c.build(cfg, device)
+    data, model, optimizer = run.data, run.model, run.optimizer
+
+    def project_epoch(order, batch_size):
+        train_epoch(model, optimizer, data, order, batch_size=batch_size, batches=run.batches,
+                    generator=run.batch_order, settings=run.steps)
+
     bare_model = copy.deepcopy(model)
     group = optimizer.param_groups[0]
     bare_optimizer = torch.optim.SGD(
@@ -72,8 +81,8 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
         # Size the timed block: >= --samples, >= --min-batches batches and >= --block-seconds long
         # (short blocks make noisy ratios), from an untimed calibration of a few steps.
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(1)).to(device)[: 3 * batch_size]
-        c.project_train_epoch(model, optimizer, data, probe, batch_size, "keep")  # warm
-        step = c.timed(lambda: c.project_train_epoch(model, optimizer, data, probe, batch_size, "keep")) / 3
+        project_epoch(probe, batch_size)  # warm
+        step = c.timed(lambda: project_epoch(probe, batch_size)) / 3
         batches = max(args.min_batches, math.ceil(args.samples / batch_size), math.ceil(args.block_seconds / step))
         samples = batch_size * batches
         epochs = math.ceil(samples / n)  # a block longer than an epoch runs through several permutations
@@ -82,7 +91,7 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
             return torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])[:samples].to(device)
 
         def project():
-            c.project_train_epoch(model, optimizer, data, permutation(project_order), batch_size, "keep")
+            project_epoch(permutation(project_order), batch_size)
 
         def bare():
             order = permutation(bare_order)
@@ -102,7 +111,7 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
 
 def data_path_table(args, device) -> list[list[object]]:
     cfg = c.compose(args.overrides)
-    data, _, _, _ = c.build(cfg, device)
+    data = c.build(cfg, device).data
     n = data.n_train
     x_cpu, y_cpu = data.x_train.cpu(), data.y_train.cpu()
     dataset = TensorDataset(x_cpu, y_cpu)

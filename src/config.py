@@ -1,9 +1,17 @@
 """What a study config may hold, checked before anything is built or logged.
 
 Every problem becomes a ConfigError with one line naming the key, the value and what is
-allowed. Plain groups (trainer, tracking, paths) are checked against dataclass schemas; groups
-built with `_target_` (dataset, model, optimizer, schedule) against the signature of what they
-build, so a new model or schedule needs no schema of its own. Range checks follow.
+allowed. The plain groups (trainer, tracking, paths) are structured configs: dataclasses
+registered in Hydra's ConfigStore as types/<group>, under their YAML (each YAML lists
+`/types/<group>@_here_` first in its defaults and holds every value; the dataclasses hold
+`???`, a key the YAML must set). OmegaConf therefore refuses a wrong type or an unknown key while
+Hydra composes, before any job exists. Groups built with `_target_` (dataset, model, optimizer,
+schedule) are checked against the signature of what they build, so a new model or schedule needs
+no schema of its own. Range checks follow.
+
+The types are registered when this module is imported (src/run.py does, before Hydra composes)
+and, for a composition that never imports it (the tests, the benchmarks, a notebook's compose()),
+by hydra_plugins/study_configs, which Hydra imports when it starts.
 """
 
 from __future__ import annotations
@@ -15,45 +23,62 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from src.errors import ConfigError, _one_line
 from src.schedules import LAST_BATCH, milestone_epochs
 
 
+# Fields in the order of their YAML, so `--cfg job` and the logged config.yaml read the same.
 @dataclass
-class TrainerSchema:
-    epochs: int
-    device: str
-    seed: int
-    threads: Optional[int]
-    last_batch: str
-    eval_batch_size: int
-    resume: bool
-    micro_batch_size: Optional[int]
-    bf16: bool
-    channels_last: bool
-    gns: bool
-    gns_ema: float
-    gns_every: int
-
-
-@dataclass
-class TrackingSchema:
-    uri: str
-    experiment: str
-    artifact_root: str
-    sweep_id: Optional[str]
+class TrainerConfig:
+    epochs: int = MISSING
+    device: str = MISSING
+    seed: int = MISSING
+    threads: Optional[int] = MISSING
+    last_batch: str = MISSING
+    eval_batch_size: int = MISSING
+    micro_batch_size: Optional[int] = MISSING
+    bf16: bool = MISSING
+    channels_last: bool = MISSING
+    resume: bool = MISSING
+    gns: bool = MISSING
+    gns_ema: float = MISSING
+    gns_every: int = MISSING
 
 
 @dataclass
-class PathsSchema:
-    data_dir: str
-    output_dir: str
+class TrackingConfig:
+    uri: str = MISSING
+    experiment: str = MISSING
+    artifact_root: str = MISSING
+    sweep_id: Optional[str] = MISSING
 
 
-PLAIN_GROUPS = {"trainer": TrainerSchema, "tracking": TrackingSchema, "paths": PathsSchema}
+@dataclass
+class PathsConfig:
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+PLAIN_GROUPS = {"trainer": TrainerConfig, "tracking": TrackingConfig, "paths": PathsConfig}
+TYPES_GROUP = "types"  # where the ConfigStore keeps them: /types/trainer ...
+
+
+def register_configs() -> None:
+    """Put the plain groups' dataclasses in Hydra's ConfigStore (storing again replaces)."""
+    store = ConfigStore.instance()
+    for group, node in PLAIN_GROUPS.items():
+        store.store(group=TYPES_GROUP, name=group, node=node)
+
+
+# Here for `python -m src.run` (src/run.py imports this module before Hydra composes), from any
+# folder; hydra_plugins/study_configs does it for a composition that does not import this module.
+register_configs()
+
 BUILT_GROUPS = ("dataset", "model", "optimizer", "schedule")
 # Arguments the training loop passes itself, so they must not come from the config.
 SUPPLIED_BY_LOOP = {
@@ -70,16 +95,14 @@ MLP_INIT = ("torch", "keras")  # src.models.MLP's weight initialisations
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
-def _check_type(key: str, value: Any, hint: Any) -> None:
-    """Refuse a value that plainly does not fit a simple annotation; say nothing otherwise."""
+def _type_problem(key: str, value: Any, hint: Any) -> str | None:
+    """What is wrong when a value plainly does not fit a simple annotation; None otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
-            return
+            return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            _check_type(key, value, options[0])
-        return
+        return _type_problem(key, value, options[0]) if len(options) == 1 else None
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     if hint in names:
         fits = {
@@ -88,27 +111,36 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
             str: isinstance(value, str),
             bool: isinstance(value, bool),
         }[hint]
-        if not fits:
-            raise ConfigError(f"{key}={value!r}: expected {names[hint]}")
-    elif origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        return None if fits else f"{key}={value!r}: expected {names[hint]}"
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r}: expected a list")
-        if args:
-            for index, item in enumerate(value):
-                _check_type(f"{key}[{index}]", item, args[0])
+            return f"{key}={value!r}: expected a list"
+        for index, item in enumerate(value if args else ()):
+            problem = _type_problem(f"{key}[{index}]", item, args[0])
+            if problem:
+                return problem
+    return None
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """Refuse a value that plainly does not fit a simple annotation; say nothing otherwise."""
+    problem = _type_problem(key, value, hint)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_plain_group(group: str, node: Any) -> None:
-    schema = PLAIN_GROUPS[group]
-    allowed = [f.name for f in fields(schema)]
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{group}={node!r}: expected a mapping with keys {', '.join(allowed)}")
-    hints = typing.get_type_hints(schema)
-    for key, value in node.items():
-        if key not in allowed:
-            raise ConfigError(f"{group}.{key}: unknown key; {group} has: {', '.join(allowed)}")
-        _check_type(f"{group}.{key}", value, hints[key])
-    _check_present(group, node, allowed)
+    """The group merged into its structured config, as Hydra composed it: this catches what
+    composition lets through, a key added with `+` and a config built by hand."""
+    structured = PLAIN_GROUPS[group]
+    try:
+        OmegaConf.merge(OmegaConf.structured(structured), node)
+    except (ConfigKeyError, ConfigAttributeError) as error:
+        keys = ", ".join(f.name for f in fields(structured))
+        raise ConfigError(f"{group}.{error.key}: unknown key; {group} has: {keys}") from None
+    except OmegaConfBaseException as error:
+        value = node.get(error.key) if isinstance(node, Mapping) else node
+        raise ConfigError(f"{group}.{error.key}={value!r}: {str(error).splitlines()[0]}") from None
 
 
 def _check_present(group: str, node: Mapping, needed: Sequence[str]) -> None:
@@ -117,28 +149,48 @@ def _check_present(group: str, node: Mapping, needed: Sequence[str]) -> None:
         raise ConfigError(f"{group}.{missing[0]}: missing; {group} needs: {', '.join(needed)}")
 
 
-def _check_built_group(group: str, node: Any) -> None:
-    if not isinstance(node, Mapping) or "_target_" not in node:
-        raise ConfigError(f"{group}={node!r}: expected a mapping with a _target_")
+def _binds(signature: inspect.Signature, key: str, value: Any) -> bool:
     try:
-        target = get_method(node["_target_"])
+        signature.bind_partial(**{key: value})
+    except TypeError:  # no such parameter, or a positional-only one
+        return False
+    return True
+
+
+def _signature_problems(group: str, node: Any) -> list[str]:
+    """Every problem of a group built with `_target_`, in the shape of torchtune's config
+    validation: each key is bound to the target's signature with bind_partial (the loop
+    supplies the rest), the target's required arguments must be there, and each value must fit
+    its annotation. Returns one line per problem; the caller raises them together."""
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        return [f"{group}={node!r}: expected a mapping with a _target_"]
+    name = node["_target_"]
+    try:
+        target = get_method(name)
     except Exception:
-        raise ConfigError(f"{group}._target_={node['_target_']!r}: cannot be imported") from None
-    parameters = inspect.signature(target).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    allowed = [p for p in parameters if p not in SUPPLIED_BY_LOOP[group] and p not in ("self", "cls")]
-    allowed += sorted(LOOP_KEYS.get(group, ()))
+        return [f"{group}._target_={name!r}: cannot be imported"]
+    signature = inspect.signature(target)
+    supplied = SUPPLIED_BY_LOOP[group]
+    takes = [p for p in signature.parameters if p not in supplied and p not in ("self", "cls")]
+    takes += sorted(LOOP_KEYS.get(group, ()))
+    given = {k: v for k, v in node.items() if k != "_target_" and k not in LOOP_KEYS.get(group, ())}
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # annotations this Python cannot evaluate: skip the type checks
         hints = {}
-    for key, value in node.items():
-        if key == "_target_":
-            continue
-        if key not in allowed and not takes_any:
-            raise ConfigError(f"{group}.{key}: unknown key; {node['_target_']} takes: {', '.join(allowed)}")
-        if key in hints:
-            _check_type(f"{group}.{key}", value, hints[key])
+    problems = []
+    for key, value in given.items():
+        if key in supplied or not _binds(signature, key, value):
+            problems.append(f"{group}.{key}: unknown key; {name} takes: {', '.join(takes)}")
+        elif key in hints:
+            problems.append(_type_problem(f"{group}.{key}", value, hints[key]))
+    required = [
+        p.name for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in supplied and p.name not in ("self", "cls")
+    ]
+    problems += [f"{group}.{key}: missing; {name} needs it" for key in required if key not in given]
+    return [problem for problem in problems if problem]
 
 
 def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = False) -> None:
@@ -226,9 +278,13 @@ def _check_ranges(cfg: Mapping) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check a composed config; raise ConfigError (one line) on the first problem."""
+    """Check a composed config; raise ConfigError (one line) on the first problem, or, for the
+    signatures of the built groups, on all of them at once."""
     try:  # without Hydra's own node, which only resolves inside a job
-        plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        kept = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        plain = OmegaConf.to_container(kept, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:  # a ??? of a structured config that no YAML set
+        raise ConfigError(f"{error.full_key}: missing; set it in its YAML or on the command line") from None
     except Exception as error:  # an interpolation that does not resolve
         raise ConfigError(_one_line(str(error))) from None
     expected = set(PLAIN_GROUPS) | set(BUILT_GROUPS)
@@ -243,8 +299,9 @@ def validate(cfg: DictConfig) -> None:
     for group, needed in REQUIRED_KEYS.items():
         _check_present(group, plain[group], needed)
     _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
-    for group in BUILT_GROUPS:
-        _check_built_group(group, plain[group])
+    problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def validate_against_data(cfg: DictConfig, n_train: int) -> None:

@@ -283,29 +283,6 @@ def load_covtype(
     return data
 
 
-def write_cifar10_files(data_dir, per_batch: int, seed: int = 0):
-    """Random images written in CIFAR-10's real on-disk format, for tests and hardware benchmarks:
-    cifar-10-batches-py/data_batch_1..5 and test_batch, pickled dicts with bytes keys, b"data"
-    uint8 (per_batch, 3072) channel-major rows, b"labels" a list. The three channels get different
-    means and spreads, so normalisation has work to do. Returns (train pixels, train labels,
-    test pixels, test labels) as written."""
-    rng = np.random.default_rng(seed)
-    folder = Path(data_dir) / CIFAR10_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
-        red, green, blue = (rng.integers(lo, hi, (per_batch, 1024)) for lo, hi in ((0, 256), (100, 150), (0, 60)))
-        data = np.concatenate([red, green, blue], axis=1).astype(np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        written[name] = (data, labels)
-    train = [written[name] for name in CIFAR10_TRAIN_FILES]
-    return (np.concatenate([d for d, _ in train]), sum((l for _, l in train), []), *written[CIFAR10_TEST_FILE])
-
-
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """The augmentation of the WRN code the paper follows (Zagoruyko & Komodakis; inferred), on
     a whole batch (N, C, H, W): a random H x W crop of the image padded by `padding` pixels on

@@ -1,8 +1,8 @@
-"""Where a job runs: which device, how many CPU threads. Pure rules, plus two thin readers.
+"""Where a job runs: which device, how many CPU threads. Pure rules, plus thin readers.
 
 The rules are pure functions of numbers (tested on given device and core counts, no GPU
 needed); `job_device` and `job_threads` read those numbers from the running Hydra job and
-the machine, and are what src/train.py calls.
+the machine, and `pick_device` adds the rule for the ranks of a DDP run: what src/train.py calls.
 
 How many jobs of a sweep run at once on this machine (`parallel_jobs`), by launcher:
 - basic (Hydra's default): one after the other -> 1.
@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from src.distributed import World
 
 ALL_AT_ONCE = 1 << 30  # parallel_jobs for a launcher that starts every job of a sweep at once
 
@@ -99,6 +104,16 @@ def job_device(requested: str) -> str:
 
     number, launcher = _hydra_job()
     return device_for_job(requested, number, torch.cuda.device_count(), parallel_jobs(launcher, available_cores()))
+
+
+def pick_device(requested: str, world: World | None = None) -> torch.device:
+    """The device of this process: under DDP (a world of several ranks) with `auto` or `cuda`,
+    the rank's local GPU; otherwise job_device's one-GPU-per-job rule (CPU when there is no GPU)."""
+    import torch
+
+    if requested in ("auto", "cuda") and world is not None and world.size > 1 and torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank)
+    return torch.device(job_device(requested))
 
 
 def job_threads(configured: int | None) -> int | None:

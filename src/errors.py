@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from src.schema import CONF_DIR
 
 
 class ConfigError(ValueError):
@@ -37,12 +36,14 @@ def _default_keys(parent: str) -> list[str]:
     return [str(k) for k in node] if isinstance(node, DictConfig) else []
 
 
-def expected(error: BaseException) -> bool:
-    """A bad input or a diverged run, told in one line; anything else is a bug worth a traceback."""
+def needs_traceback(error: BaseException) -> bool:
+    """True for a bug, whose traceback helps; False for a bad input or a diverged run, which
+    one line tells."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return isinstance(_cause(error), (ConfigError, DatasetUnavailable, Diverged, HydraException, OmegaConfBaseException))
+    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, HydraException, OmegaConfBaseException)
+    return not isinstance(_cause(error), told_in_one_line)
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -56,7 +57,7 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
     config or command line, 1 for a run that failed."""
     from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
     error = _cause(error)
     text = str(error)
@@ -65,6 +66,11 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
     if isinstance(error, OverrideParseException):
         return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
     if isinstance(error, (HydraException, OmegaConfBaseException)):
+        typed = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+        if isinstance(typed, (ValidationError, ConfigTypeError)) and getattr(typed, "full_key", None):
+            # a value OmegaConf refused for a structured config (src/config.py) while composing
+            override = re.search(r"Error merging override (\S+)", text)
+            return f"{override.group(1) if override else typed.full_key}: {str(typed).splitlines()[0]}", 2
         missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
         if missing:
             group, option = missing.groups()

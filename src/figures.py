@@ -70,24 +70,31 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from scipy import stats
 
+from src.schema import (
+    BATCH_SIZE, COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_VAL_ACC, FINAL_VAL_LOSS,
+    KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES,
+    SCHEDULE_TAG, SEED_TAG, SUMMARY_KIND, SUPERSEDED_BY_TAG, SWEEP_TAG, THREADS_TAG,
+    TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
+    VAL_LOSS, WALL_TIME_S, default_experiment,
+)
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "figures.yaml"
+DEFAULTS = CONF_DIR / "figures.yaml"
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
-HISTORIES = ("train_loss", "val_loss", "val_acc", "lr", "batch_size", "momentum", "noise_scale",
-             "param_updates", "wall_time_s")
+HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, WALL_TIME_S)
 # A schedule's phase changes when one of these differs from the epoch before: a milestone.
-PHASE_METRICS = ("lr", "batch_size", "noise_scale")
+PHASE_METRICS = (LR, BATCH_SIZE, NOISE_SCALE)
 SEED_PARAM = "trainer.seed"  # the one config key the runs of a curve may differ in
-# Per run, the report's numbers: name -> heading in report.md. best_val_loss is the lowest
-# val_loss of any epoch; the others are logged once per run.
+BEST_VAL_LOSS = "best_val_loss"  # not logged: the lowest val_loss of any epoch, read from the history
+# Per run, the report's numbers: name -> heading in report.md; all but BEST_VAL_LOSS are logged
+# once per run.
 REPORTED = {
-    "final_val_acc": "final val acc (%)",
-    "final_val_loss": "final val loss",
-    "best_val_loss": "best val loss",
-    "total_param_updates": "param updates",
-    "train_time_s": "train time (s)",
-    "total_wall_time_s": "total wall time (s)",
+    FINAL_VAL_ACC: "final val acc (%)",
+    FINAL_VAL_LOSS: "final val loss",
+    BEST_VAL_LOSS: "best val loss",
+    TOTAL_PARAM_UPDATES: "param updates",
+    TRAIN_TIME_S: "train time (s)",
+    TOTAL_WALL_TIME_S: "total wall time (s)",
 }
 # report.csv's columns (report.json's rows have the same keys). Ratios are of the means.
 COLUMNS = ["group", "schedule", "baseline", "n_finished", "n_failed",
@@ -126,19 +133,19 @@ class RunData:
 
     @property
     def schedule(self) -> str:
-        return self.tags.get("schedule", "?")
+        return self.tags.get(SCHEDULE_TAG, "?")
 
     @property
     def seed(self) -> str:
-        return self.tags.get("seed", "?")
+        return self.tags.get(SEED_TAG, "?")
 
     @property
     def finished(self) -> bool:
         return self.status == "FINISHED"
 
     def reported(self, name: str) -> float:
-        if name == "best_val_loss":
-            return min(self.history["val_loss"])
+        if name == BEST_VAL_LOSS:
+            return min(self.history[VAL_LOSS])
         return self.metrics[name]
 
 
@@ -217,13 +224,13 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
     matching = " with tags " + ", ".join(f"{k}={v}" for k, v in tags.items()) if tags else ""
     runs = [
         run for run in _all_runs(client, found.experiment_id)
-        if "sweep_id" in run.data.tags and run.data.tags.get("kind") != "summary"
-        and "superseded_by" not in run.data.tags  # killed before its first checkpoint, retrained
+        if SWEEP_TAG in run.data.tags and run.data.tags.get(KIND_TAG) != SUMMARY_KIND
+        and SUPERSEDED_BY_TAG not in run.data.tags  # killed before its first checkpoint, retrained
         and all(run.data.tags.get(key) == value for key, value in tags.items())
     ]
     started: dict[str, int] = {}
     for run in runs:
-        sweep = run.data.tags["sweep_id"]
+        sweep = run.data.tags[SWEEP_TAG]
         started[sweep] = max(started.get(sweep, 0), run.info.start_time)
     if sweep_id is None:
         if not started:
@@ -234,7 +241,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
         known = ", ".join(newest[:10]) + (f" ... {len(newest)} in all" if len(newest) > 10 else "")
         raise StoreError(f"no runs with sweep_id '{sweep_id}'{matching} in experiment '{experiment}'"
                          f" (known sweeps: {known or 'none'})")
-    chosen = [_run_data(client, run) for run in runs if run.data.tags["sweep_id"] == sweep_id]
+    chosen = [_run_data(client, run) for run in runs if run.data.tags[SWEEP_TAG] == sweep_id]
     return sweep_id, sorted(chosen, key=lambda r: (r.schedule, r.seed, r.start_time))
 
 
@@ -379,14 +386,14 @@ def compare(curve: Curve, base: Curve, margin: float, confidence: float, min_see
         row["verdict"] = verdict_word(0, None, None, margin, min_seeds)
         row["verdict_detail"] = f"no seed finished in both this schedule and {base.schedule}"
         return row
-    diffs = [100 * (run.metrics["final_val_acc"] - other.metrics["final_val_acc"]) for run, other in pairs]
+    diffs = [100 * (run.metrics[FINAL_VAL_ACC] - other.metrics[FINAL_VAL_ACC]) for run, other in pairs]
     mean, low, high = t_interval(diffs, confidence)
     row.update(acc_diff_points=mean, acc_diff_low=low, acc_diff_high=high)
     # Before the first milestone both schedules are the same; the gap that matters starts there.
     firsts = [steps[0] for run in (r for pair in pairs for r in pair) if (steps := change_steps(run))]
     start = min(firsts, default=0)
-    length = min(len(run.history["val_acc"]) for pair in pairs for run in pair)
-    gaps = [statistics.fmean(100 * (run.history["val_acc"][e] - other.history["val_acc"][e]) for run, other in pairs)
+    length = min(len(run.history[VAL_ACC]) for pair in pairs for run in pair)
+    gaps = [statistics.fmean(100 * (run.history[VAL_ACC][e] - other.history[VAL_ACC][e]) for run, other in pairs)
             for e in range(start, length)]
     if firsts:
         row["first_milestone_epoch"] = start + 1
@@ -456,8 +463,8 @@ def minus_one_spread(curves: dict[str, list[RunData]]) -> float | None:
     """When every epoch's lr·N/(B(1-m)) is the same for all curves (the paper's equal-g
     schedules), the largest relative spread of the exact g = lr/(1-m)·(N/B - 1) at any epoch:
     the '-1' does not scale with B. None when the curves' approximate g differ by design."""
-    exact = [series(runs, "noise_scale")["mean"] for runs in curves.values()]
-    approx = [g + series(runs, "lr")["mean"] / (1 - series(runs, "momentum")["mean"])
+    exact = [series(runs, NOISE_SCALE)["mean"] for runs in curves.values()]
+    approx = [g + series(runs, LR)["mean"] / (1 - series(runs, MOMENTUM)["mean"])
               for g, runs in zip(exact, curves.values())]  # g + lr/(1-m) = lr·N/(B(1-m))
     n = min(len(values) for values in exact)
     if len(exact) < 2 or n == 0:
@@ -529,7 +536,7 @@ def _mark_milestones_epochs(ax, curves: Sequence[Curve]) -> bool:
 def _epoch_axis(ax, curves: Sequence[Curve]) -> None:
     ax.set_xlabel("epochs trained (epoch k ends at k)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    n = max(len(run.history["val_acc"]) for c in curves for run in c.finished)
+    n = max(len(run.history[VAL_ACC]) for c in curves for run in c.finished)
     ax.set_xlim(0, n)
 
 
@@ -569,7 +576,7 @@ def _curves(ax, curves: Sequence[Curve], styles: dict, y: str, x: str | None = N
             ax.fill_between(numbers["x"], numbers["low"], numbers["high"], color=style["color"], alpha=0.2, linewidth=0)
         ax.plot(numbers["x"][-1], numbers["mean"][-1], marker=style["marker"], color=style["color"], markersize=7,
                 linestyle="none", markeredgecolor="white", zorder=5)
-        updates = statistics.fmean(run.metrics["total_param_updates"] for run in runs)
+        updates = statistics.fmean(run.metrics[TOTAL_PARAM_UPDATES] for run in runs)
         ends.append((numbers["x"][-1], numbers["mean"][-1], f"{curve.schedule}: {updates:,.0f} updates", style["color"]))
         if x is not None:  # milestones of this curve: the last point before each change
             steps = sorted({s for run in runs for s in change_steps(run)})
@@ -611,9 +618,9 @@ def _steps(ax, curves: Sequence[Curve], styles: dict, name: str) -> None:
 def plot_schedules(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 1: learning rate (a) and batch size (b) against epochs, both log."""
     fig, (lr, batch) = _figure(title, ncols=2)
-    _steps(lr, curves, styles, "lr")
+    _steps(lr, curves, styles, LR)
     lr.set(yscale="log", ylabel="learning rate (log scale)", title="(a) learning rate")
-    _steps(batch, curves, styles, "batch_size")
+    _steps(batch, curves, styles, BATCH_SIZE)
     batch.set(yscale="log", ylabel="batch size (samples, log scale)", title="(b) batch size")
     _plain_log(lr.yaxis)
     _plain_log(batch.yaxis)
@@ -624,7 +631,7 @@ def plot_schedules(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
 def _loss_axis(ax, curves: Sequence[Curve]) -> None:
     """Training cross-entropy on a log axis when it falls by more than 10x, else linear (less
     than a decade on a log axis shows little but the tick labels)."""
-    values = [v for c in curves for run in c.finished for v in run.history["train_loss"] if v > 0]
+    values = [v for c in curves for run in c.finished for v in run.history[TRAIN_LOSS] if v > 0]
     if values and max(values) > 10 * min(values):
         ax.set(yscale="log", ylabel="training cross-entropy (nats, log scale)")
         _plain_log(ax.yaxis)
@@ -638,7 +645,7 @@ def plot_train_loss_epochs(curves: Sequence[Curve], styles: dict, title: str) ->
     _mark_milestones_epochs(ax, curves)
     _epoch_axis(ax, curves)
     _loss_axis(ax, curves)
-    _curves(ax, curves, styles, "train_loss")
+    _curves(ax, curves, styles, TRAIN_LOSS)
     _legend(fig, curves, styles, [MILESTONE_HANDLE], bands=True)
     return fig
 
@@ -648,7 +655,7 @@ def plot_train_loss_updates(curves: Sequence[Curve], styles: dict, title: str) -
     fig, (ax,) = _figure(title)
     _updates_axis(ax)
     _loss_axis(ax, curves)
-    _curves(ax, curves, styles, "train_loss", x="param_updates")
+    _curves(ax, curves, styles, TRAIN_LOSS, x=PARAM_UPDATES)
     _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
@@ -657,7 +664,7 @@ def _val_acc_epochs(ax, curves: Sequence[Curve], styles: dict) -> None:
     _mark_milestones_epochs(ax, curves)
     _epoch_axis(ax, curves)
     ax.set_ylabel("validation accuracy (%)")
-    _curves(ax, curves, styles, "val_acc", y_scale=100)
+    _curves(ax, curves, styles, VAL_ACC, y_scale=100)
 
 
 def plot_val_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
@@ -673,7 +680,7 @@ def plot_val_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> F
     fig, (ax,) = _figure(title)
     _updates_axis(ax)
     ax.set_ylabel("validation accuracy (%)")
-    _curves(ax, curves, styles, "val_acc", x="param_updates", y_scale=100)
+    _curves(ax, curves, styles, VAL_ACC, x=PARAM_UPDATES, y_scale=100)
     _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
@@ -682,7 +689,7 @@ def plot_noise_scale(curves: Sequence[Curve], styles: dict, title: str) -> Figur
     """The noise scale g = lr/(1-m)·(N/B - 1) per epoch, and why equal-g schedules differ when
     they do."""
     fig, (ax,) = _figure(title)
-    _steps(ax, curves, styles, "noise_scale")
+    _steps(ax, curves, styles, NOISE_SCALE)
     ax.set(yscale="log", ylabel="noise scale g = lr/(1-m)·(N/B - 1)  (log scale)")
     _plain_log(ax.yaxis)
     spread = minus_one_spread({c.schedule: c.finished for c in curves})
@@ -697,7 +704,7 @@ def plot_noise_scale(curves: Sequence[Curve], styles: dict, title: str) -> Figur
 def plot_val_loss_wall_time(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     fig, (ax,) = _figure(title)
     ax.set(xlabel="training time (s, cumulative; validation excluded)", ylabel="validation cross-entropy (nats)")
-    _curves(ax, curves, styles, "val_loss", x="wall_time_s")
+    _curves(ax, curves, styles, VAL_LOSS, x=WALL_TIME_S)
     _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
@@ -709,7 +716,7 @@ def plot_totals(rows: list[dict], styles: dict, title: str, baseline: str | None
     fig, axes = _figure(title, ncols=2)
     rows = [row for row in rows if row["n_finished"]]
     names = [row["schedule"] for row in rows]
-    for ax, name, label in zip(axes, ("train_time_s", "total_param_updates"),
+    for ax, name, label in zip(axes, (TRAIN_TIME_S, TOTAL_PARAM_UPDATES),
                                ("training time per run (s)", "parameter updates per run")):
         bars = ax.bar(names, [row[f"{name}_mean"] for row in rows],
                       yerr=[row[f"{name}_std"] or 0 for row in rows], capsize=4,
@@ -805,9 +812,9 @@ def write_optimizer_figures(folder: Path, groups: list[Group], styles: dict, tit
 def _fmt(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if name == "final_val_acc":
+    if name == FINAL_VAL_ACC:
         return f"{100 * value:.2f}"
-    if name == "total_param_updates":
+    if name == TOTAL_PARAM_UPDATES:
         return f"{value:,.0f}"
     if name.endswith("_s"):
         return f"{value:.1f}"
@@ -846,17 +853,17 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
 
     env = {
         "commit": tag("mlflow.source.git.commit"),
-        "command": _distinct([_command(run.tags.get("command")) for run in runs]),
-        "torch": tag("torch_version"),
-        "device": tag("device"),
-        "threads": tag("threads"),
+        "command": _distinct([_command(run.tags.get(COMMAND_TAG)) for run in runs]),
+        "torch": tag(TORCH_VERSION_TAG),
+        "device": tag(DEVICE_TAG),
+        "threads": tag(THREADS_TAG),
     }
     if env["threads"] != "not logged":
-        env["threads"] += f" per run (torch intra-op), on a machine with {tag('cpus')} CPUs"
+        env["threads"] += f" per run (torch intra-op), on a machine with {tag(CPUS_TAG)} CPUs"
     loads = []
     for span in ("1m", "15m"):
-        values = [run.metrics[f"load_{span}_{when}"] for run in runs for when in ("start", "end")
-                  if f"load_{span}_{when}" in run.metrics]
+        names = (LOAD_AVERAGE_START[span], LOAD_AVERAGE_END[span])
+        values = [run.metrics[name] for run in runs for name in names if name in run.metrics]
         if values:
             loads.append(f"{span[:-1]}-minute {min(values):.2f} to {max(values):.2f}")
     env["load"] = ("load average at the runs' starts and ends: " + ", ".join(loads)) if loads else "not logged"
@@ -936,7 +943,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
     if failed:
         md += ["| run | schedule | seed | status | error |", "|---|---|---|---|---|"]
         md += [f"| {r.tags.get('mlflow.runName', r.run_id)} | {r.schedule} | {r.seed} | "
-               f"{r.status} | {_cell(r.tags.get('error', '-'))} |" for r in failed]
+               f"{r.status} | {_cell(r.tags.get(ERROR_TAG, '-'))} |" for r in failed]
     else:
         md.append("None.")
     (folder / "report.md").write_text("\n".join(md) + "\n")
@@ -951,7 +958,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         "margin_points": margin, "confidence": confidence, "interval": "Student t over paired seeds",
         "min_seeds": min_seeds, "axes": sweep_axes(runs), "baselines": baselines, "rows": flat,
         "failed_runs": [{"run_id": r.run_id, "name": r.tags.get("mlflow.runName"), "schedule": r.schedule,
-                         "seed": r.tags.get("seed"), "status": r.status, "error": r.tags.get("error")}
+                         "seed": r.tags.get(SEED_TAG), "status": r.status, "error": r.tags.get(ERROR_TAG)}
                         for r in failed],
     }
     (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -1021,7 +1028,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="the MLflow store")
-    parser.add_argument("--experiment", default="batch-size-study", help="the MLflow experiment")
+    parser.add_argument("--experiment", default=default_experiment(),
+                        help="the MLflow experiment (default: conf/tracking/mlflow.yaml's)")
     parser.add_argument("--sweep-id", help="the sweep to report; none: the newest (latest run start)")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="read only runs with this tag (repeatable)")
@@ -1052,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = args.output_dir / _folder_name(sweep_id)
     experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
     summary = client.create_run(experiment_id, tags={
-        "sweep_id": sweep_id, "kind": "summary", "mlflow.runName": f"figures {sweep_id}"}).info.run_id
+        SWEEP_TAG: sweep_id, KIND_TAG: SUMMARY_KIND, "mlflow.runName": f"figures {sweep_id}"}).info.run_id
     status = "FAILED"
     try:
         written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_points": args.margin})

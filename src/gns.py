@@ -4,7 +4,8 @@ beyond which a larger batch buys less than proportional progress per step.
 Within one step the loop has, at no extra backward pass, the gradient of the whole batch
 (B_big samples) and those of its parts (the micro-batches, or two halves). Since
 E|G_b|^2 = |G|^2 + tr(Sigma) / b for a mean gradient over b samples, their squared norms give
-unbiased estimates (McCandlish et al. 2018, appendix A):
+unbiased estimates (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training",
+arXiv 1812.06162, appendix A):
 
     |G|^2     ~= (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
     tr(Sigma) ~= (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+from src.schema import GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE
 
 
 @dataclass
@@ -52,7 +55,7 @@ class NoiseScaleEstimator:
         def known(value):
             return math.nan if value is None else value
 
-        return {"gns_b_simple": self.b_simple, "gns_trace": known(self.trace), "gns_grad_sq": known(self.grad_sq)}
+        return {GNS_B_SIMPLE: self.b_simple, GNS_TRACE: known(self.trace), GNS_GRAD_SQ: known(self.grad_sq)}
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Protocol
 
 from src.errors import ConfigError
-
+from src.schema import GNS_B_SIMPLE, VAL_LOSS
 
 # trainer.last_batch: what becomes of the samples left over when B does not divide an epoch
 # (src.data.BatchStream; conf/trainer/default.yaml says why carry is the default).
@@ -37,6 +38,26 @@ class Plan:
     lr: float
     batch_size: int
     momentum: float
+
+
+class Schedule(Protocol):
+    """What the training loop asks of a schedule (conf/schedule/*.yaml builds one with
+    `_target_: ...for_run`, given n_train, epochs and optimizer_momentum by the loop).
+
+    Called before every epoch with that epoch and the history of every finished epoch, it
+    answers with the epoch's Plan. Its state_dict (JSON-able) is checkpointed after every epoch
+    and given back to load_state_dict when a run resumes, so that the resumed run plans as if it
+    had never stopped. `follows` names the per-epoch metrics it reads from the history that the
+    loop measures only on request (src.schema.GNS_METRICS): the loop measures them for it.
+    """
+
+    follows: ClassVar[tuple[str, ...]]
+
+    def __call__(self, epoch: int, history: History = {}) -> Plan: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def noise_scale(lr: float, batch_size: int, momentum: float, n_train: int) -> float:
@@ -98,6 +119,8 @@ class StepSchedule:
     max_batch_size: int
     warmup_epochs: int = 0
     warmup_start_lr: float = 0.0
+
+    follows: ClassVar[tuple[str, ...]] = ()  # a function of the epoch alone
 
     @classmethod
     def for_run(
@@ -170,7 +193,7 @@ class StepSchedule:
         return Plan(lr=lr, batch_size=batch_size, momentum=self.momentum)
 
     def state_dict(self) -> dict:
-        return {}  # a function of the epoch alone
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
@@ -206,8 +229,8 @@ class PlateauSchedule:
     best and wait carry over the phase change. The blog demo called fit() once per phase, which
     reset the callback's best and wait each time; that flaw is not reproduced.
 
-    Same interface as StepSchedule: call it with the epoch about to start and the validation
-    losses of all finished epochs. It consumes the losses it has not seen yet, so calling it every
+    A Schedule: call it with the epoch about to start and the validation losses of all finished
+    epochs. It consumes the losses it has not seen yet, so calling it every
     epoch with the growing list, or once with a whole history, gives the same plan. Its state
     (state_dict, JSON-able) is what a resumed run needs to continue identically.
     """
@@ -222,6 +245,8 @@ class PlateauSchedule:
     grow_batch: bool = True
     min_delta: float = 1e-4  # absolute, in units of the loss
     _state: _PlateauState = field(init=False, repr=False)
+
+    follows: ClassVar[tuple[str, ...]] = (VAL_LOSS,)
 
     def __post_init__(self):
         self._state = _PlateauState(self.lr, self.batch_size, "batch" if self.grow_batch else "lr")
@@ -252,7 +277,7 @@ class PlateauSchedule:
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:
         state = self._state
-        val_losses = history.get("val_loss", ())
+        val_losses = history.get(VAL_LOSS, ())
         if len(val_losses) < state.seen:
             raise ValueError(
                 f"{self.name}: {len(val_losses)} validation losses given, {state.seen} already seen; "
@@ -310,7 +335,7 @@ class AdaptiveNoiseScaleSchedule:
     deterministic given the seed.
     """
 
-    follows = ("gns_b_simple",)  # what the loop must measure for it
+    follows: ClassVar[tuple[str, ...]] = (GNS_B_SIMPLE,)
 
     name: str
     lr: float
@@ -352,7 +377,7 @@ class AdaptiveNoiseScaleSchedule:
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:
         state = self._state
-        measured = history.get("gns_b_simple", ())
+        measured = history.get(GNS_B_SIMPLE, ())
         for value in measured[state.seen :]:
             state.seen += 1
             if not math.isfinite(value) or state.capped_at is not None:
@@ -388,7 +413,7 @@ def updates_in_epoch(n_train: int, batch_size: int, last_batch: str, leftover: i
     raise ValueError(f"last_batch={last_batch!r}: allowed: {', '.join(LAST_BATCH)}")
 
 
-def planned_updates(schedule, n_train: int, epochs: int, last_batch: str | None = None) -> float:
+def planned_updates(schedule: Schedule, n_train: int, epochs: int, last_batch: str | None = None) -> float:
     """Total parameter updates a schedule makes. last_batch=None counts N/B per epoch as a
     fraction, as the paper does (200 * 50000 / 128 = 78,125); 'carry', 'keep' or 'drop' count
     the whole batches the loop really makes (carry: the leftovers carried from epoch to epoch,

@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from src.schema import CONFIG_HASH_TAG, ERROR_TAG, SUPERSEDED_BY_TAG, SWEEP_TAG, VAL_LOSS
+
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # Keys that say where and how a run is recorded or how fast it goes, not what it computes:
@@ -79,8 +81,9 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A short stable hash of the resolved config, NOT_IDENTITY keys left out."""
+def hash_config(cfg: DictConfig) -> str:
+    """A short stable hash of the resolved config, NOT_IDENTITY keys left out: the config hash
+    that identifies a run (tag CONFIG_HASH_TAG)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     for dotted in NOT_IDENTITY:
@@ -92,10 +95,10 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def runs_with_config(cfg: DictConfig, key: str, status: str | None = None):
-    """Training runs of this experiment logged with config hash `key`, newest first."""
+def runs_with_config(cfg: DictConfig, config_hash: str, status: str | None = None):
+    """Training runs of this experiment logged with `config_hash`, newest first."""
     experiment_id = prepare_store(cfg.tracking)  # never the first, unlocked, writer of a store
-    query = f"tags.config_hash = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
+    query = f"tags.{CONFIG_HASH_TAG} = '{config_hash}'" + (f" and attributes.status = '{status}'" if status else "")
     return MlflowClient(cfg.tracking.uri).search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
@@ -119,7 +122,7 @@ class TrackedRun:
 
     def last_logged_epoch(self) -> int:
         """The highest step with a val_loss, -1 if none."""
-        return max((m.step for m in self.client.get_metric_history(self.run_id, "val_loss")), default=-1)
+        return max((m.step for m in self.client.get_metric_history(self.run_id, VAL_LOSS)), default=-1)
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """One batched write; per-epoch metrics use step = the 0-based epoch."""
@@ -143,15 +146,15 @@ class Untracked:
 def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> None:
     """Move a run that a re-run sweep skips or resumes into that sweep, so the newest sweep holds
     every run of its command (the figures read one sweep at a time)."""
-    MlflowClient(cfg.tracking.uri).set_tag(run_id, "sweep_id", sweep_id)
+    MlflowClient(cfg.tracking.uri).set_tag(run_id, SWEEP_TAG, sweep_id)
 
 
-def _close_stale_runs(client: MlflowClient, cfg: DictConfig, key: str, keep: str) -> None:
+def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, keep: str) -> None:
     """Runs of this config left RUNNING by a process killed before its first checkpoint: nothing
     can resume them, so they are marked KILLED and point at the run that replaces them."""
-    for stale in runs_with_config(cfg, key, status="RUNNING"):
+    for stale in runs_with_config(cfg, config_hash, status="RUNNING"):
         if stale.info.run_id != keep:
-            client.set_tag(stale.info.run_id, "superseded_by", keep)
+            client.set_tag(stale.info.run_id, SUPERSEDED_BY_TAG, keep)
             client.set_terminated(stale.info.run_id, "KILLED")
 
 
@@ -163,12 +166,12 @@ def tracked_run(
     params and as config.yaml) and its hash, and close the run whatever happens in the block."""
     experiment_id = prepare_store(cfg.tracking)
     client = MlflowClient(cfg.tracking.uri)
-    key = config_hash(cfg)
+    config_hash = hash_config(cfg)
     if resume_run_id:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        all_tags = {**tags, "mlflow.runName": run_name, "config_hash": key}
+        all_tags = {**tags, "mlflow.runName": run_name, CONFIG_HASH_TAG: config_hash}
         commit = _git_commit()
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
@@ -176,23 +179,23 @@ def tracked_run(
     status = "FAILED"
     try:  # from here on, whatever fails, the run is closed in `finally`
         if resume_run_id:
-            join_sweep(cfg, run_id, tags["sweep_id"])
-            if "error" in client.get_run(run_id).data.tags:  # from the attempt that failed
-                client.delete_tag(run_id, "error")
+            join_sweep(cfg, run_id, tags[SWEEP_TAG])
+            if ERROR_TAG in client.get_run(run_id).data.tags:  # from the attempt that failed
+                client.delete_tag(run_id, ERROR_TAG)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = [Param(k, v) for k, v in flatten(resolved).items()]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
-        _close_stale_runs(client, cfg, key, keep=run_id)
+        _close_stale_runs(client, cfg, config_hash, keep=run_id)
         yield TrackedRun(client, run_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except BaseException as error:
-        client.log_batch(run_id, tags=[RunTag("error", f"{type(error).__name__}: {error}"[:5000])])
+        client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])])
         raise
     finally:
         client.set_terminated(run_id, status)

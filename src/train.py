@@ -7,10 +7,15 @@ epoch's first batch, so every update has exactly B samples); step; validate; che
 batch of metrics. Counters are exact: param_updates counts optimizer steps, samples_seen the
 samples that went into them. Times are seconds.
 
-A run is identified by the hash of its resolved config (tracking.config_hash). With
+A run is identified by the hash of its resolved config (tracking.hash_config). With
 trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
 from its last checkpoint into the same MLflow run, with the same numbers as if it had never
-stopped: model, optimizer, schedule, the RNG streams and the counters are all restored.
+stopped: model, optimizer, schedule, the RNG streams, the batches carried between epochs and the
+counters are all restored.
+
+The file in order: one epoch (train_epoch, evaluate), building a run from its config
+(build_run), the checkpoint contract (checkpoint_state, restore_state), skip-or-resume, and the
+epoch loop itself (_train).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import time
 import uuid
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,39 +39,28 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from src import checkpoint, devices, tracking
+from src import checkpoint, devices, schema, tracking
 from src.config import validate, validate_against_data
 from src.data import BatchStream, Dataset
 from src.distributed import World, all_sum, join, leave, share
 from src.errors import ConfigError, Diverged
 from src.gns import NoiseScaleEstimator
-from src.schedules import Plan, noise_scale
+from src.schedules import Plan, Schedule, noise_scale
 
 log = logging.getLogger(__name__)
 
-FINAL_METRICS = ("final_val_loss", "final_val_acc", "total_param_updates", "train_time_s", "total_wall_time_s")
-CHECKPOINT_KEYS = {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "batches", "counters",
-                   "history", "metrics"}
 
-
-def load_average(when: str) -> dict[str, float]:
-    """The machine's 1-, 5- and 15-minute load averages (runnable processes, all users), e.g.
-    load_1m_start: the context a wall time is read in (report.md's environment block)."""
-    return {f"load_{span}_{when}": value for span, value in zip(("1m", "5m", "15m"), os.getloadavg())}
+def load_average(names: dict[str, str]) -> dict[str, float]:
+    """The machine's 1-, 5- and 15-minute load averages (runnable processes, all users) under
+    `names` (schema.LOAD_AVERAGE_START or _END): the context a wall time is read in (report.md's
+    environment block)."""
+    return dict(zip((names[span] for span in schema.LOAD_SPANS), os.getloadavg()))
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str, world: World) -> torch.device:
-    """Under DDP with `auto` or `cuda`, the rank's local GPU; otherwise the one-GPU-per-job rule of
-    src.devices.device_for_job (CPU when there is no GPU)."""
-    if name in ("auto", "cuda") and world.size > 1 and torch.cuda.is_available():
-        return torch.device("cuda", world.local_rank)
-    return torch.device(devices.job_device(name))
 
 
 def build_optimizer(optimizer_cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
@@ -75,6 +70,14 @@ def build_optimizer(optimizer_cfg: DictConfig, params, lr: float) -> torch.optim
     return instantiate(kwargs, params, lr=lr * lr_scale)
 
 
+def make_schedule(cfg: DictConfig, n_train: int, epochs: int | None = None) -> Schedule:
+    """instantiate(cfg.schedule) with what the loop supplies: N, the epochs (trainer.epochs
+    unless given) and the optimizer's momentum (Adam: 0, see conf/optimizer/adam.yaml)."""
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    epochs = cfg.trainer.epochs if epochs is None else epochs
+    return instantiate(cfg.schedule, n_train=n_train, epochs=epochs, optimizer_momentum=momentum)
+
+
 def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = plan.lr * lr_scale
@@ -82,9 +85,39 @@ def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) ->
             group["momentum"] = plan.momentum
 
 
-def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size: int, batches: BatchStream,
-                micro_batch_size: int | None, generator: torch.Generator, precision: "Precision",
-                world: World = World(), noise: NoiseScaleEstimator | None = None):
+class Precision:
+    """trainer.bf16: run forward passes under bfloat16 autocast (weights, gradients and the
+    optimizer stay float32). trainer.channels_last: NHWC layout for 4-D inputs and the model,
+    what tensor-core convolutions want. Both off by default: exact float32 numbers that match
+    across machines; the GPU presets turn them on."""
+
+    def __init__(self, device: torch.device, bf16: bool, channels_last: bool):
+        self.device_type, self.bf16, self.channels_last = device.type, bf16, channels_last
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How train_epoch makes each batch one optimizer step: the same for every epoch of a run.
+    Which samples form a batch is not a setting but the run's BatchStream (its trainer.last_batch
+    policy, and under carry the leftover it carries from epoch to epoch: per-run state, in the
+    checkpoint); the batch size, the schedule's, is given per epoch."""
+
+    micro_batch_size: int | None  # trainer.micro_batch_size: None = each batch in one pass
+    precision: Precision  # trainer.bf16, trainer.channels_last
+    world: World = World()  # the ranks that train together (src/distributed.py); one by default
+
+
+def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, *, batch_size: int, batches: BatchStream,
+                generator: torch.Generator, settings: StepSettings, noise: NoiseScaleEstimator | None = None):
     """The updates drawn while the permutation `order` is consumed, in batches of batch_size cut
     by `batches` (under carry they include the samples carried in from the epoch before, and the
     samples carried out are left to the next). Returns (mean train loss over the samples of
@@ -103,6 +136,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
     |G|^2 + tr(Sigma) * mean_i(1 / b_i), so that is the part size that keeps the estimator
     unbiased. The norms stay on the device until the end of the epoch: no sync per step.
     """
+    precision, world = settings.precision, settings.world
     model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
@@ -114,7 +148,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
         x, y = share(x, world), share(y, world)
         weight = world.size / len(index)  # per sample: its share of the batch, DDP's average undone
         measure = noise is not None and updates % noise.every == 0 and len(y) > 1
-        part_size = micro_batch_size or len(y)
+        part_size = settings.micro_batch_size or len(y)
         if measure and part_size >= len(y):
             part_size = (len(y) + 1) // 2
         parts = list(zip(x.split(part_size), y.split(part_size)))
@@ -148,7 +182,7 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, batch_size
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Precision",
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: Precision,
              world: World = World()) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction, 0..1) over (x, y); under DDP each rank
     evaluates its share and the sums are added across ranks."""
@@ -166,41 +200,154 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int, precision: "Pr
     return all_sum(loss_sum, world).item() / n, all_sum(correct, world).item() / n
 
 
-class Precision:
-    """trainer.bf16: run forward passes under bfloat16 autocast (weights, gradients and the
-    optimizer stay float32). trainer.channels_last: NHWC layout for 4-D inputs and the model,
-    what tensor-core convolutions want. Both off by default: exact float32 numbers that match
-    across machines; the GPU presets turn them on."""
+# --- building a run ------------------------------------------------------------------------------
 
-    def __init__(self, device: torch.device, bf16: bool, channels_last: bool):
-        self.device_type, self.bf16, self.channels_last = device.type, bf16, channels_last
+@dataclass
+class RunParts:
+    """What one run trains with, built from its config (build_run)."""
 
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+    data: Dataset  # resident on the training device
+    model: torch.nn.Module  # the unwrapped module, what a checkpoint holds; DDP wraps it in _train
+    schedule: Schedule
+    optimizer: torch.optim.Optimizer
+    lr_scale: float  # optimizer.lr_scale: the optimizer applies the schedule's lr times this
+    steps: StepSettings
+    noise: NoiseScaleEstimator | None  # measures the gradient noise scale when asked or followed
+    # One CPU stream for the batch order and the augmentation: the same on any device, and one
+    # state to checkpoint.
+    batch_order: torch.Generator
+    batches: BatchStream  # cuts each epoch's permutation by trainer.last_batch; under carry, holds the leftover
 
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> RunParts:
+    """Data, model, schedule and optimizer as a run of `cfg` trains them, seeded by trainer.seed:
+    the same call for train() and the benchmarks."""
+    trainer = cfg.trainer
+    seed_everything(trainer.seed)  # before anything is built
+    data: Dataset = instantiate(cfg.dataset).to(device)
+    validate_against_data(cfg, data.n_train)
+    precision = Precision(device, trainer.bf16, trainer.channels_last)
+    model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
+    model = precision.prepare(model)
+    schedule = make_schedule(cfg, data.n_train)
+    # Measure the gradient noise scale when asked, or when the schedule follows it.
+    measure_noise = trainer.gns or not set(schedule.follows).isdisjoint(schema.GNS_METRICS)
+    if measure_noise and world.size > 1:
+        asked_by = "trainer.gns=true" if trainer.gns else f"schedule={cfg.schedule.name}"
+        raise ConfigError(f"{asked_by}: the noise-scale estimate needs a single process, not DDP")
+    first = schedule(0)
+    if first.batch_size < world.size:
+        raise ConfigError(
+            f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({first.batch_size}) "
+            f"must be >= the {world.size} ranks"
+        )
+    return RunParts(
+        data=data,
+        model=model,
+        schedule=schedule,
+        optimizer=build_optimizer(cfg.optimizer, model.parameters(), first.lr),
+        lr_scale=cfg.optimizer.lr_scale,
+        steps=StepSettings(trainer.micro_batch_size, precision, world),
+        noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,
+        batch_order=torch.Generator().manual_seed(trainer.seed),
+        batches=BatchStream(trainer.last_batch),
+    )
 
 
-def rng_state(batch_order: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "batch_order": batch_order.get_state()}
+# --- the checkpoint contract ---------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """What the loop has done so far: where a resumed run picks up."""
+
+    epochs_done: int = 0
+    param_updates: int = 0  # optimizer steps
+    samples_seen: int = 0  # samples in those steps
+    train_time: float = 0.0  # seconds in train_epoch
+    earlier_attempts_s: float = 0.0  # wall seconds of the attempts before this one (a resumed run)
+    history: dict[str, list[float]] = field(default_factory=dict)  # every per-epoch metric so far
+
+    def last_epoch_metrics(self) -> dict[str, float]:
+        return {name: values[-1] for name, values in self.history.items()}
+
+
+# What a checkpoint holds, saved by checkpoint_state and read back by restore_state (and, for
+# run_id and store, by _checkpoint_to_resume). One more piece of state is one line in each of the three.
+CHECKPOINT_KEYS = frozenset(
+    {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "batches", "counters", "history"}
+)
+
+
+def checkpoint_state(parts: RunParts, progress: Progress, run_id: str | None, store: str, elapsed: float) -> dict:
+    """Everything a resumed run needs to go on with the same numbers as if it had never stopped.
+    `elapsed`: wall seconds of this run so far, earlier attempts included."""
+    rng = {"torch": torch.get_rng_state(), "batch_order": parts.batch_order.get_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "run_id": run_id,  # the MLflow run it continues ...
+        "store": store,  # ... in this store and experiment
+        "epoch": progress.epochs_done - 1,  # the last finished epoch, 0-based
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "schedule": parts.schedule.state_dict(),
+        "noise": parts.noise.state_dict() if parts.noise is not None else {},
+        "rng": rng,
+        "batches": parts.batches.state_dict(),  # under carry, the leftover that opens the next epoch
+        "counters": [progress.param_updates, progress.samples_seen, progress.train_time, elapsed],
+        "history": progress.history,
+    }
 
 
-def restore_rng(state: dict, batch_order: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    batch_order.set_state(state["batch_order"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_state(parts: RunParts, state: dict) -> Progress:
+    """Put a freshly built run back where checkpoint_state left it; returns its progress."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.schedule.load_state_dict(state["schedule"])
+    if parts.noise is not None:
+        parts.noise.load_state_dict(state["noise"])
+    torch.set_rng_state(state["rng"]["torch"])
+    parts.batch_order.set_state(state["rng"]["batch_order"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    parts.batches.load_state_dict(state["batches"])
+    param_updates, samples_seen, train_time, elapsed = state["counters"]
+    return Progress(
+        epochs_done=state["epoch"] + 1,
+        param_updates=param_updates,
+        samples_seen=samples_seen,
+        train_time=train_time,
+        earlier_attempts_s=elapsed,
+        history={name: list(values) for name, values in state["history"].items()},
+    )
 
+
+# --- skip or resume ------------------------------------------------------------------------------
+
+def _finished_before(cfg: DictConfig, config_hash: str, sweep_id: str, label: str, world: World) -> dict | None:
+    """The final metrics of this config's FINISHED run, which then joins this sweep; None if none."""
+    for done in tracking.runs_with_config(cfg, config_hash, status="FINISHED")[:1]:
+        log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, config_hash)
+        if world.is_main:
+            tracking.join_sweep(cfg, done.info.run_id, sweep_id)
+        return {name: done.data.metrics[name] for name in schema.FINAL_METRICS}
+    return None
+
+
+def _checkpoint_to_resume(path: Path, store: str, label: str) -> dict | None:
+    """The newest readable checkpoint at `path` of a run logged to `store`; None: start over."""
+    saved_state = checkpoint.load(path, CHECKPOINT_KEYS)
+    if saved_state is not None and saved_state["store"] != store:
+        log.warning("[%s] checkpoint %s continues a run logged to %s, not %s: starting over",
+                    label, path, saved_state["store"], store)
+        return None
+    return saved_state
+
+
+# --- the run -------------------------------------------------------------------------------------
 
 def train(cfg: DictConfig) -> dict:
-    """Train one run; returns {"outcome": finished | resumed | skipped, <FINAL_METRICS>}.
+    """Train one run; returns {"outcome": finished | resumed | skipped, <schema.FINAL_METRICS>}.
     Launched by torchrun, the processes train it together (src/distributed.py)."""
     world = join()
     try:
@@ -214,153 +361,102 @@ def _train(cfg: DictConfig, world: World) -> dict:
     validate(cfg)  # before anything is built or logged
     trainer = cfg.trainer
     label = f"{cfg.schedule.name} seed={trainer.seed}"
-    key = tracking.config_hash(cfg)
+    config_hash = tracking.hash_config(cfg)
     sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     if trainer.resume:
-        for done in tracking.runs_with_config(cfg, key, status="FINISHED")[:1]:
-            log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, key)
-            if world.is_main:
-                tracking.join_sweep(cfg, done.info.run_id, sweep_id)
-            return {"outcome": "skipped", **{k: done.data.metrics[k] for k in FINAL_METRICS}}
-    checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{key}.pt"
+        finished = _finished_before(cfg, config_hash, sweep_id, label, world)
+        if finished is not None:
+            return {"outcome": "skipped", **finished}
+    checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{config_hash}.pt"
     store = f"{cfg.tracking.uri} experiment={cfg.tracking.experiment}"  # where run_id lives
-    resumed = checkpoint.load(checkpoint_path, CHECKPOINT_KEYS) if trainer.resume else None
-    if resumed is not None and resumed["store"] != store:
-        log.warning("[%s] checkpoint %s continues a run logged to %s, not %s: starting over",
-                    label, checkpoint_path, resumed["store"], store)
-        resumed = None
-    if resumed is None:
+    saved_state = _checkpoint_to_resume(checkpoint_path, store, label) if trainer.resume else None
+    if saved_state is None:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
-    seed_everything(trainer.seed)  # before anything is built
     threads = devices.job_threads(trainer.threads)  # trainer.threads, else cores // jobs at once
     if threads:
         torch.set_num_threads(threads)
-    device = pick_device(trainer.device, world)
-    data: Dataset = instantiate(cfg.dataset).to(device)
-    validate_against_data(cfg, data.n_train)
-    precision = Precision(device, trainer.bf16, trainer.channels_last)
-    net = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    net = precision.prepare(net)
-    momentum = cfg.optimizer.get("momentum", 0.0)  # Adam: 0, see conf/optimizer/adam.yaml
-    schedule = instantiate(cfg.schedule, n_train=data.n_train, epochs=trainer.epochs, optimizer_momentum=momentum)
-    lr_scale = cfg.optimizer.lr_scale
-    # Measure the gradient noise scale when asked, or when the schedule follows it.
-    measure_noise = trainer.gns or "gns_b_simple" in getattr(schedule, "follows", ())
-    if measure_noise and world.size > 1:
-        asked_by = "trainer.gns=true" if trainer.gns else f"schedule={cfg.schedule.name}"
-        raise ConfigError(f"{asked_by}: the noise-scale estimate needs a single process, not DDP")
-    noise = NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None
-    if schedule(0).batch_size < world.size:
-        raise ConfigError(
-            f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({schedule(0).batch_size}) "
-            f"must be >= the {world.size} ranks"
-        )
-    optimizer = build_optimizer(cfg.optimizer, net.parameters(), schedule(0).lr)
-    # One CPU stream for the batch order and the augmentation: the same on any device, and one
-    # state to checkpoint.
-    batch_order = torch.Generator().manual_seed(trainer.seed)
-    batches = BatchStream(trainer.last_batch)  # under carry, the leftover: checkpointed with the rest
+    device = devices.pick_device(trainer.device, world)
+    parts = build_run(cfg, device, world)
+    data, schedule, optimizer, lr_scale = parts.data, parts.schedule, parts.optimizer, parts.lr_scale
+    progress = restore_state(parts, saved_state) if saved_state else Progress()
+    # DDP after restoring: every rank then starts from the same weights. parts.model stays the
+    # unwrapped module, the one a checkpoint holds.
+    model = DistributedDataParallel(parts.model) if world.size > 1 else parts.model
 
-    first_epoch, param_updates, samples_seen, train_time = 0, 0, 0, 0.0
-    history: dict[str, list[float]] = {}  # every per-epoch metric so far: what schedules follow
-    if resumed:
-        net.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["schedule"])
-        if noise is not None:
-            noise.load_state_dict(resumed["noise"])
-        restore_rng(resumed["rng"], batch_order)
-        batches.load_state_dict(resumed["batches"])
-        first_epoch = resumed["epoch"] + 1
-        param_updates, samples_seen, train_time, elapsed = resumed["counters"]
-        started -= elapsed  # total_wall_time_s counts the earlier attempts too
-        history = {name: list(values) for name, values in resumed["history"].items()}
-        val_acc = resumed["metrics"]["val_acc"]
-    # DDP after restoring: every rank then starts from the same weights.
-    model = DistributedDataParallel(net) if world.size > 1 else net
-
-    tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id,
+    device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    tags = {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(trainer.seed), schema.SWEEP_TAG: sweep_id,
             # where and how it ran, for the report's environment block (not part of the config)
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-            "threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count()),
-            "torch_version": torch.__version__, "command": shlex.join(sys.argv)}
+            schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),
+            schema.CPUS_TAG: str(os.cpu_count()), schema.TORCH_VERSION_TAG: torch.__version__,
+            schema.COMMAND_TAG: shlex.join(sys.argv)}
     tracked = (
-        tracking.tracked_run(cfg, tags, label, resume_run_id=resumed and resumed["run_id"])
+        tracking.tracked_run(cfg, tags, label, resume_run_id=saved_state and saved_state["run_id"])
         if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
     )
     with tracked as run:
-        run.log(load_average("start"))
-        if resumed:
-            log.info("[%s] resuming MLflow run %s from epoch %d of %d", label, run.run_id, first_epoch + 1, trainer.epochs)
-            if run.last_logged_epoch() < resumed["epoch"]:  # killed between checkpoint and log
-                run.log(resumed["metrics"], step=resumed["epoch"])
-        for epoch in range(first_epoch, trainer.epochs):
-            plan = schedule(epoch, history)
+        run.log(load_average(schema.LOAD_AVERAGE_START))
+        if saved_state:
+            log.info("[%s] resuming MLflow run %s from epoch %d of %d",
+                     label, run.run_id, progress.epochs_done + 1, trainer.epochs)
+            if run.last_logged_epoch() < saved_state["epoch"]:  # killed between checkpoint and log
+                run.log(progress.last_epoch_metrics(), step=saved_state["epoch"])
+        for epoch in range(progress.epochs_done, trainer.epochs):
+            plan = schedule(epoch, progress.history)
             apply_plan(optimizer, plan, lr_scale)
-            order = torch.randperm(data.n_train, generator=batch_order).to(device)
+            order = torch.randperm(data.n_train, generator=parts.batch_order).to(device)
 
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
-                model, optimizer, data, order, plan.batch_size, batches,
-                trainer.micro_batch_size, batch_order, precision, world, noise,
+                model, optimizer, data, order, batch_size=plan.batch_size, batches=parts.batches,
+                generator=parts.batch_order, settings=parts.steps, noise=parts.noise,
             )
-            train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
-            param_updates += updates
-            samples_seen += samples
+            progress.train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
+            progress.param_updates += updates
+            progress.samples_seen += samples
 
-            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size, precision, world)
+            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, trainer.eval_batch_size,
+                                         parts.steps.precision, world)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
             metrics = {
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": plan.lr * lr_scale,
-                "batch_size": plan.batch_size,
-                "momentum": plan.momentum,
-                "noise_scale": noise_scale(plan.lr * lr_scale, plan.batch_size, plan.momentum, data.n_train),
-                "param_updates": param_updates,
-                "samples_seen": samples_seen,
-                "wall_time_s": train_time,
+                schema.TRAIN_LOSS: train_loss,
+                schema.VAL_LOSS: val_loss,
+                schema.VAL_ACC: val_acc,
+                schema.LR: plan.lr * lr_scale,
+                schema.BATCH_SIZE: plan.batch_size,
+                schema.MOMENTUM: plan.momentum,
+                schema.NOISE_SCALE: noise_scale(plan.lr * lr_scale, plan.batch_size, plan.momentum, data.n_train),
+                schema.PARAM_UPDATES: progress.param_updates,
+                schema.SAMPLES_SEEN: progress.samples_seen,
+                schema.WALL_TIME_S: progress.train_time,
             }
-            if noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
-                metrics.update(noise.metrics())
+            if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
+                metrics.update(parts.noise.metrics())
             for name, value in metrics.items():
-                history.setdefault(name, []).append(value)
+                progress.history.setdefault(name, []).append(value)
+            progress.epochs_done = epoch + 1
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
             if world.is_main:
-                checkpoint.save(checkpoint_path, {
-                    "run_id": run.run_id,
-                    "store": store,
-                    "epoch": epoch,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "noise": noise.state_dict() if noise is not None else {},
-                    "rng": rng_state(batch_order),
-                    "batches": batches.state_dict(),
-                    "counters": [param_updates, samples_seen, train_time, time.perf_counter() - started],
-                    "history": history,
-                    "metrics": metrics,
-                })
+                elapsed = progress.earlier_attempts_s + time.perf_counter() - started
+                checkpoint.save(checkpoint_path, checkpoint_state(parts, progress, run.run_id, store, elapsed))
             run.log(metrics, step=epoch)
             log.info(
                 "[%s] epoch %d/%d  lr %.3g  B %d  train_loss %.4f  val_loss %.4f  val_acc %.4f"
                 "  updates %d  %.1fs",
-                label, epoch + 1, trainer.epochs, metrics["lr"], plan.batch_size,
-                train_loss, val_loss, val_acc, param_updates, train_time,
+                label, epoch + 1, trainer.epochs, metrics[schema.LR], plan.batch_size,
+                train_loss, val_loss, val_acc, progress.param_updates, progress.train_time,
             )
 
         final = {
-            "final_val_loss": history["val_loss"][-1],
-            "final_val_acc": val_acc,
-            "total_param_updates": param_updates,
-            "train_time_s": train_time,
-            "total_wall_time_s": time.perf_counter() - started,
+            schema.FINAL_VAL_LOSS: progress.history[schema.VAL_LOSS][-1],
+            schema.FINAL_VAL_ACC: progress.history[schema.VAL_ACC][-1],
+            schema.TOTAL_PARAM_UPDATES: progress.param_updates,
+            schema.TRAIN_TIME_S: progress.train_time,
+            schema.TOTAL_WALL_TIME_S: progress.earlier_attempts_s + time.perf_counter() - started,
         }
-        run.log({**final, **load_average("end")})
+        run.log({**final, **load_average(schema.LOAD_AVERAGE_END)})
     if world.is_main:
         checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
     log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
-    return {"outcome": "resumed" if resumed else "finished", **final}
+    return {"outcome": "resumed" if saved_state else "finished", **final}

@@ -1,17 +1,15 @@
 """The cifar10 and covtype loaders on small files written here in the real on-disk formats, their
 one-line errors when the data are missing, and the batch augmentation."""
 
-import pickle
 import socket
 
 import numpy as np
 import pytest
 import torch
+from helpers.data_files import write_cifar10_files, write_covtype_cache
 from sklearn.datasets import fetch_covtype
 
-from conftest import write_covtype_cache
-
-from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype, write_cifar10_files
+from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype
 
 PER_BATCH = 20  # images per CIFAR-10 batch file (the real ones hold 10,000)
 

@@ -1,32 +1,34 @@
 """Real subprocess runs of `python -m src.run`."""
 
-from conftest import TINY, client_for, run_cli
+from helpers.cli import run_cli
+from helpers.configs import TINY
+from helpers.store import client_for, history, runs_in
 
-from test_train import PER_EPOCH, history
+from src import schema
 
 
 def test_three_schedule_multirun(tmp_path, data_dir):
     result = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
-    assert sorted(r.data.tags["schedule"] for r in runs) == ["decay_lr", "hybrid", "increase_bs"]
+    runs = runs_in(tmp_path)
+    assert sorted(r.data.tags[schema.SCHEDULE_TAG] for r in runs) == ["decay_lr", "hybrid", "increase_bs"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    assert len({r.data.tags[schema.SWEEP_TAG] for r in runs}) == 1
     for run in runs:
-        for name in PER_EPOCH:
+        for name in schema.EPOCH_METRICS:
             assert [s for s, _ in history(client, run.info.run_id, name)] == [0, 1, 2], name
-    updates = {r.data.tags["schedule"]: r.data.metrics["total_param_updates"] for r in runs}
+    updates = {r.data.tags[schema.SCHEDULE_TAG]: r.data.metrics[schema.TOTAL_PARAM_UPDATES] for r in runs}
     assert updates["increase_bs"] < updates["decay_lr"]
     assert updates["hybrid"] < updates["decay_lr"]
 
     again = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert again.returncode == 0
     assert again.stderr.strip().splitlines()[-1].endswith("0 of 3 jobs failed (3 skipped - already FINISHED, nothing trained)")
-    rerun = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
+    rerun = runs_in(tmp_path)
     assert len(rerun) == 3  # nothing new ...
-    assert len({r.data.tags["sweep_id"] for r in rerun}) == 1  # ... and the re-run sweep holds all three
-    assert rerun[0].data.tags["sweep_id"] != runs[0].data.tags["sweep_id"]
+    assert len({r.data.tags[schema.SWEEP_TAG] for r in rerun}) == 1  # ... and the re-run sweep holds all three
+    assert rerun[0].data.tags[schema.SWEEP_TAG] != runs[0].data.tags[schema.SWEEP_TAG]
 
 
 def test_print_config_without_training(tmp_path, data_dir):

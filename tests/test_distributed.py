@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, client_for, run_cli
+from helpers.cli import run_cli
+from helpers.configs import ROOT, TINY
+from helpers.store import runs_in
 
+from src import schema
 from src.distributed import World, share
 
 # Dropout off: with it, each rank draws its masks from its own generator, so the numbers would
@@ -33,12 +36,12 @@ def test_torchrun_two_ranks_make_the_same_updates_as_one_process(tmp_path, data_
     double = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
 
-    [one] = client_for(tmp_path / "one").search_runs(["1"])
-    runs = client_for(tmp_path / "two").search_runs(["1"])
+    [one] = runs_in(tmp_path / "one")
+    runs = runs_in(tmp_path / "two")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 alone logged
-    two = runs[0].data.metrics
-    assert two["total_param_updates"] == one.data.metrics["total_param_updates"]  # steps, not steps x ranks
+    one, two = one.data.metrics, runs[0].data.metrics
+    assert two[schema.TOTAL_PARAM_UPDATES] == one[schema.TOTAL_PARAM_UPDATES]  # steps, not steps x ranks
     # Tolerance: the gradients are the same sums in another order (float32): 1e-4 relative on
     # the final validation loss, and the accuracy within one validation sample (1/360).
-    assert two["final_val_loss"] == pytest.approx(one.data.metrics["final_val_loss"], rel=1e-4)
-    assert abs(two["final_val_acc"] - one.data.metrics["final_val_acc"]) <= 1 / 360 + 1e-9
+    assert two[schema.FINAL_VAL_LOSS] == pytest.approx(one[schema.FINAL_VAL_LOSS], rel=1e-4)
+    assert abs(two[schema.FINAL_VAL_ACC] - one[schema.FINAL_VAL_ACC]) <= 1 / 360 + 1e-9

@@ -11,10 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, client_for, run_cli
+from helpers.cli import run_cli
+from helpers.configs import ROOT, TINY
+from helpers.store import client_for
 from matplotlib.image import imread
 from scipy import stats
 
+from src import schema
 from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group_runs, load_sweep,
                          minus_one_spread, pick_baseline, plot_totals, report_rows, series, styles_for,
                          sweep_axes, write_all)
@@ -27,8 +30,9 @@ PAPER = ["fig1_lr_batch_size", "fig2a_train_loss_epochs", "fig2b_train_loss_upda
          "fig5_val_acc_updates"]
 EXTRA = ["noise_scale_epochs", "val_loss_wall_time", "totals_bars"]
 REPORTS = ["report.md", "report.csv", "report.json"]
-REPORTED = ["final_val_acc", "final_val_loss", "best_val_loss", "total_param_updates", "total_wall_time_s",
-            "train_time_s"]
+REPORTED = [schema.FINAL_VAL_ACC, schema.FINAL_VAL_LOSS, "best_val_loss", schema.TOTAL_PARAM_UPDATES,
+            schema.TOTAL_WALL_TIME_S, schema.TRAIN_TIME_S]
+EXPERIMENT = schema.default_experiment()  # where the runs go by default, and what the command reads
 T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (from tables)
 
 
@@ -47,10 +51,10 @@ def read_csv(path) -> dict[str, dict[str, str]]:
 
 
 def runs_of(client, sweep_id: str, kind: str | None = None):
-    """The runs of one sweep: training runs (kind None) or summary runs (kind 'summary')."""
-    experiment = client.get_experiment_by_name("batch-size-study").experiment_id
-    return [run for run in client.search_runs([experiment], f"tags.sweep_id = '{sweep_id}'")
-            if run.data.tags.get("kind") == kind]
+    """The runs of one sweep: training runs (kind None) or summary runs (kind schema.SUMMARY_KIND)."""
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    return [run for run in client.search_runs([experiment], f"tags.{schema.SWEEP_TAG} = '{sweep_id}'")
+            if run.data.tags.get(schema.KIND_TAG) == kind]
 
 
 def values_of(client, run, name: str) -> list[float]:
@@ -59,7 +63,7 @@ def values_of(client, run, name: str) -> list[float]:
 
 def recomputed(client, run, name: str) -> float:
     if name == "best_val_loss":
-        return min(values_of(client, run, "val_loss"))
+        return min(values_of(client, run, schema.VAL_LOSS))
     return run.data.metrics[name]
 
 
@@ -74,8 +78,8 @@ def sweep(tmp_path_factory, data_dir):
                      output_dir=store, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(store)
-    [sweep_id] = {run.data.tags["sweep_id"] for run in client.search_runs(
-        [client.get_experiment_by_name("batch-size-study").experiment_id])}
+    [sweep_id] = {run.data.tags[schema.SWEEP_TAG] for run in client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id])}
     made = run_figures(store)
     assert made.returncode == 0, made.stderr[-3000:]
     one = run_figures(store, "--tag", "seed=0", output_dir=store / "one_seed")
@@ -95,7 +99,8 @@ def test_writes_the_paper_figures_and_the_extras(sweep):
         svg = (folder / f"{stem}.svg").read_text()  # text kept as text: the title can be read back
         assert sweep_id in svg and "increase_bs" in svg, stem
     client = client_for(store)
-    updates = {run.data.tags["schedule"]: run.data.metrics["total_param_updates"] for run in runs_of(client, sweep_id)}
+    updates = {run.data.tags[schema.SCHEDULE_TAG]: run.data.metrics[schema.TOTAL_PARAM_UPDATES]
+               for run in runs_of(client, sweep_id)}
     for stem, axis in [("fig2a_train_loss_epochs", "training cross-entropy"), ("fig2b_train_loss_updates", "parameter updates"),
                        ("fig3_val_acc_epochs", "epochs trained"), ("fig5_val_acc_updates", "parameter updates")]:
         svg = (folder / f"{stem}.svg").read_text()
@@ -115,7 +120,7 @@ def test_report_numbers_are_the_stores(sweep):
     runs = runs_of(client, sweep_id)
     means = {}
     for schedule, row in rows.items():
-        mine = [run for run in runs if run.data.tags["schedule"] == schedule]
+        mine = [run for run in runs if run.data.tags[schema.SCHEDULE_TAG] == schedule]
         assert (row["n_finished"], row["n_failed"], row["baseline"]) == ("3", "0", "decay_lr")
         for name in REPORTED:
             values = [recomputed(client, run, name) for run in mine]
@@ -139,14 +144,14 @@ def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
     per-epoch gap from the first milestone (epoch 2: milestones after epoch 1 and 2) on."""
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
-    by = {(r.data.tags["schedule"], r.data.tags["seed"]): r for r in runs_of(client, sweep_id)}
+    by = {(r.data.tags[schema.SCHEDULE_TAG], r.data.tags[schema.SEED_TAG]): r for r in runs_of(client, sweep_id)}
     rows = read_csv(folder / "report.csv")
     assert rows["decay_lr"]["verdict"] == "baseline"
     md = (folder / "report.md").read_text()
     for schedule in ("hybrid", "increase_bs"):
         row = rows[schedule]
-        diffs = np.array([100 * (by[schedule, s].data.metrics["final_val_acc"] - by["decay_lr", s].data.metrics["final_val_acc"])
-                          for s in "012"])
+        diffs = np.array([100 * (by[schedule, s].data.metrics[schema.FINAL_VAL_ACC]
+                                 - by["decay_lr", s].data.metrics[schema.FINAL_VAL_ACC]) for s in "012"])
         half = T_975_2 * diffs.std(ddof=1) / np.sqrt(3)
         low, high = diffs.mean() - half, diffs.mean() + half
         assert row["n_paired"] == "3"
@@ -154,8 +159,8 @@ def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
         assert (float(row["acc_diff_low"]), float(row["acc_diff_high"])) == pytest.approx((low, high), abs=1e-9)
         word = "matched" if -1 <= low and high <= 1 else "differs" if high < -1 or low > 1 else "inconclusive"
         assert row["verdict"] == word
-        gaps = np.mean([100 * (np.array(values_of(client, by[schedule, s], "val_acc"))
-                               - np.array(values_of(client, by["decay_lr", s], "val_acc"))) for s in "012"], axis=0)
+        gaps = np.mean([100 * (np.array(values_of(client, by[schedule, s], schema.VAL_ACC))
+                               - np.array(values_of(client, by["decay_lr", s], schema.VAL_ACC))) for s in "012"], axis=0)
         assert row["first_milestone_epoch"] == "2"
         at = 1 + int(np.argmax(np.abs(gaps[1:])))  # epochs 2 and 3 (0-based 1 and 2)
         assert int(row["max_gap_epoch"]) == at + 1 and float(row["max_gap_points"]) == pytest.approx(gaps[at], abs=1e-9)
@@ -188,7 +193,7 @@ def test_report_opens_with_the_environment(sweep):
     assert "- command: `python -m src.run -m schedule=decay_lr,increase_bs,hybrid trainer.seed=0,1,2 " in head
     assert f"- torch: {torch.__version__}\n" in head and "- device: cpu\n" in head
     assert "- threads: 1 per run" in head
-    starts = [r.data.metrics["load_1m_start"] for r in runs] + [r.data.metrics["load_1m_end"] for r in runs]
+    starts = [r.data.metrics[names["1m"]] for r in runs for names in (schema.LOAD_AVERAGE_START, schema.LOAD_AVERAGE_END)]
     assert f"1-minute {min(starts):.2f} to {max(starts):.2f}" in head
     assert json.loads((folder / "report.json").read_text())["environment"]["torch"] == torch.__version__
 
@@ -199,9 +204,10 @@ def test_totals_bars_use_the_training_time(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
     runs = runs_of(client, sweep_id)
-    train_time = {s: statistics.fmean(r.data.metrics["train_time_s"] for r in runs if r.data.tags["schedule"] == s)
+    train_time = {s: statistics.fmean(r.data.metrics[schema.TRAIN_TIME_S] for r in runs
+                                      if r.data.tags[schema.SCHEDULE_TAG] == s)
                   for s in ("decay_lr", "hybrid", "increase_bs")}
-    [group] = group_runs(load_sweep(client, "batch-size-study", sweep_id)[1], ["decay_lr"])
+    [group] = group_runs(load_sweep(client, EXPERIMENT, sweep_id)[1], ["decay_lr"])
     fig = plot_totals(report_rows(group, "decay_lr"), styles_for(list(group.curves)), "title", "decay_lr")
     heights = [bar.get_height() for bar in fig.axes[0].patches]
     assert heights == pytest.approx(list(train_time.values()), rel=1e-12)
@@ -212,7 +218,7 @@ def test_totals_bars_use_the_training_time(sweep):
 def test_files_are_artifacts_of_a_summary_run_never_read_back(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
-    summaries = runs_of(client, sweep_id, kind="summary")
+    summaries = runs_of(client, sweep_id, kind=schema.SUMMARY_KIND)
     assert len(summaries) == 2 and {s.info.status for s in summaries} == {"FINISHED"}  # the full and the seed-0 reading
     logged = [{a.path for a in client.list_artifacts(s.info.run_id)} for s in summaries]
     assert {p.name for p in folder.iterdir()} in logged
@@ -226,9 +232,9 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
                      output_dir=store, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = make_cfg(*LEARNS, "schedule=increase_bs", "trainer.seed=1", output_dir=store)
+    tags = {schema.SCHEDULE_TAG: "increase_bs", schema.SEED_TAG: "1", schema.SWEEP_TAG: "with-failure"}
     with pytest.raises(MemoryError):
-        with tracked_run(cfg, {"schedule": "increase_bs", "seed": "1", "sweep_id": "with-failure"},
-                         run_name="increase_bs seed=1"):
+        with tracked_run(cfg, tags, run_name="increase_bs seed=1"):
             raise MemoryError("simulated out of memory")
 
     made = run_figures(store)
@@ -239,8 +245,8 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
     assert (rows["increase_bs"]["n_finished"], rows["increase_bs"]["n_failed"]) == ("1", "1")
     assert rows["increase_bs"]["verdict"] == "inconclusive (1 seed)"
     [finished] = [r for r in runs_of(client_for(store), "with-failure")
-                  if r.data.tags["schedule"] == "increase_bs" and r.info.status == "FINISHED"]
-    assert float(rows["increase_bs"]["final_val_acc_mean"]) == finished.data.metrics["final_val_acc"]
+                  if r.data.tags[schema.SCHEDULE_TAG] == "increase_bs" and r.info.status == "FINISHED"]
+    assert float(rows["increase_bs"]["final_val_acc_mean"]) == finished.data.metrics[schema.FINAL_VAL_ACC]
     assert rows["increase_bs"]["final_val_acc_std"] == ""  # one finished run: no spread
     md = (folder / "report.md").read_text()
     failed_section = md[md.index("## Failed runs"):]
@@ -252,7 +258,7 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sweep-id", "nope"], "error: no runs with sweep_id 'nope' in experiment 'batch-size-study' (known sweeps: "),
+    (["--sweep-id", "nope"], f"error: no runs with sweep_id 'nope' in experiment '{EXPERIMENT}' (known sweeps: "),
     (["--experiment", "nope"], "error: no experiment 'nope' (known experiments: "),
     (["--baseline", "nope"], "error: --baseline nope: no run of that schedule in sweep '"),
 ], ids=["sweep", "experiment", "baseline"])
@@ -272,7 +278,7 @@ def test_an_optimizer_sweep_is_four_groups_of_one_seed(tmp_path, data_dir):
                      output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(tmp_path)
-    _, runs = load_sweep(client, "batch-size-study")
+    _, runs = load_sweep(client, EXPERIMENT)
     groups = group_runs(runs, ["decay_lr"])
     assert [g.label for g in groups] == ["optimizer=adam", "optimizer=momentum", "optimizer=nesterov", "optimizer=sgd"]
     for group in groups:
@@ -314,14 +320,15 @@ def fake_run(schedule: str, seed: int, acc: float, updates: float = 300.0, lr=(0
              **params: str) -> RunData:
     """A finished 3-epoch run: no store, no training."""
     history = {name: [3.0, 2.0, 1.0] for name in HISTORIES}
-    history.update(val_acc=[acc / 2, acc * 0.9, acc], param_updates=[updates / 3, updates * 2 / 3, updates],
-                   lr=list(lr), batch_size=[64.0] * 3, momentum=[0.9] * 3,
-                   noise_scale=[x / 0.1 * (1000 / 64 - 1) for x in lr])
-    metrics = {"final_val_acc": acc, "final_val_loss": 1.0, "total_param_updates": updates,
-               "total_wall_time_s": 2.0, "train_time_s": 1.5}
+    history.update({schema.VAL_ACC: [acc / 2, acc * 0.9, acc],
+                    schema.PARAM_UPDATES: [updates / 3, updates * 2 / 3, updates],
+                    schema.LR: list(lr), schema.BATCH_SIZE: [64.0] * 3, schema.MOMENTUM: [0.9] * 3,
+                    schema.NOISE_SCALE: [x / 0.1 * (1000 / 64 - 1) for x in lr]})
+    metrics = {schema.FINAL_VAL_ACC: acc, schema.FINAL_VAL_LOSS: 1.0, schema.TOTAL_PARAM_UPDATES: updates,
+               schema.TOTAL_WALL_TIME_S: 2.0, schema.TRAIN_TIME_S: 1.5}
     params = {"schedule.name": schedule, "trainer.seed": str(seed), **params}
-    return RunData(f"{schedule}-{seed}", "FINISHED", seed, seed + 1, {"schedule": schedule, "seed": str(seed)},
-                   params, metrics, history)
+    tags = {schema.SCHEDULE_TAG: schedule, schema.SEED_TAG: str(seed)}
+    return RunData(f"{schedule}-{seed}", "FINISHED", seed, seed + 1, tags, params, metrics, history)
 
 
 def rows_by_schedule(runs, baseline="decay_lr", margin=1.0, min_seeds=3):
@@ -362,14 +369,14 @@ def test_largest_gap_counts_from_the_first_milestone():
     """The lr changes at the third epoch: the gaps of epochs 1-2 (same schedule so far) do not count."""
     def run(schedule, seed, curve):
         made = fake_run(schedule, seed, curve[-1])
-        made.history["val_acc"] = curve
+        made.history[schema.VAL_ACC] = curve
         return made
     base = run("decay_lr", 0, [0.5, 0.6, 0.7])
     other = run("increase_bs", 0, [0.1, 0.6, 0.69])  # 40 points behind at epoch 1, 1 point at epoch 3
     row = compare(Curve("increase_bs", [other]), Curve("decay_lr", [base]), 1.0, 0.95, 3)
     assert change_steps(base) == [2] and row["first_milestone_epoch"] == 3
     assert row["max_gap_epoch"] == 3 and row["max_gap_points"] == pytest.approx(-1.0)
-    assert series([base], "val_acc")["x"].tolist() == [1, 2, 3]  # epochs are 1-based
+    assert series([base], schema.VAL_ACC)["x"].tolist() == [1, 2, 3]  # epochs are 1-based
 
 
 def test_grouping_uses_the_whole_config_minus_seed_and_execution_keys():
@@ -406,7 +413,8 @@ def test_minus_one_spread_only_for_equal_approximate_noise_scales():
     n = 1000
     def run(schedule, lr, batch):
         made = fake_run(schedule, 0, 0.8)
-        made.history.update(lr=[lr], batch_size=[batch], momentum=[0.9], noise_scale=[lr / 0.1 * (n / batch - 1)])
+        made.history.update({schema.LR: [lr], schema.BATCH_SIZE: [batch], schema.MOMENTUM: [0.9],
+                             schema.NOISE_SCALE: [lr / 0.1 * (n / batch - 1)]})
         return made
     # lr/B equal: g differs by the -1 only, (1000/64 - 1) / (1000/320 - 1) / 5 - 1 = 37.6%
     spread = minus_one_spread({"decay_lr": [run("decay_lr", 0.02, 64)], "increase_bs": [run("increase_bs", 0.1, 320)]})
@@ -417,7 +425,7 @@ def test_minus_one_spread_only_for_equal_approximate_noise_scales():
 def test_write_all_without_a_store(tmp_path):
     runs = [fake_run(s, seed, 0.8, **{"schedule.factor": f}) for s in ("decay_lr", "increase_bs")
             for f in ("2", "5") for seed in (0, 1)]
-    write_all(tmp_path, "fake-sweep", "batch-size-study", runs)
+    write_all(tmp_path, "fake-sweep", EXPERIMENT, runs)
     for value in ("2", "5"):
         assert {f"{stem}.png" for stem in PAPER} <= {p.name for p in (tmp_path / f"schedule.factor={value}").iterdir()}
     md = (tmp_path / "report.md").read_text()

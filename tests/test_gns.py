@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from src import schema
 from src.gns import NoiseScaleEstimator
 
 
@@ -58,7 +59,7 @@ def adaptive(**kw):
 
 
 def plans(schedule, estimates):
-    return [schedule(epoch, {"gns_b_simple": estimates[:epoch]}) for epoch in range(len(estimates) + 1)]
+    return [schedule(epoch, {schema.GNS_B_SIMPLE: estimates[:epoch]}) for epoch in range(len(estimates) + 1)]
 
 
 def test_adaptive_batch_follows_the_estimate_grows_only_and_respects_the_cap():
@@ -81,11 +82,12 @@ def test_adaptive_state_round_trip_and_replay():
     resumed = adaptive()
     resumed.load_state_dict(original.state_dict())
     assert plans(resumed, estimates)[3:] == plans(original, estimates)[3:]
-    assert adaptive()(5, {"gns_b_simple": estimates}) == original(5, {"gns_b_simple": estimates})
+    assert adaptive()(5, {schema.GNS_B_SIMPLE: estimates}) == original(5, {schema.GNS_B_SIMPLE: estimates})
 
 
 def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store):
-    from conftest import TINY, client_for
+    from helpers.configs import TINY
+    from helpers.store import client_for, only_run
 
     from src.train import train
 
@@ -96,13 +98,12 @@ def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store
                        "trainer.gns_every=1",  # every step: enough measurements in 3 tiny epochs
                        f"tracking.sweep_id={sweep}"))
         client = client_for(shared_store)
-        [run] = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id],
-                                   f"tags.sweep_id = '{sweep}'")
+        run = only_run(shared_store, sweep)
         curves.append({name: [None if math.isnan(m.value) else m.value  # nan != nan
                               for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-                       for name in ("batch_size", "gns_b_simple", "gns_trace", "gns_grad_sq", "val_loss")})
+                       for name in (schema.BATCH_SIZE, *schema.GNS_METRICS, schema.VAL_LOSS)})
     assert curves[0] == curves[1]
-    measured = curves[0]["gns_b_simple"]  # nan while the smoothed |G|^2 estimate is still <= 0
+    measured = curves[0][schema.GNS_B_SIMPLE]  # nan while the smoothed |G|^2 estimate is still <= 0
     assert len(measured) == 3 and any(v is not None and v > 0 for v in measured)
 
 
@@ -120,7 +121,7 @@ def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts()
 
     from src.data import BatchStream, load_digits
     from src.models import MLP
-    from src.train import Precision, train_epoch
+    from src.train import Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
@@ -138,11 +139,13 @@ def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts()
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
+    settings = StepSettings(micro_batch_size=80, precision=precision)
     generator = torch.Generator().manual_seed(1)
     estimator, batches = NoiseScaleEstimator(ema=0.98, every=1), BatchStream("carry")
     for _ in range(25):  # 14-15 measured steps an epoch; the EMA remembers ~50
         order = torch.randperm(n, generator=generator)
-        train_epoch(model, optimizer, data, order, 96, batches, 80, generator, precision, noise=estimator)
+        train_epoch(model, optimizer, data, order, batch_size=96, batches=batches, generator=generator,
+                    settings=settings, noise=estimator)
     # tolerance: over 4 seeds of the batch order the two estimates fell within 8% of the truth
     assert estimator.trace == pytest.approx(trace, rel=0.2)
     assert estimator.grad_sq == pytest.approx(grad_sq, rel=0.2)

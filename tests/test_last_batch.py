@@ -8,14 +8,14 @@ step pre-hook records that sum at each step (micro-batches add up to their batch
 from contextlib import contextmanager
 
 import pytest
-from conftest import TINY, client_for, group_options
-
+from helpers.configs import TINY, group_options
+from helpers.store import client_for, history, only_run
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from src import schema
 from src.models import MLP
 from src.train import train
-from test_train import PER_EPOCH, history, only_run
 
 N_TRAIN = 1437  # digits' training part: a multiple of none of the batch sizes below
 
@@ -50,17 +50,17 @@ def step_sizes(stop_at_step: int | None = None):
 
 def expected_sizes(client, run_id) -> list[int]:
     """[B of epoch e] x (updates of epoch e), for every epoch, from what the run logged."""
-    batch_sizes = [int(v) for _, v in history(client, run_id, "batch_size")]
-    updates = [int(v) for _, v in history(client, run_id, "param_updates")]
+    batch_sizes = [int(v) for _, v in history(client, run_id, schema.BATCH_SIZE)]
+    updates = [int(v) for _, v in history(client, run_id, schema.PARAM_UPDATES)]
     per_epoch = [b - a for a, b in zip([0, *updates], updates)]
     return [b for b, n in zip(batch_sizes, per_epoch) for _ in range(n)]
 
 
 def check_carry_counters(client, run_id) -> None:
     """Every epoch makes floor((leftover + N) / B) updates and samples_seen counts their samples."""
-    batch_sizes = [int(v) for _, v in history(client, run_id, "batch_size")]
-    updates = [int(v) for _, v in history(client, run_id, "param_updates")]
-    seen = [int(v) for _, v in history(client, run_id, "samples_seen")]
+    batch_sizes = [int(v) for _, v in history(client, run_id, schema.BATCH_SIZE)]
+    updates = [int(v) for _, v in history(client, run_id, schema.PARAM_UPDATES)]
+    seen = [int(v) for _, v in history(client, run_id, schema.SAMPLES_SEEN)]
     leftover, total_updates, total_seen = 0, 0, 0
     for batch_size, logged_updates, logged_seen in zip(batch_sizes, updates, seen):
         made = (leftover + N_TRAIN) // batch_size
@@ -83,9 +83,9 @@ def test_every_update_of_every_schedule_has_exactly_B_samples(make_cfg, shared_s
     with step_sizes() as sizes:
         final = train(cfg)
     client = client_for(shared_store)
-    run_id = only_run(client, f"carry-{schedule}").info.run_id
+    run_id = only_run(shared_store, f"carry-{schedule}").info.run_id
     assert sizes == expected_sizes(client, run_id)  # each step's samples = that epoch's B
-    assert final["total_param_updates"] == len(sizes)
+    assert final[schema.TOTAL_PARAM_UPDATES] == len(sizes)
     check_carry_counters(client, run_id)
     if schedule in ("increase_bs", "hybrid", "increase_lr"):  # B changed at a milestone
         assert len(set(sizes)) > 1
@@ -114,7 +114,7 @@ def test_every_update_has_B_samples_after_a_resume_and_the_numbers_are_unchanged
     assert final["outcome"] == "resumed"
     assert resumed == reference[epochs_0_to_2:]  # epoch 3 on: 45 of 32, then 64s across the milestone
     assert set(resumed[:45]) == {32} and set(resumed[45:]) == {64}
-    for name in ("final_val_loss", "final_val_acc", "total_param_updates"):
+    for name in (schema.FINAL_VAL_LOSS, schema.FINAL_VAL_ACC, schema.TOTAL_PARAM_UPDATES):
         assert final[name] == reference_final[name], name
 
     runs = {}
@@ -122,6 +122,6 @@ def test_every_update_has_B_samples_after_a_resume_and_the_numbers_are_unchanged
         [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
         runs[experiment] = run.info.run_id
     check_carry_counters(client, runs["interrupted"])
-    for name in PER_EPOCH:
-        if name != "wall_time_s":
+    for name in schema.EPOCH_METRICS:
+        if name != schema.WALL_TIME_S:
             assert history(client, runs["interrupted"], name) == history(client, runs["reference"], name), name

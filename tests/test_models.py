@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONF
-from hydra import compose, initialize_config_dir
+from helpers.configs import compose_config
 from hydra.utils import instantiate
 
 from src.models import CNN1d, MLP
@@ -57,8 +56,7 @@ def test_presets_build_the_init_and_adam_eps_they_say(preset, init, eps):
     # model=mlp and optimizer=adam on the command line win over a preset's own choices of group;
     # what the preset sets inside them (init, eps) still applies
     overrides = ["model=mlp", "optimizer=adam"] + ([f"experiment={preset}"] if preset else [])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides)
+    cfg = compose_config(*overrides)
     assert cfg.model.init == init
     torch.manual_seed(0)
     model = instantiate(cfg.model, input_shape=(54,), n_classes=7)

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from src.schedules import PlateauSchedule
+from src.schema import VAL_LOSS
 
 # Losses of finished epochs. With patience 3: new bests at epochs 0, 1 and 5; plateaus (3
 # epochs without improving by more than min_delta) end at epochs 4, 8 and 11.
@@ -23,7 +24,7 @@ def plateau(grow_batch: bool, max_batch_size: int | None = None, **kw) -> Platea
 
 def plans(schedule: PlateauSchedule, history: list[float]) -> list:
     """The plan of every epoch, asked for as a training loop does."""
-    return [schedule(epoch, {"val_loss": history[:epoch]}) for epoch in range(len(history) + 1)]
+    return [schedule(epoch, {VAL_LOSS: history[:epoch]}) for epoch in range(len(history) + 1)]
 
 
 def test_baseline_divides_lr_at_each_plateau():
@@ -64,38 +65,38 @@ def test_an_improvement_resets_the_wait():
 
 def test_improvements_smaller_than_min_delta_do_not_count():
     small_steps = [1.0, 1.0 - 5e-5, 1.0 - 9e-5, 1.0 - 9.9e-5]  # each within 1e-4 of the best 1.0
-    assert plateau(grow_batch=False)(4, {"val_loss": small_steps}).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {VAL_LOSS: small_steps}).lr == pytest.approx(0.02)
     big_steps = [1.0, 0.9998, 0.9996, 0.9994]
-    assert plateau(grow_batch=False)(4, {"val_loss": big_steps}).lr == pytest.approx(0.1)
-    assert plateau(grow_batch=False, min_delta=0.1)(4, {"val_loss": big_steps}).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {VAL_LOSS: big_steps}).lr == pytest.approx(0.1)
+    assert plateau(grow_batch=False, min_delta=0.1)(4, {VAL_LOSS: big_steps}).lr == pytest.approx(0.02)
 
 
 def test_nan_loss_never_improves():
-    assert plateau(grow_batch=False)(4, {"val_loss": [1.0, math.nan, math.nan, math.nan]}).lr == pytest.approx(0.02)
-    assert plateau(grow_batch=False)(4, {"val_loss": [math.nan, 1.0, 0.9, 0.8]}).lr == pytest.approx(0.1)
+    assert plateau(grow_batch=False)(4, {VAL_LOSS: [1.0, math.nan, math.nan, math.nan]}).lr == pytest.approx(0.02)
+    assert plateau(grow_batch=False)(4, {VAL_LOSS: [math.nan, 1.0, 0.9, 0.8]}).lr == pytest.approx(0.1)
 
 
 def test_replaying_a_history_equals_stepping_through_it():
     stepped = plateau(grow_batch=True, max_batch_size=6400)
     last = plans(stepped, HISTORY)[-1]
     replayed = plateau(grow_batch=True, max_batch_size=6400)
-    assert replayed(len(HISTORY), {"val_loss": HISTORY}) == last
-    assert replayed(len(HISTORY), {"val_loss": HISTORY}) == last  # losses already seen are not counted again
+    assert replayed(len(HISTORY), {VAL_LOSS: HISTORY}) == last
+    assert replayed(len(HISTORY), {VAL_LOSS: HISTORY}) == last  # losses already seen are not counted again
     assert stepped.state_dict() == replayed.state_dict()
     with pytest.raises(ValueError, match="already seen"):
-        replayed(3, {"val_loss": HISTORY[:3]})
+        replayed(3, {VAL_LOSS: HISTORY[:3]})
 
 
 def test_state_dict_round_trip_continues_identically():
     history = [1.0] * 14
     original = plateau(grow_batch=True, max_batch_size=6400)
     for epoch in range(8):
-        original(epoch, {"val_loss": history[:epoch]})
+        original(epoch, {VAL_LOSS: history[:epoch]})
     state = json.loads(json.dumps(original.state_dict(), allow_nan=False))  # strict JSON
     resumed = plateau(grow_batch=True, max_batch_size=6400)
     resumed.load_state_dict(state)
     rest = range(8, len(history) + 1)
-    assert [resumed(e, {"val_loss": history[:e]}) for e in rest] == [original(e, {"val_loss": history[:e]}) for e in rest]
+    assert [resumed(e, {VAL_LOSS: history[:e]}) for e in rest] == [original(e, {VAL_LOSS: history[:e]}) for e in rest]
     assert resumed.state_dict() == original.state_dict()
     assert resumed.state_dict()["phase"] == "lr"  # the resumed part crossed the switch
 
@@ -106,7 +107,7 @@ def test_fresh_state_is_json_and_loading_it_restarts():
     plans(schedule, [1.0] * 8)
     schedule.load_state_dict(fresh)
     assert schedule(0) == plateau(grow_batch=True)(0)
-    assert schedule(8, {"val_loss": [1.0] * 8}) == plateau(grow_batch=True)(8, {"val_loss": [1.0] * 8})
+    assert schedule(8, {VAL_LOSS: [1.0] * 8}) == plateau(grow_batch=True)(8, {VAL_LOSS: [1.0] * 8})
 
 
 def test_default_cap_is_a_tenth_of_the_training_set():

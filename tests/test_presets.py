@@ -4,9 +4,11 @@ import itertools
 import re
 
 import pytest
-from conftest import CONF, client_for, group_options, run_cli
-from hydra import compose, initialize_config_dir
+from helpers.cli import run_cli
+from helpers.configs import CONF_DIR, compose_config, group_options
+from helpers.store import runs_in
 
+from src import schema
 from src.config import validate
 
 PRESETS = group_options("experiment")
@@ -15,8 +17,7 @@ QUICK = [p for p in PRESETS if p.endswith("_quick")]
 
 def sweep_jobs(preset: str) -> list[list[str]]:
     """The overrides of every job a `-m experiment=<preset>` sweep launches."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        params = compose("config", [f"experiment={preset}"], return_hydra_config=True).hydra.sweeper.params or {}
+    params = compose_config(f"experiment={preset}", return_hydra_config=True).hydra.sweeper.params or {}
     choices = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
     return [list(job) for job in itertools.product(*choices)]
 
@@ -24,7 +25,7 @@ def sweep_jobs(preset: str) -> list[list[str]]:
 def test_every_full_preset_has_a_quick_variant_and_a_header():
     assert set(QUICK) == {f"{p}_quick" for p in PRESETS if not p.endswith("_quick")}
     for preset in PRESETS:
-        text = (CONF / "experiment" / f"{preset}.yaml").read_text()
+        text = (CONF_DIR / "experiment" / f"{preset}.yaml").read_text()
         assert text.startswith("# @package _global_"), preset
         assert f"python -m src.run -m experiment={preset}" in text, preset  # the command
         assert re.search(r"\b(\d+|a few) min", text), preset  # how long it takes
@@ -35,8 +36,7 @@ def test_every_job_of_every_preset_composes_and_validates(preset):
     jobs = sweep_jobs(preset)
     assert len(jobs) >= 2  # each preset compares at least two arms
     for job in jobs:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            validate(compose("config", [f"experiment={preset}", *job]))
+        validate(compose_config(f"experiment={preset}", *job))
 
 
 @pytest.mark.slow
@@ -45,11 +45,10 @@ def test_every_quick_variant_trains_end_to_end_on_cpu(tmp_path, data_dir, preset
     result = run_cli("-m", f"experiment={preset}", "trainer.threads=1", output_dir=tmp_path, data_dir=data_dir,
                      timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
-    client = client_for(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])
+    runs = runs_in(tmp_path)
     assert len(runs) == len(sweep_jobs(preset)) and {r.info.status for r in runs} == {"FINISHED"}
     # The baseline arm learns (a broken loop would not); what the other arms reach is the study's
     # finding, reported as measured (increase_momentum on cnn1d collapses to chance here).
-    baselines = [(r.data.params.get("optimizer._target_"), r.data.metrics["final_val_acc"]) for r in runs
-                 if r.data.tags["schedule"] in ("decay_lr", "plateau_decay_lr")]
+    baselines = [(r.data.params.get("optimizer._target_"), r.data.metrics[schema.FINAL_VAL_ACC]) for r in runs
+                 if r.data.tags[schema.SCHEDULE_TAG] in ("decay_lr", "plateau_decay_lr")]
     assert baselines and all(accuracy > 0.3 for _, accuracy in baselines), baselines

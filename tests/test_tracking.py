@@ -1,22 +1,52 @@
-import pytest
-from conftest import TINY, client_for
+"""src/tracking.py against a real MLflow store: a failing job's run, params, and many processes
+creating one fresh store at once."""
 
+import subprocess
+import sys
+
+import pytest
+from helpers.configs import ROOT, TINY
+from helpers.store import client_for, history, runs_in
+
+from src import schema
 from src.tracking import flatten, tracked_run
 
 
 def test_a_raising_job_ends_failed_with_the_error(make_cfg, shared_store):
     cfg = make_cfg(*TINY, "tracking.sweep_id=raises")
     with pytest.raises(RuntimeError, match="boom"):
-        with tracked_run(cfg, {"sweep_id": "raises"}, run_name="raises") as run:
-            run.log({"val_loss": 1.0}, step=0)
+        with tracked_run(cfg, {schema.SWEEP_TAG: "raises"}, run_name="raises") as run:
+            run.log({schema.VAL_LOSS: 1.0}, step=0)
             raise RuntimeError("boom")
-    client = client_for(shared_store)
-    [failed] = client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id],
-                                  "tags.sweep_id = 'raises'")
+    [failed] = runs_in(shared_store, f"tags.{schema.SWEEP_TAG} = 'raises'")
     assert failed.info.status == "FAILED"
-    assert failed.data.tags["error"] == "RuntimeError: boom"
-    assert failed.data.metrics["val_loss"] == 1.0  # what was logged before the error is kept
+    assert failed.data.tags[schema.ERROR_TAG] == "RuntimeError: boom"
+    assert failed.data.metrics[schema.VAL_LOSS] == 1.0  # what was logged before the error is kept
 
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+
+
+@pytest.mark.slow
+def test_four_processes_into_one_fresh_store(tmp_path, data_dir):
+    """4 sweeps of 2 jobs started at the same moment into a store that does not exist yet."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "src.run", "-m", "schedule=decay_lr,increase_bs", *TINY,
+             f"trainer.seed={seed}", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for seed in range(4)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+    runs = runs_in(tmp_path)
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    sweeps = [r.data.tags[schema.SWEEP_TAG] for r in runs]
+    assert sorted(sweeps.count(s) for s in set(sweeps)) == [2, 2, 2, 2]  # one id per sweep, never shared
+    client = client_for(tmp_path)
+    for run in runs:
+        for name in schema.EPOCH_METRICS:
+            assert [s for s, _ in history(client, run.info.run_id, name)] == [0, 1, 2], name

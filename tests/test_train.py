@@ -3,24 +3,12 @@
 import math
 
 import pytest
-from conftest import TINY, TINY_MNIST1D, client_for, group_options
+from helpers.configs import TINY, TINY_MNIST1D, group_options
+from helpers.store import client_for, history, only_run
 
+from src import schema
 from src.schedules import planned_updates
-from src.train import train
-
-PER_EPOCH = ["train_loss", "val_loss", "val_acc", "lr", "batch_size", "momentum", "noise_scale",
-             "param_updates", "samples_seen", "wall_time_s"]
-
-
-def history(client, run_id, name):
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-
-
-def only_run(client, sweep_id):
-    runs = client.search_runs(client.get_experiment_by_name("batch-size-study").experiment_id,
-                              f"tags.sweep_id = '{sweep_id}'")
-    assert len(runs) == 1
-    return runs[0]
+from src.train import make_schedule, train
 
 
 @pytest.mark.parametrize(
@@ -42,11 +30,11 @@ def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group
                    "trainer.resume=false",  # several options give the same one-epoch config
                    f"tracking.sweep_id=option-{group}-{option}")
     final = train(cfg)
-    assert math.isfinite(final["final_val_loss"]) and 0 <= final["final_val_acc"] <= 1
-    run = only_run(client_for(shared_store), f"option-{group}-{option}")
+    assert math.isfinite(final[schema.FINAL_VAL_LOSS]) and 0 <= final[schema.FINAL_VAL_ACC] <= 1
+    run = only_run(shared_store, f"option-{group}-{option}")
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["final_val_acc"] == final["final_val_acc"]  # what was logged is what ran
-    assert run.data.metrics["total_param_updates"] == final["total_param_updates"] >= 1
+    assert run.data.metrics[schema.FINAL_VAL_ACC] == final[schema.FINAL_VAL_ACC]  # what was logged is what ran
+    assert run.data.metrics[schema.TOTAL_PARAM_UPDATES] == final[schema.TOTAL_PARAM_UPDATES] >= 1
 
 
 def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
@@ -54,39 +42,37 @@ def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
                    "schedule.milestones=[1,2,3]", "schedule.factor=2", "tracking.sweep_id=counters")
     final = train(cfg)
     client = client_for(shared_store)
-    run = only_run(client, "counters")
-    for name in PER_EPOCH:
+    run = only_run(shared_store, "counters")
+    for name in schema.EPOCH_METRICS:
         assert [s for s, _ in history(client, run.info.run_id, name)] == [0, 1, 2, 3], name
     n_train = 1437
-    sizes = [v for _, v in history(client, run.info.run_id, "batch_size")]
+    sizes = [v for _, v in history(client, run.info.run_id, schema.BATCH_SIZE)]
     assert sizes == [16, 32, 64, 128]
-    updates = [v for _, v in history(client, run.info.run_id, "param_updates")]
+    updates = [v for _, v in history(client, run.info.run_id, schema.PARAM_UPDATES)]
     # last_batch=carry (the default): 1437 // 16 = 89 steps, 13 left; (13 + 1437) // 32 = 45, 10
     # left; (10 + 1437) // 64 = 22, 39 left; (39 + 1437) // 128 = 11, 68 left
     assert updates == [89, 89 + 45, 89 + 45 + 22, 89 + 45 + 22 + 11]  # cumulative optimizer steps
     # the samples that went into them: every sample of each epoch but the leftover carried on
-    assert [v for _, v in history(client, run.info.run_id, "samples_seen")] == [
+    assert [v for _, v in history(client, run.info.run_id, schema.SAMPLES_SEEN)] == [
         n_train - 13, 2 * n_train - 10, 3 * n_train - 39, 4 * n_train - 68]
-    assert final["total_param_updates"] == updates[-1]
-    wall = [v for _, v in history(client, run.info.run_id, "wall_time_s")]
+    assert final[schema.TOTAL_PARAM_UPDATES] == updates[-1]
+    wall = [v for _, v in history(client, run.info.run_id, schema.WALL_TIME_S)]
     assert all(b > a for a, b in zip(wall, wall[1:]))
-    for name in ("final_val_loss", "final_val_acc", "total_param_updates", "total_wall_time_s"):
+    for name in schema.FINAL_METRICS:
         assert name in run.data.metrics
-    assert run.data.tags["schedule"] == "increase_bs" and run.data.tags["seed"] == "0"
+    assert run.data.tags[schema.SCHEDULE_TAG] == "increase_bs" and run.data.tags[schema.SEED_TAG] == "0"
     assert run.data.params["schedule.factor"] == "2"
     config_yaml = client.download_artifacts(run.info.run_id, "config.yaml")
     assert "increase_bs" in open(config_yaml).read()
 
 
 def test_loop_makes_the_planned_whole_batch_count(make_cfg):
-    from hydra.utils import instantiate
-
     for last_batch in ("carry", "keep", "drop"):
         cfg = make_cfg(*TINY, "trainer.epochs=5", "schedule=increase_bs", f"trainer.last_batch={last_batch}",
                        f"tracking.sweep_id=planned-{last_batch}")
         final = train(cfg)
-        schedule = instantiate(cfg.schedule, n_train=1437, epochs=5, optimizer_momentum=0.9)
-        assert final["total_param_updates"] == planned_updates(schedule, 1437, 5, last_batch)
+        schedule = make_schedule(cfg, n_train=1437)
+        assert final[schema.TOTAL_PARAM_UPDATES] == planned_updates(schedule, 1437, 5, last_batch)
 
 
 def test_same_seed_same_numbers(make_cfg, shared_store):
@@ -95,12 +81,12 @@ def test_same_seed_same_numbers(make_cfg, shared_store):
     for repeat in range(2):
         # resume=false: the second run would otherwise be skipped as already FINISHED
         train(make_cfg(*TINY, "schedule=hybrid", "trainer.resume=false", f"tracking.sweep_id=same-seed-{repeat}"))
-        run_id = only_run(client, f"same-seed-{repeat}").info.run_id
-        curves.append({n: history(client, run_id, n) for n in PER_EPOCH if n != "wall_time_s"})
+        run_id = only_run(shared_store, f"same-seed-{repeat}").info.run_id
+        curves.append({n: history(client, run_id, n) for n in schema.EPOCH_METRICS if n != schema.WALL_TIME_S})
     assert curves[0] == curves[1]
     train(make_cfg(*TINY, "schedule=hybrid", "trainer.seed=1", "tracking.sweep_id=other-seed"))
-    run_id = only_run(client, "other-seed").info.run_id
-    assert history(client, run_id, "train_loss") != curves[0]["train_loss"]
+    run_id = only_run(shared_store, "other-seed").info.run_id
+    assert history(client, run_id, schema.TRAIN_LOSS) != curves[0][schema.TRAIN_LOSS]
 
 
 def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
@@ -112,7 +98,7 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
 
     from src.data import BatchStream, load_digits
     from src.models import MLP
-    from src.train import Precision, train_epoch
+    from src.train import Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
@@ -124,8 +110,9 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
     for model, micro in ((whole, None), (split, 64)):
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # lr 1: parameters move by the gradient
         order = torch.randperm(256, generator=torch.Generator().manual_seed(1))
-        results.append(train_epoch(model, optimizer, data, order, 256, BatchStream("keep"), micro, torch.Generator(),
-                                   precision))
+        settings = StepSettings(micro_batch_size=micro, precision=precision)
+        results.append(train_epoch(model, optimizer, data, order, batch_size=256, batches=BatchStream("keep"),
+                                   generator=torch.Generator(), settings=settings))
     assert results[0][1:] == results[1][1:] == (1, 256)  # one update, 256 samples, either way
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)  # the same mean loss
     moved = [p.detach() for p in whole.parameters()]

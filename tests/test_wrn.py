@@ -61,7 +61,7 @@ def test_running_statistics_take_one_update_per_micro_batch():
     so a batch of 24 that train_epoch splits into micro-batches of 8 makes 3 updates for its one
     parameter update (after the micro-batch's ghost batches of 4: the same chunks as unsplit)."""
     from src.data import BatchStream, Dataset
-    from src.train import Precision, train_epoch
+    from src.train import Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = Dataset(torch.randn(48, 3, 8, 8), torch.randint(0, 10, (48,)), torch.randn(4, 3, 8, 8),
@@ -70,8 +70,9 @@ def test_running_statistics_take_one_update_per_micro_batch():
     for micro_batch_size, calls_per_batch in ((None, 1), (8, 3)):
         model = WideResNet((3, 8, 8), 10, depth=10, width=1, ghost_batch_size=4)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        _, updates, _ = train_epoch(model, optimizer, data, torch.arange(48), 24, BatchStream("carry"),
-                                    micro_batch_size, torch.Generator(), precision)
+        settings = StepSettings(micro_batch_size=micro_batch_size, precision=precision)
+        _, updates, _ = train_epoch(model, optimizer, data, torch.arange(48), batch_size=24,
+                                    batches=BatchStream("carry"), generator=torch.Generator(), settings=settings)
         tracked = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, GhostBatchNorm2d)}
         assert updates == 2 and tracked == {updates * calls_per_batch}
 

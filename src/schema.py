@@ -1,0 +1,78 @@
+"""The names a run is recorded under: its MLflow experiment, its metrics and its tags.
+
+They are part of the interface (the figures, the reports, the tests and users' own MLflow queries
+read them), so they are spelt once, here, and everything that writes or reads a run imports
+them. Plain names: no torch, no MLflow, and no file is read on import.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the checkout's conf/, where numbers and names live
+
+
+@cache
+def default_experiment() -> str:
+    """The MLflow experiment runs go to unless tracking.experiment says otherwise. Its one
+    source is conf/tracking/mlflow.yaml, read from there rather than spelt again."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(CONF_DIR / "tracking" / "mlflow.yaml").experiment
+
+
+# Logged after every epoch, with step = the 0-based epoch.
+TRAIN_LOSS = "train_loss"  # mean cross-entropy over the epoch's training samples
+VAL_LOSS = "val_loss"  # mean cross-entropy on the validation set
+VAL_ACC = "val_acc"  # fraction 0..1
+LR = "lr"  # as applied: the schedule's lr x optimizer.lr_scale
+BATCH_SIZE = "batch_size"
+MOMENTUM = "momentum"
+NOISE_SCALE = "noise_scale"  # the paper's g = lr / (1 - m) (N / B - 1), units of lr
+PARAM_UPDATES = "param_updates"  # optimizer steps so far
+SAMPLES_SEEN = "samples_seen"  # samples that went into those steps
+WALL_TIME_S = "wall_time_s"  # seconds in training steps so far (validation and logging left out)
+EPOCH_METRICS = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, SAMPLES_SEEN,
+                 WALL_TIME_S)
+
+# Also after every epoch, when the gradient noise scale is measured (trainer.gns, or a schedule
+# that follows it): smoothed estimates, nan before the first measured step.
+GNS_B_SIMPLE = "gns_b_simple"  # tr(Sigma) / |G|^2, in samples
+GNS_TRACE = "gns_trace"  # tr(Sigma)
+GNS_GRAD_SQ = "gns_grad_sq"  # |G|^2
+GNS_METRICS = (GNS_B_SIMPLE, GNS_TRACE, GNS_GRAD_SQ)
+
+# Logged once, when the run ends.
+FINAL_VAL_LOSS = "final_val_loss"
+FINAL_VAL_ACC = "final_val_acc"
+TOTAL_PARAM_UPDATES = "total_param_updates"
+TRAIN_TIME_S = "train_time_s"  # the last wall_time_s
+# Seconds of the whole job (data, model, training, validation, logging), earlier attempts of a
+# resumed run included.
+TOTAL_WALL_TIME_S = "total_wall_time_s"
+FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S, TOTAL_WALL_TIME_S)
+
+# Logged twice: right after the run opens (START) and with the final metrics (END). The machine's
+# 1-, 5- and 15-minute load averages (runnable processes, all users; os.getloadavg's order): the
+# context a wall time is read in. span -> metric name.
+LOAD_SPANS = ("1m", "5m", "15m")
+LOAD_AVERAGE_START = {span: f"load_{span}_start" for span in LOAD_SPANS}
+LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
+
+# Tags of a training run.
+SCHEDULE_TAG = "schedule"  # schedule.name
+SEED_TAG = "seed"  # trainer.seed
+SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
+CONFIG_HASH_TAG = "config_hash"  # identifies the run for skipping and resuming (tracking.hash_config)
+ERROR_TAG = "error"  # why a FAILED run failed, one line
+SUPERSEDED_BY_TAG = "superseded_by"  # on a stale RUNNING run closed as KILLED: the run that replaced it
+# Where and how a training run ran (not part of its config): report.md's environment block.
+DEVICE_TAG = "device"  # the torch device, with the GPU's name on CUDA
+THREADS_TAG = "threads"  # torch intra-op threads of the run
+CPUS_TAG = "cpus"  # CPUs of the machine (os.cpu_count)
+TORCH_VERSION_TAG = "torch_version"
+COMMAND_TAG = "command"  # the command line that started the run (shlex-joined sys.argv)
+# The figures' summary run carries KIND_TAG = SUMMARY_KIND; training runs carry no kind.
+KIND_TAG = "kind"
+SUMMARY_KIND = "summary"

@@ -1,0 +1,1 @@
+"""What several test modules share: configs, a real CLI run, a real MLflow store, data files."""

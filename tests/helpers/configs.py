@@ -1,0 +1,37 @@
+"""The project's folders and the tiny configurations tests train on."""
+
+from __future__ import annotations
+
+from src.schema import CONF_DIR
+
+ROOT = CONF_DIR.parent
+
+# A tiny but real configuration: sklearn's bundled digits, 3 epochs with steps after epochs 1
+# and 2 (the default fractional milestones need at least 4 epochs), the default model.
+TINY = ["dataset=digits", "trainer.epochs=3", "schedule.milestones=[1,2]", "trainer.threads=1"]
+# MNIST-1D small enough to generate in about a second.
+TINY_MNIST1D = ["dataset.n_samples=2000", "dataset.n_val=500"]
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False):
+    """The real composed config, as `python -m src.run <overrides>` would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def multirun_job_config(*overrides: str):
+    """The composed config with its hydra node, as a job of a multirun sees it."""
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    cfg = compose_config(*overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    return cfg

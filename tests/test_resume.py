@@ -1,0 +1,127 @@
+"""Resuming: after SIGKILL, with the same numbers as an uninterrupted run; checkpoints that
+fall back to the previous one or start over, never crash."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from helpers.cli import run_cli
+from helpers.configs import ROOT, TINY
+from helpers.store import client_for, history, runs_in
+
+from src import checkpoint, schema
+from src.tracking import hash_config
+from src.train import train
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
+    # long enough to kill mid-way: 16 epochs at B = 16 on digits, dropout on (the RNG must resume)
+    args = ["dataset=digits", "trainer.epochs=16", "schedule.batch_size=16", "schedule=increase_bs",
+            "schedule.milestones=[4,8,12]", "schedule.factor=2", "trainer.threads=1"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    command = [sys.executable, "-m", "src.run", *args, f"paths.output_dir={killed}", f"paths.data_dir={data_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("*.pt.prev"))):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [interrupted] = runs_in(killed)
+    assert interrupted.info.status == "RUNNING"  # SIGKILL: nothing could close it
+
+    # The checkpoints copied next to another store: its run is not there, so start over.
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoints, moved / "checkpoints")
+    elsewhere = run_cli(*args, output_dir=moved, data_dir=data_dir)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert "starting over" in elsewhere.stdout and "resuming" not in elsewhere.stdout
+    assert [r.info.status for r in runs_in(moved)] == ["FINISHED"]
+
+    resumed = run_cli(*args, output_dir=killed, data_dir=data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming MLflow run {interrupted.info.run_id} from epoch" in resumed.stdout  # Hydra logs to stdout
+    assert run_cli(*args, output_dir=clean, data_dir=data_dir).returncode == 0
+
+    [after] = runs_in(killed)  # the same MLflow run, now FINISHED
+    assert after.info.run_id == interrupted.info.run_id and after.info.status == "FINISHED"
+    [reference] = runs_in(clean)
+    a, b = client_for(killed), client_for(clean)
+    for name in schema.EPOCH_METRICS:
+        if name == schema.WALL_TIME_S:
+            continue
+        assert history(a, after.info.run_id, name) == history(b, reference.info.run_id, name), name
+    # Under last_batch=carry (the default) the samples left over at each epoch's end open the
+    # next epoch, across the kill too (the checkpoint holds them): 4 epochs at each B of 16, 32,
+    # 64, 128 make (0 + 4 x 1437) // 16 = 359 steps (4 left), then 179 (24 left), 90 (12 left)
+    # and 45; `keep` would make 4 x (90 + 45 + 23 + 12) = 680.
+    assert after.data.metrics[schema.TOTAL_PARAM_UPDATES] == 359 + 179 + 90 + 45
+    assert not list(checkpoints.glob("*.pt*"))  # removed once FINISHED
+
+    again = run_cli(*args, output_dir=killed, data_dir=data_dir)
+    assert again.returncode == 0 and "already FINISHED" in again.stdout
+    assert len(runs_in(killed)) == 1
+
+
+def test_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    path = tmp_path / "run.pt"
+    checkpoint.save(path, {"epoch": 1, "weights": torch.ones(3)})
+    checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(3)})
+    assert checkpoint.load(path, {"epoch"})["epoch"] == 2
+    path.write_bytes(path.read_bytes()[:100])  # torn
+    assert checkpoint.load(path, {"epoch"})["epoch"] == 1
+    assert "unreadable" in caplog.text
+    path.with_name("run.pt.prev").write_bytes(b"")
+    assert checkpoint.load(path, {"epoch"}) is None
+    assert checkpoint.load(tmp_path / "missing.pt", {"epoch"}) is None
+
+
+def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, caplog):
+    cfg = make_cfg(*TINY, "tracking.sweep_id=torn", output_dir=tmp_path)
+    torn = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    final = train(cfg)
+    assert final["outcome"] == "finished" and "unreadable" in caplog.text
+    [run] = runs_in(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in history(client_for(tmp_path), run.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
+
+
+def test_checkpoint_state_and_restore_state_keep_the_contract(make_cfg, tmp_path):
+    """What checkpoint_state saves is exactly CHECKPOINT_KEYS, and restore_state puts a freshly
+    built run back where the saved one was, through a real checkpoint file."""
+    from dataclasses import replace
+
+    from src.train import CHECKPOINT_KEYS, Progress, build_run, checkpoint_state, restore_state, train_epoch
+
+    cfg = make_cfg("dataset=digits", "schedule=plateau_increase_bs", "trainer.gns=true", "trainer.gns_every=1")
+    cpu = torch.device("cpu")
+    parts = build_run(cfg, cpu)
+    order = torch.randperm(parts.data.n_train, generator=parts.batch_order)
+    train_epoch(parts.model, parts.optimizer, parts.data, order, batch_size=64, batches=parts.batches,
+                generator=parts.batch_order, settings=parts.steps, noise=parts.noise)
+    history = {schema.VAL_LOSS: [1.0, 1.0, 1.0, 1.0]}  # a plateau: the schedule's state moves
+    parts.schedule(4, history)
+    progress = Progress(epochs_done=4, param_updates=92, samples_seen=4 * 1437, train_time=0.5, history=history)
+    state = checkpoint_state(parts, progress, run_id="run", store="store", elapsed=2.0)
+    assert state.keys() == CHECKPOINT_KEYS
+    checkpoint.save(tmp_path / "run.pt", state)
+
+    fresh = build_run(cfg, cpu)
+    assert not torch.equal(next(fresh.model.parameters()), next(parts.model.parameters()))  # trained apart
+    restored = restore_state(fresh, checkpoint.load(tmp_path / "run.pt", CHECKPOINT_KEYS))
+    assert restored == replace(progress, earlier_attempts_s=2.0)
+    for a, b in zip(fresh.model.state_dict().values(), parts.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(fresh.optimizer.state.values(), parts.optimizer.state.values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert fresh.schedule.state_dict() == parts.schedule.state_dict() != build_run(cfg, cpu).schedule.state_dict()
+    assert fresh.noise.state_dict() == parts.noise.state_dict()
+    assert torch.equal(torch.randperm(100, generator=fresh.batch_order), torch.randperm(100, generator=parts.batch_order))
+    # last_batch=carry (the default): the 1437 mod 64 = 29 samples left over open the next epoch
+    assert len(parts.batches.leftover) == 29
+    assert torch.equal(fresh.batches.leftover, parts.batches.leftover)
