@@ -326,6 +326,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             }
             if noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
                 metrics.update(noise.metrics())
+            metrics.update(getattr(schedule, "metrics", dict)())  # what a schedule decided, if it says (critical_bs)
             for name, value in metrics.items():
                 history.setdefault(name, []).append(value)
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
