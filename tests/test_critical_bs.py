@@ -106,6 +106,8 @@ def test_no_measurement_keeps_the_batch_and_divides_lr():
     assert per_phase(got, "batch_size") == [64, 64, 64, 320]
     assert per_phase(got, "lr") == pytest.approx([0.05, 0.01, 0.002, 0.002])
     assert all(math.isnan(c) for c in caps[:16]) and caps[16:] == [500.0] * 4  # 12 read epoch 11: nan
+    schedule(3)  # metrics() are those of the epoch last planned, not of the latest milestone decided
+    assert math.isnan(schedule.metrics()["gns_batch_cap"])
     assert_on_decay_lrs_noise_scale(got)
 
 
