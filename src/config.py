@@ -236,6 +236,8 @@ def _check_ranges(cfg: Mapping) -> None:
     _positive("schedule.lr", schedule["lr"])
     if "lr_boost" in schedule:
         _positive("schedule.lr_boost", schedule["lr_boost"])
+    if "cap_factor" in schedule:
+        _positive("schedule.cap_factor", schedule["cap_factor"])
     if schedule.get("momentum") is not None:
         _check_type("schedule.momentum", schedule["momentum"], float)
         if not 0.0 <= schedule["momentum"] < 1.0:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Protocol
 
 from src.errors import ConfigError
-from src.schema import GNS_B_SIMPLE, VAL_LOSS
+from src.schema import GNS_B_SIMPLE, GNS_BATCH_CAP, VAL_LOSS
 
 # trainer.last_batch: what becomes of the samples left over when B does not divide an epoch
 # (src.data.BatchStream; conf/trainer/default.yaml says why carry is the default).
@@ -58,6 +58,11 @@ class Schedule(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def metrics(self) -> dict[str, float]:
+        """Per-epoch numbers about the schedule's own decisions for the epoch last planned,
+        logged with the loop's metrics ({} for a schedule that decides nothing beyond its Plan)."""
+        ...
 
 
 def noise_scale(lr: float, batch_size: int, momentum: float, n_train: int) -> float:
@@ -198,6 +203,9 @@ class StepSchedule:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def metrics(self) -> dict[str, float]:
+        return {}  # its Plan says it all
+
 
 @dataclass
 class _PlateauState:
@@ -311,6 +319,9 @@ class PlateauSchedule:
     def load_state_dict(self, state: dict) -> None:
         self._state = _PlateauState(**state)
 
+    def metrics(self) -> dict[str, float]:
+        return {}  # its Plan says it all
+
 
 @dataclass
 class _AdaptiveState:
@@ -395,6 +406,124 @@ class AdaptiveNoiseScaleSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self._state = _AdaptiveState(**state)
+
+    def metrics(self) -> dict[str, float]:
+        return {}  # its Plan says it all
+
+
+@dataclass
+class _CriticalState:
+    """What a CriticalBatchSchedule decided at the milestones passed so far, one entry each."""
+
+    batch_sizes: list[int] = field(default_factory=list)  # B from that milestone on
+    lrs: list[float] = field(default_factory=list)  # lr from that milestone on
+    caps: list[float | None] = field(default_factory=list)  # cap_factor x B_simple it used (samples); None: none measured
+
+
+@dataclass(eq=False)
+class CriticalBatchSchedule:
+    """The paper's step schedule with the batch grown only up to the measured critical batch size.
+
+    At each milestone the noise scale drops by `factor`, as in decay_lr and increase_bs, so g
+    stays on decay_lr's schedule at every epoch. The drop grows B, but only while the new B
+    stays <= cap = cap_factor x B_simple, the smoothed gradient noise scale (src/gns.py) logged
+    for the epoch before the milestone, i.e. measured on the steps before it (B_crit ~ B_simple,
+    McCandlish et al. 2018), and <= max_batch_size; what the cap leaves of the factor divides lr,
+    as StepSchedule does at its cap. B never shrinks: with the cap at or below the current B the
+    whole drop divides lr. Each milestone decides afresh, so a B_simple that has grown since (it
+    grows as the loss falls) lets a later milestone grow B again.
+
+    A milestone whose measurement is nan (no measured step yet, or the smoothed |G|^2 estimate
+    not yet positive) has no cap to go by: B is kept and the whole drop divides lr, decay_lr's
+    step, the one that keeps g on schedule without any claim about the batch; its cap is
+    logged as nan.
+
+    metrics() is what the loop logs per epoch: gns_batch_cap, the cap of the latest milestone
+    passed by the epoch last planned (nan before the first milestone).
+
+    Deterministic given the measurements, which are deterministic given the seed. Its decisions
+    are its state (state_dict, JSON-able): a resumed run replays none of them.
+    """
+
+    follows: ClassVar[tuple[str, ...]] = (GNS_B_SIMPLE,)
+
+    name: str
+    lr: float  # initial
+    batch_size: int  # initial
+    momentum: float
+    factor: float
+    milestones: tuple[int, ...]
+    max_batch_size: int
+    cap_factor: float
+    _state: _CriticalState = field(init=False, repr=False)
+    _passed: int = field(init=False, repr=False, default=0)  # milestones passed by the epoch last planned
+
+    def __post_init__(self):
+        self._state = _CriticalState()
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        name: str,
+        lr: float,
+        batch_size: int,
+        factor: float,
+        milestones: Sequence[float],
+        max_batch_size: int | None,
+        cap_factor: float,
+        n_train: int,
+        epochs: int,
+        optimizer_momentum: float,
+    ) -> CriticalBatchSchedule:
+        """Fractional milestones resolved; max_batch_size None = N / 10."""
+        return cls(
+            name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
+            factor=float(factor), milestones=milestone_epochs(milestones, epochs),
+            max_batch_size=batch_cap(max_batch_size, n_train), cap_factor=float(cap_factor),
+        )
+
+    def __call__(self, epoch: int, history: History = {}) -> Plan:
+        state = self._state
+        measured = history.get(GNS_B_SIMPLE, ())
+        for milestone in self.milestones[len(state.caps) :]:
+            if milestone > epoch:
+                break
+            if len(measured) < milestone:
+                raise ValueError(
+                    f"{self.name}: the milestone at epoch {milestone} needs gns_b_simple of epoch {milestone - 1}, "
+                    f"{len(measured)} values given; pass the whole history of the run"
+                )
+            self._decide(measured[milestone - 1])
+        self._passed = passed = sum(1 for m in self.milestones if m <= epoch)
+        if passed == 0:
+            return Plan(lr=self.lr, batch_size=self.batch_size, momentum=self.momentum)
+        return Plan(lr=state.lrs[passed - 1], batch_size=state.batch_sizes[passed - 1], momentum=self.momentum)
+
+    def _decide(self, b_simple: float) -> None:
+        state = self._state
+        batch_size = state.batch_sizes[-1] if state.caps else self.batch_size
+        lr = state.lrs[-1] if state.caps else self.lr
+        cap = self.cap_factor * b_simple
+        if math.isnan(cap):
+            ceiling = batch_size  # nothing measured: no growth
+        else:
+            ceiling = self.max_batch_size if cap >= self.max_batch_size else math.floor(cap)
+        target = batch_size * self.factor
+        grown = max(batch_size, min(int(round(target)), ceiling))
+        state.batch_sizes.append(grown)
+        state.lrs.append(lr / (target / grown))  # the rest of the factor; all of it when B is kept
+        state.caps.append(None if math.isnan(cap) else float(cap))
+
+    def metrics(self) -> dict[str, float]:
+        cap = self._state.caps[self._passed - 1] if self._passed else None
+        return {GNS_BATCH_CAP: math.nan if cap is None else cap}
+
+    def state_dict(self) -> dict:
+        return asdict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = _CriticalState(**state)
 
 
 def updates_in_epoch(n_train: int, batch_size: int, last_batch: str, leftover: int = 0) -> int:

@@ -42,6 +42,7 @@ GNS_B_SIMPLE = "gns_b_simple"  # tr(Sigma) / |G|^2, in samples
 GNS_TRACE = "gns_trace"  # tr(Sigma)
 GNS_GRAD_SQ = "gns_grad_sq"  # |G|^2
 GNS_METRICS = (GNS_B_SIMPLE, GNS_TRACE, GNS_GRAD_SQ)
+GNS_BATCH_CAP = "gns_batch_cap"  # critical_bs: cap_factor x B_simple at the latest milestone, samples
 
 # Logged once, when the run ends.
 FINAL_VAL_LOSS = "final_val_loss"

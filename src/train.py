@@ -433,6 +433,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             }
             if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
                 metrics.update(parts.noise.metrics())
+            metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
             for name, value in metrics.items():
                 progress.history.setdefault(name, []).append(value)
             progress.epochs_done = epoch + 1
