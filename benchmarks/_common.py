@@ -26,17 +26,22 @@ PYTHON = sys.executable
 
 # --- the project's loop, through one adapter -------------------------------------------------
 
-def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep", noise=None):
+def project_train_epoch(model, optimizer, data, order, batch_size: int, last_batch: str = "keep", noise=None,
+                        precision=None, micro_batch_size: int | None = None, generator=None):
     """src.train.train_epoch as a benchmark calls it: (mean loss, updates, samples).
 
-    The ONLY call site of train_epoch in benchmarks/: when its signature changes (micro-batches,
-    an augmentation generator ...), this is the one line to adapt."""
+    Defaults: float32, no micro-batches, a fresh CPU generator for the augmentation (what
+    train() passes: one CPU stream). The ONLY call site of train_epoch in benchmarks/: when its
+    signature changes, this is the one line to adapt."""
     import torch
 
     from src.train import Precision, train_epoch
 
-    precision = Precision(data.x_train.device, bf16=False, channels_last=False)
-    return train_epoch(model, optimizer, data, order, batch_size, last_batch, None, torch.Generator(), precision,
+    if precision is None:
+        precision = Precision(data.x_train.device, bf16=False, channels_last=False)
+    if generator is None:
+        generator = torch.Generator()
+    return train_epoch(model, optimizer, data, order, batch_size, last_batch, micro_batch_size, generator, precision,
                        noise=noise)
 
 
