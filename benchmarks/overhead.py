@@ -165,24 +165,26 @@ def main() -> None:
     p.add_argument("--min-batches", type=int, default=3, help="at least this many batches per timed block")
     p.add_argument("--block-seconds", type=float, default=0.25, help="timed blocks at least this long (about)")
     p.add_argument("--skip-data-path", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true", help="benchmark 2 only")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset.n_samples=105000")
     args = p.parse_args()
     args.reps = max(args.reps, 5)
     device = c.device_from(args.device)
 
-    c.header("1. Harness overhead: src.train.train_epoch against a bare PyTorch loop", device)
-    print(f"Median of {args.reps} interleaved repetitions; each times both loops on the same samples "
-          f"(>= {args.samples}, >= {args.min_batches} batches and >= ~{args.block_seconds} s). "
-          "Times are microseconds per training sample. "
-          f"{c.ROUNDS_NOTE}\n")
-    with c.Load():
-        rows = [row for model in args.models.split(",") for row in overhead_table(model, args, device)]
-        print(c.table(["model", "B", "samples/rep", "bare us/sample", "project us/sample",
-                       "project / bare", "target", "verdict", c.ROUNDS_HEADER], rows))
+    if not args.skip_overhead:
+        c.header("1. Harness overhead: src.train.train_epoch against a bare PyTorch loop", device)
+        print(f"Median of {args.reps} interleaved repetitions; each times both loops on the same samples "
+              f"(>= {args.samples}, >= {args.min_batches} batches and >= ~{args.block_seconds} s). "
+              "Times are microseconds per training sample. "
+              f"{c.ROUNDS_NOTE}\n")
+        with c.Load():
+            rows = [row for model in args.models.split(",") for row in overhead_table(model, args, device)]
+            print(c.table(["model", "B", "samples/rep", "bare us/sample", "project us/sample",
+                           "project / bare", "target", "verdict", c.ROUNDS_HEADER], rows))
+        print()
 
     if args.skip_data_path:
         return
-    print()
     c.header("2. Data path: batch assembly, project against torch DataLoader (samples/s)", device)
     print(f"A whole epoch of batches, no training; median of {args.reps} interleaved repetitions. "
           "'best / project' is the median per-repetition time ratio of the fastest DataLoader "
