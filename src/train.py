@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -281,6 +282,9 @@ def _train(cfg: DictConfig, world: World) -> dict:
     model = DistributedDataParallel(net) if world.size > 1 else net
 
     tags = {"schedule": cfg.schedule.name, "seed": str(trainer.seed), "sweep_id": sweep_id,
+            # the preset (experiment=...) the command line chose, else "default": src.reproduce reads it
+            "preset": (HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None)
+            or "default",
             # where and how it ran, for the report's environment block (not part of the config)
             "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count()),
