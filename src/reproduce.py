@@ -21,6 +21,7 @@ report's rule and the figure. A study with no runs is "not run", never "matched"
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -54,8 +55,9 @@ def load_plan(path: Path = CONFIG) -> dict:
     """conf/reproduction.yaml as plain data, with the studies as Study objects."""
     plan = OmegaConf.to_container(OmegaConf.load(path))
     plan["studies"] = {
-        name: Study(name, spec["preset"], " ".join(spec["about"].split()), tuple(tuple(shlex.split(s)) for s in spec["sweeps"]),
-                    float(spec["minutes"]), tuple(spec["lists"]), tuple(spec.get("seeds", plan["seeds"])))
+        name: Study(name, spec["preset"], " ".join(spec["about"].split()),
+                    tuple(tuple(shlex.split(sweep)) for sweep in spec["sweeps"]), float(spec["minutes"]),
+                    tuple(spec["lists"]), tuple(spec.get("seeds", plan["seeds"])))
         for name, spec in plan["studies"].items()
     }
     return plan
@@ -78,7 +80,7 @@ def select_studies(plan: dict, names: Sequence[str]) -> list[Study]:
         elif name in studies:
             chosen.append(name)
         else:
-            raise SystemExit(f"error: unknown study or list '{name}' (lists: {', '.join(RUN_LISTS)}; "
+            raise ValueError(f"unknown study or list '{name}' (lists: {', '.join(RUN_LISTS)}; "
                              f"studies: {', '.join(studies)})")
     return [studies[name] for name in dict.fromkeys(chosen)]
 
@@ -94,7 +96,11 @@ def sweep_command(study: Study, sweep: Sequence[str], prefix: str, seeds: Sequen
 
 
 def run(args: argparse.Namespace, plan: dict) -> int:
-    studies = select_studies(plan, args.names or ["reproduction"])
+    try:
+        studies = select_studies(plan, args.names or ["reproduction"])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     overrides = list(args.override) + ([f"trainer.epochs={args.epochs}"] if args.epochs else [])
     total = 0.0
     commands = []
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace, plan: dict) -> int:
             commands.append((study, sweep_command(study, sweep, plan["experiment_prefix"], seeds, args.jobs,
                                                   args.output_dir, overrides)))
         print(f"{study.name}: {len(seeds)} seed(s), ~{minutes:.0f} min on 2 CPU cores"
-              + (" (full length; shorter with --epochs)" if args.epochs else ""))
+              + (" at its full epochs" if args.epochs else ""))
     print(f"{len(studies)} studies, {len(commands)} sweeps, ~{total:.0f} min expected on 2 CPU cores")
     if args.dry_run:
         for _, command in commands:
@@ -116,7 +122,11 @@ def run(args: argparse.Namespace, plan: dict) -> int:
     for study, command in commands:
         print(f"[{study.name}] {shlex.join(['python', *command[1:]])}", flush=True)
         started = time.perf_counter()
-        code = subprocess.run(command, cwd=ROOT).returncode
+        try:
+            code = subprocess.run(command, cwd=ROOT).returncode
+        except KeyboardInterrupt:  # the sweep got it too: its run is KILLED, its checkpoint kept
+            print("interrupted: the same command continues where this stopped", file=sys.stderr)
+            return 130
         print(f"[{study.name}] exit {code} after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
         if code:
             failed.append(f"{study.name} (exit {code})")
@@ -190,15 +200,15 @@ def _interval(low: float | None, high: float | None, fmt: str) -> str:
 
 @dataclass
 class Row:
-    """One row of docs/reproduction.md."""
+    """One row of docs/reproduction.md (short: README's summary of measured)."""
 
     id: str
-    section: str
     claim: str
     reported: str
     measured: str
     verdict: str
     figures: list[str]  # paths relative to the report's folder
+    short: str
 
 
 def _holds(words: list[tuple[str, str]], expect: str) -> str:
@@ -244,16 +254,17 @@ def _failure_note(curve) -> str:
     return "".join(f"; {note}" for note in notes + other)
 
 
-def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str]:
-    """(measured, verdict) cells for one claim from its study's runs."""
+def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str, str]:
+    """(measured, verdict, short) cells for one claim from its study's runs; short: each arm's
+    accuracy difference and update ratio, for README's summary."""
     from src.figures import _fmt, group_runs, report_rows
 
     if not runs:
-        return NOT_RUN, f"**{NOT_RUN}**"
+        return NOT_RUN, f"**{NOT_RUN}**", NOT_RUN
     baseline, arms, expect = claim["baseline"], claim["arms"], claim.get("expect", "none")
     checks = claim.get("checks", {})
     margin, confidence, min_seeds = options["margin_points"], options["confidence"], options["min_seeds"]
-    measured, words, verdicts = [], [], []
+    measured, words, verdicts, short = [], [], [], []
     for group in group_runs(runs, [baseline]):
         prefix = f"{group.label}: " if group.label else ""
         rows = {row["schedule"]: row for row in report_rows(group, baseline if baseline in group.curves else None,
@@ -263,6 +274,7 @@ def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str]:
             state = NOT_RUN if base is None else "no run finished" + _failure_note(group.curves[baseline])
             measured.append(f"{prefix}{baseline}: {state}")
             verdicts.append(f"{prefix}{baseline} (the baseline): {state}")
+            short.append(f"{prefix}{baseline}: {state}")
             words += [(NOT_RUN, expect)] * len(arms)
             continue
         measured.append(f"{prefix}{baseline}: {_fmt('final_val_acc', base['final_val_acc_mean'])}%, "
@@ -274,12 +286,14 @@ def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str]:
             if row is None:
                 measured.append(f"{prefix}{arm}: {NOT_RUN}")
                 verdicts.append(f"{prefix}{arm} {NOT_RUN}")
+                short.append(f"{prefix}{arm}: {NOT_RUN}")
                 words.append((NOT_RUN, expect))
                 continue
             curve, base_curve = group.curves[arm], group.curves[baseline]
             if not row["n_finished"]:
                 word = arm_word("no run finished", curve)
                 measured.append(f"{prefix}{arm}: no run finished{_failure_note(curve)}")
+                short.append(f"{prefix}{arm}: no run finished")
                 verdicts.append(f"{prefix}{arm} **{word}**")
                 words.append((word, expect))
                 continue
@@ -304,10 +318,14 @@ def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str]:
                 words.append((check, wanted))
             measured.append(text + _failure_note(curve))
             verdicts.append(verdict)
+            short.append(f"{prefix}{arm} {row['acc_diff_points']:+.1f}"
+                         f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} points, "
+                         f"{row['total_param_updates_ratio']:.2f}x updates"
+                         + (f", {ratio[1]:.2f}x train time" if ratio[1] is not None else ""))
     cell = "; ".join(verdicts)
     if expect != "none":
         cell += f": {_holds(words, expect)}"
-    return "<br>".join(measured), cell
+    return "<br>".join(measured), cell, "; ".join(short)
 
 
 def _seeds_phrase(n: int) -> str:
@@ -419,10 +437,135 @@ def plot_ablation(plan: dict, runs_by_study: dict, path: Path) -> bool:
     return True
 
 
+def claim_rows(plan: dict, runs_by_study: dict, options: dict, study_root: Path, doc: Path) -> tuple[list[Row], list[str]]:
+    """The report's rows, one per claim then claim A's, with their figures copied beside the
+    report (under <doc's folder>/<doc's stem>/); and the ablation table's lines."""
+    from src.figures import _folder_name
+
+    figure_root = doc.parent / doc.stem
+    rows = []
+    for claim in plan["claims"]:
+        runs = runs_by_study.get(claim["study"], [])
+        measured, verdict, short = evaluate_claim(claim, runs, options)
+        source_folder = study_root / _folder_name(claim["study"])
+        figures = []
+        for figure in claim.get("figures", []):
+            for source in sorted(source_folder.glob(f"**/{figure}")) if runs else []:
+                target = figure_root / claim["study"] / source.relative_to(source_folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                figures.append(target.relative_to(doc.parent).as_posix())
+        rows.append(Row(str(claim["id"]), claim["claim"], " ".join(claim["reported"].split()), measured, verdict,
+                        figures, short))
+    spec = plan["ablation"]
+    lines, measured, verdict = ablation_table(plan, runs_by_study, options)
+    figure = figure_root / spec["figure"]
+    figures = [figure.relative_to(doc.parent).as_posix()] if plot_ablation(plan, runs_by_study, figure) else []
+    rows.append(Row(str(spec["id"]), spec["claim"], spec["reported"], measured, verdict, figures, measured))
+    return rows, lines
+
+
+def provisional_reason(runs_by_study: dict, min_seeds: int, given: str | None) -> str | None:
+    """Why the report is not the study's result: as given, else the studies with fewer than
+    min_seeds seeds or none at all; None when every study ran them."""
+    if given:
+        return given
+    short = [f"{name} ({len({r.seed for r in runs if r.finished})})" for name, runs in runs_by_study.items()
+             if len({r.seed for r in runs if r.finished}) < min_seeds]
+    return f"fewer than {min_seeds} seeds in " + ", ".join(short) if short else None
+
+
+def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: list[str], options: dict,
+           provisional: str | None) -> str:
+    """docs/reproduction.md."""
+    from src.figures import _command, _distinct, environment
+
+    every_run = [run for runs in runs_by_study.values() for run in runs]
+    env = environment(every_run) if every_run else {}
+    spec = plan["ablation"]
+    md = ["# The reproduction, measured", ""]
+    if provisional:
+        md += [f"> **Provisional**: {provisional}. Its numbers and verdicts are not the study's result; "
+               "`python -m src.reproduce run` then `python -m src.reproduce report` give it.", ""]
+    md += [
+        "Written by `python -m src.reproduce report` from the runs that `python -m src.reproduce run` logged "
+        f"(studies and claims: conf/reproduction.yaml; the report's code at commit `{_git_head()[:12]}`).", "",
+        f"- runs made at commit: {env.get('commit', NOT_RUN)}",
+        f"- torch: {env.get('torch', '-')}; device: {env.get('device', '-')}; threads: {env.get('threads', '-')}",
+        f"- {env.get('load', 'load: -')}; {env.get('time', '')}",
+        "",
+        f"Verdict (the rule of `python -m src.figures`, conf/figures.yaml): each arm's final validation accuracy "
+        f"minus the baseline's, paired by seed, with a {100 * options['confidence']:g}% Student-t interval, in "
+        f"points. **matched**: the whole interval within ±{options['margin_points']:g} point; **differs**: wholly "
+        f"outside it; else **inconclusive**, and always with fewer than {options['min_seeds']} seeds. A seed "
+        "whose loss diverged (not finite) did not reach the baseline's accuracy: its arm **differs**. Times: "
+        "the per-seed ratio of `train_time_s` (training steps only) with its t interval; losses: the per-seed "
+        "difference; **lower** / **higher** when the whole interval lies below / above 1 (losses: 0). A claim "
+        "**holds** when every verdict is the one it expects, **does not hold here** when one is the opposite, "
+        "else it is **undecided**; controls and extensions expect nothing. The validation split stands in for "
+        "the paper's test set.",
+        "",
+        "## Does each claim hold?",
+        "",
+        "| # | claim | the paper / blog reports | measured here (mean [95% interval] over seeds) | verdict | figure |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
+        md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
+    md += ["", "## Claim A: the ablation", "",
+           f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
+           f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only: it is "
+           "the same for a seed on any CPU; times from these runs are not results. Accuracies are listed seed "
+           f"by seed (div.: the loss diverged); the last columns compare each arm with the reference's "
+           f"{spec['baseline']}, paired by seed, by the rule above.", ""]
+    md += ablation_lines + [""]
+    ablation = next(row for row in rows if row.id == str(spec["id"]))
+    if ablation.figures:
+        md += [f"![Claim A: final accuracy per ablation]({ablation.figures[0]})", ""]
+    md += ["## Studies: where their values come from, how they ran", "",
+           "| study | values (fixed before any run of this report) | seeds | runs | expected on 2 CPU cores |",
+           "|---|---|---|---|---|"]
+    for name, study in plan["studies"].items():
+        runs = runs_by_study[name]
+        finished = sum(r.finished for r in runs)
+        state = (f"{finished} finished" + (f", {len(runs) - finished} not" if len(runs) > finished else "")
+                 if runs else NOT_RUN)
+        md.append(f"| {name} | {study.about} | {len({r.seed for r in runs if r.finished})} | {state} | "
+                  f"~{study.minutes * len(study.seeds):.0f} min |")
+    md += ["", "Each study's sweep commands, as its runs logged them:", ""]
+    for name, runs in runs_by_study.items():
+        md.append(f"- {name}: `{_distinct([_command(r.tags.get('command')) for r in runs])}`" if runs
+                  else f"- {name}: {NOT_RUN}")
+    return "\n".join(md + ["", *cannot_show()]) + "\n"
+
+
+README_BEGIN, README_END = "<!-- reproduction:summary -->", "<!-- /reproduction:summary -->"
+
+
+def readme_summary(rows: list[Row], provisional: str | None, doc: str) -> str:
+    """README's "Does the claim hold?" table: each claim's verdict and, in short, its numbers."""
+    lines = [f"*Provisional: {provisional}.*", ""] if provisional else []
+    lines += ["| # | claim | measured here: accuracy minus baseline (points, 95% interval), updates, time | verdict |",
+              "|---|---|---|---|"]
+    lines += [f"| {row.id} | {row.claim} | {row.short} | {row.verdict.replace('(#', f'({doc}#')} |" for row in rows]
+    lines += ["", f"The paper's and the blog's numbers beside these, the figures and the ablation: [{doc}]({doc})."]
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, summary: str) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"error: {readme} has no {README_BEGIN} ... {README_END} block to fill")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{summary}\n{README_END}{tail}")
+
+
 def report(args: argparse.Namespace, plan: dict) -> int:
     from mlflow.tracking import MlflowClient
 
-    from src.figures import _command, _distinct, _folder_name, environment, load_options, write_all
+    from src.figures import _folder_name, load_options, write_all
     from src.tracking import SQLITE_PREFIX
 
     uri = args.tracking_uri or f"{SQLITE_PREFIX}{Path(args.output_dir) / 'mlflow.db'}"
@@ -433,126 +576,61 @@ def report(args: argparse.Namespace, plan: dict) -> int:
     client = MlflowClient(uri)
     options = load_options()
     prefix = plan["experiment_prefix"]
-    studies = plan["studies"]
     runs_by_study = {name: load_study(client, experiment_name(prefix, name), study.preset)
-                     for name, study in studies.items()}
+                     for name, study in plan["studies"].items()}
     doc = Path(args.output)
-    figure_root = doc.parent / doc.stem  # docs/reproduction/
-    shutil.rmtree(figure_root, ignore_errors=True)  # nothing left over from an earlier report
-    study_root = Path(args.output_dir) / "reproduction"
+    for name in plan["studies"]:  # no figure left over from an earlier report (and nothing else removed)
+        shutil.rmtree(doc.parent / doc.stem / name, ignore_errors=True)
+    (doc.parent / doc.stem / plan["ablation"]["figure"]).unlink(missing_ok=True)
+    study_root = Path(args.output_dir) / "reproduction"  # each study's src.figures output, in full
     for name, runs in runs_by_study.items():
         if runs:
             write_all(study_root / _folder_name(name), name, experiment_name(prefix, name), runs)
-
-    rows = []
-    for claim in plan["claims"]:
-        runs = runs_by_study.get(claim["study"], [])
-        measured, verdict = evaluate_claim(claim, runs, options)
-        figures = []
-        for figure in claim.get("figures", []):
-            found = sorted((study_root / _folder_name(claim["study"])).glob(f"**/{figure}")) if runs else []
-            for source in found:
-                target = figure_root / claim["study"] / source.relative_to(study_root / _folder_name(claim["study"]))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-                figures.append(target.relative_to(doc.parent).as_posix())
-        rows.append(Row(str(claim["id"]), claim["section"], claim["claim"], " ".join(claim["reported"].split()),
-                        measured, verdict, figures))
-    spec = plan["ablation"]
-    ablation_lines, measured, verdict = ablation_table(plan, runs_by_study, options)
-    figure = figure_root / spec["figure"]
-    figures = [figure.relative_to(doc.parent).as_posix()] if plot_ablation(plan, runs_by_study, figure) else []
-    rows.append(Row(str(spec["id"]), "ablation", spec["claim"], spec["reported"], measured, verdict, figures))
-
-    every_run = [run for runs in runs_by_study.values() for run in runs]
-    env = environment(every_run) if every_run else {}
-    seeds = {name: len({r.seed for r in runs if r.finished}) for name, runs in runs_by_study.items() if runs}
-    provisional = args.provisional or (
-        "fewer than 3 seeds in " + ", ".join(n for n, k in seeds.items() if k < options["min_seeds"])
-        if any(k < options["min_seeds"] for k in seeds.values()) else None)
-    md = ["# The reproduction, measured", ""]
-    if provisional:
-        md += [f"> **Provisional**: {provisional}. Numbers and verdicts below are not the study's result; "
-               "`python -m src.reproduce run` then `python -m src.reproduce report` give it.", ""]
-    md += [
-        "Written by `python -m src.reproduce report` from the runs logged by `python -m src.reproduce run` "
-        f"(conf/reproduction.yaml; the report's code at commit `{_git_head()[:12]}`).", "",
-        f"- runs made at commit: {env.get('commit', NOT_RUN)}",
-        f"- torch: {env.get('torch', '-')}; device: {env.get('device', '-')}; threads: {env.get('threads', '-')}",
-        f"- {env.get('load', 'load: -')}; {env.get('time', '')}",
-        "",
-        f"Verdict (the rule of `python -m src.figures`, conf/figures.yaml): each arm's final validation accuracy "
-        f"minus the baseline's, paired by seed, with a {100 * options['confidence']:g}% Student-t interval in "
-        f"points. **matched**: the whole interval within ±{options['margin_points']:g} point; **differs**: wholly "
-        f"outside; else **inconclusive**, and always with fewer than {options['min_seeds']} seeds. Times: the "
-        "per-seed ratio of `train_time_s` (training steps only) with its t interval; **lower**/**higher** when "
-        "the whole interval lies below/above 1 (losses: 0). A claim **holds** when every verdict is the one "
-        "it expects, **does not hold here** when one is the opposite, else it is undecided. "
-        "The validation split stands in for the paper's test set.",
-        "",
-        "## Does each claim hold?",
-        "",
-        "| # | claim | the paper / blog reports | measured here (mean [95% interval] over seeds) | verdict | figure |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
-        md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
-    md += ["", f"Section of each row: " + "; ".join(f"{row.id} {row.section}" for row in rows) + ".", ""]
-    md += ["## Claim A: the ablation", "", f"{spec['claim']}. Accuracy only (deterministic per seed; times "
-           "from these runs are not results). Each column of accuracies lists the seeds in order; the last "
-           f"columns compare each arm with the reference study's {spec['baseline']}, paired by seed.", ""]
-    md += ablation_lines + [""]
-    if figures:
-        md += [f"![Claim A]({figures[0]})", ""]
-    md += ["## Studies: where their values come from, how they ran", "",
-           "| study | values (fixed before the runs) | seeds | runs | expected on 2 CPU cores |", "|---|---|---|---|---|"]
-    for name, study in studies.items():
-        runs = runs_by_study[name]
-        finished = sum(r.finished for r in runs)
-        state = f"{finished} finished" + (f", {len(runs) - finished} not" if len(runs) > finished else "") if runs else NOT_RUN
-        md.append(f"| {name} | {study.about} | {seeds.get(name, 0)} | {state} | "
-                  f"~{study.minutes * len(study.seeds):.0f} min |")
-    md += ["", "The sweep commands, as the runs logged them:", ""]
-    for name, runs in runs_by_study.items():
-        commands = _distinct([_command(r.tags.get("command")) for r in runs]) if runs else NOT_RUN
-        md.append(f"- {name}: `{commands}`" if runs else f"- {name}: {NOT_RUN}")
-    md += ["", *cannot_show(), ""]
+    rows, ablation_lines = claim_rows(plan, runs_by_study, options, study_root, doc)
+    provisional = provisional_reason(runs_by_study, options["min_seeds"], args.provisional)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(md) + "\n")
-    print(f"wrote {doc} ({len(rows)} rows; figures under {figure_root}; each study's figures and report.md under "
-          f"{study_root})")
+    doc.write_text(render(plan, runs_by_study, rows, ablation_lines, options, provisional))
+    if args.write_readme:
+        write_readme(ROOT / "README.md", readme_summary(rows, provisional, os.path.relpath(doc, ROOT)))
+    print(f"wrote {doc} ({len(rows)} rows; figures under {doc.parent / doc.stem}; every study's figures and "
+          f"report.md under {study_root})" + ("; README.md's summary" if args.write_readme else ""))
     return 0
 
 
 def cannot_show() -> list[str]:
-    """What an offline CPU stand-in cannot show, and the commands that would."""
+    """What an offline CPU stand-in cannot show, and the commands and projected GPU time of the
+    presets that would."""
     return [
         "## What this offline stand-in cannot show",
         "",
-        "MNIST-1D on a CPU keeps the paper's proportions, not its setting. It cannot show: CIFAR-10 "
-        "test accuracy (the 94.3 / 94.4 / 94.5 / 93.3% of figure 5), the wide ResNet (WRN-16-4, 2.7M "
-        "parameters), ghost batch norm (statistics per 128 samples at any B: cnn1d and the MLP have no "
-        "batch norm, which claim A finds matters), augmentation (random crops and flips), or GPU speed "
-        "(on this CPU the time per sample stops falling past B ~ 800, so fewer updates save less time "
-        "than on a GPU). The full presets need CIFAR-10 (`data/cifar-10-batches-py/`) and a GPU:",
+        "MNIST-1D on a CPU keeps the paper's proportions (B0 and B_max as fractions of N, milestones as "
+        "fractions of the run, factor 5), not its setting. It cannot show: CIFAR-10 test accuracy (the "
+        "paper's 94.3 / 94.4 / 94.5 / 93.3% of figure 5), the wide ResNet (WRN-16-4, 2.7M parameters) and "
+        "its ghost batch norm (statistics per 128 samples at any B: cnn1d and the MLP have no batch norm, "
+        "which claim A finds decisive), augmentation (random crops and flips), 200 epochs, or GPU speed (on "
+        "this CPU the time per sample stops falling past B ~ 800, so fewer updates save less time than on a "
+        "GPU; the blog's 2x was on a GPU). The full presets need CIFAR-10 (`data/cifar-10-batches-py/`) and a "
+        "GPU; covertype needs `fetch_covtype`'s download:",
         "",
-        "| preset | command | GPU time (projection) |",
+        "| preset | command (3 seeds) | GPU time per seed (projection) |",
         "|---|---|---|",
         "| smith2018_cifar10 (figures 1-3) | `python -m src.run -m experiment=smith2018_cifar10 trainer.seed=0,1,2` "
-        "| ~25 min decay_lr, ~15 min hybrid, ~10 min increase_bs per seed: ~2.5 h for 3 seeds |",
-        "| smith2018_optimizers (figures 3-4) | `python -m src.run -m experiment=smith2018_optimizers` "
-        "| 12 runs of ~10-25 min: ~3.5 h per seed |",
+        "| decay_lr ~25 min, hybrid ~11-25 min, increase_bs ~11-17 min: ~47-67 min |",
+        "| smith2018_optimizers (figures 3-4) | `python -m src.run -m experiment=smith2018_optimizers "
+        "trainer.seed=0,1,2` | 4 optimizers x the above: ~3-4.5 h |",
         "| smith2018_effective_lr (figure 5) | `python -m src.run -m experiment=smith2018_effective_lr "
-        "trainer.seed=0,1,2` | ~25 + 10 + 5 + 4 min per seed: ~2.2 h for 3 seeds |",
+        "trainer.seed=0,1,2` | decay_lr ~25, increase_bs ~11-17, increase_lr ~5-11, increase_momentum ~5 min: "
+        "~45-60 min |",
         "| blog_covtype (the blog) | `python -m src.run -m experiment=blog_covtype trainer.seed=0,1,2` "
-        "| a few minutes per arm (needs covertype, not a GPU) |",
+        "| a few minutes per arm; a CPU will do |",
         "",
-        "Then `python -m src.figures` draws each sweep's figures and verdicts. The GPU times are "
-        "projections, not measurements of these presets: from WRN-16-4 training steps measured on one "
-        "H200 under bf16 (63-66 ms at B = 2,048, ~32,000 images/s, 473-499 ms at B = 16,000; "
-        "benchmarks/README.md, GPU) and the presets' headers; B = 128 steps are launch-bound and "
-        "slower per image, which is most of decay_lr's time.",
+        "Then `python -m src.figures` draws each sweep's figures and verdicts. The GPU times are projections "
+        "from images per second, not measurements of these presets: WRN-16-4 training steps measured on one "
+        "H200 under bf16 took 66 ms at B = 2,048 and 499 ms at B = 16,000 with ghost batch norm (~31,000 "
+        "images/s; benchmarks/README.md, GPU), so every epoch at B >= 2,048 takes ~1.6 s; the rate at B = 128 "
+        "was not measured: ~6,700 images/s is the smith2018_cifar10 header's estimate (~25 min for decay_lr's "
+        "10 million images), and B = 640 lies between the two rates, hence the ranges. Validation (10,000 "
+        "images per epoch) adds about a minute per run.",
     ]
 
 
@@ -583,7 +661,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     report_parser.add_argument("--output", default="docs/reproduction.md", help="the report; figures go beside it")
     report_parser.add_argument("--output-dir", default="outputs", help="where the runs were logged (<dir>/mlflow.db)")
     report_parser.add_argument("--tracking-uri", help="the MLflow store, if not <output-dir>/mlflow.db")
-    report_parser.add_argument("--provisional", metavar="WHY", help="mark the report provisional, saying why")
+    report_parser.add_argument("--provisional", metavar="WHY", help="mark the report provisional, saying why "
+                               "(it is, unaided, when a study has fewer than 3 seeds)")
+    report_parser.add_argument("--write-readme", action="store_true",
+                               help="also fill README.md's 'Does the claim hold?' table (the output must be under "
+                               "the repository)")
     for sub in (run_parser, report_parser):
         sub.add_argument("--config", type=Path, default=CONFIG, help="the studies and claims")
     return parser.parse_args(argv)

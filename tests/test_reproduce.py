@@ -67,7 +67,7 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
 
 def test_an_unknown_study_is_one_line_and_a_non_zero_exit():
     result = reproduce("run", "nonsense", "--dry-run")
-    assert result.returncode != 0 and result.stderr.strip().startswith("error: unknown study or list 'nonsense'")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown study or list 'nonsense'")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -84,13 +84,13 @@ def arms(diffs_points, times=(1.0, 1.0, 1.0), base_acc=(0.80, 0.85, 0.90)):
 
 
 def test_a_study_that_did_not_run_is_not_run_never_matched():
-    measured, verdict = evaluate_claim(CLAIM, [], OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, [], OPTIONS)
     assert measured == NOT_RUN and NOT_RUN in verdict and "matched" not in verdict
 
 
 def test_a_missing_arm_is_not_run_and_the_claim_does_not_hold():
     runs = [fake_run("decay_lr", seed, 0.8) for seed in range(3)]
-    measured, verdict = evaluate_claim(CLAIM, runs, OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
     assert f"increase_bs: {NOT_RUN}" in measured and f"increase_bs {NOT_RUN}" in verdict
     assert "matched" not in verdict and verdict.endswith("undecided")
 
@@ -101,7 +101,7 @@ def test_a_missing_arm_is_not_run_and_the_claim_does_not_hold():
     ([-0.5, -1.5, -1.0], "inconclusive", "undecided"),
 ])
 def test_verdict_and_reading_from_the_paired_interval(diffs, word, reading):
-    measured, verdict = evaluate_claim(CLAIM, arms(diffs), OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, arms(diffs), OPTIONS)
     assert verdict == f"increase_bs **{word}**: {reading}"
     mean = sum(diffs) / 3
     assert f"({mean:+.2f} [" in measured and "100 updates (0.33x)" in measured
@@ -110,7 +110,7 @@ def test_verdict_and_reading_from_the_paired_interval(diffs, word, reading):
 
 def test_one_seed_is_inconclusive_whatever_the_numbers():
     runs = [r for r in arms([0.0, 0.0, 0.0]) if r.seed == "0"]
-    measured, verdict = evaluate_claim(CLAIM, runs, OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
     assert verdict == "increase_bs **inconclusive (1 seed)**: undecided"
 
 
@@ -120,11 +120,11 @@ def test_a_seed_that_diverged_makes_the_arm_differ():
     runs = arms([0.1, 0.2, 0.0])
     runs[-1].status = "FAILED"
     runs[-1].tags["error"] = "Diverged: loss is nan (train) / nan (val) after epoch 4: diverged"
-    measured, verdict = evaluate_claim(CLAIM, runs, OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
     assert verdict == "increase_bs **differs (1 of 3 seeds diverged)**: does not hold here"
     assert "seed 2 diverged (loss not finite)" in measured
     runs[-1].tags["error"] = "RuntimeError: out of memory"  # a fault, not a result: only noted
-    measured, verdict = evaluate_claim(CLAIM, runs, OPTIONS)
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
     assert verdict == "increase_bs **inconclusive (2 seeds)**: undecided"
     assert "seed 2 FAILED: RuntimeError: out of memory" in measured
 
@@ -132,7 +132,7 @@ def test_a_seed_that_diverged_makes_the_arm_differ():
 def test_a_time_check_reads_the_paired_ratio():
     claim = {**CLAIM, "checks": {"train_time_s": "lower"}}
     faster = arms([0.1, 0.2, -0.1], times=(0.5, 0.55, 0.6))
-    measured, verdict = evaluate_claim(claim, faster, OPTIONS)
+    measured, verdict, _ = evaluate_claim(claim, faster, OPTIONS)
     assert "train time 0.55x [" in measured and verdict.endswith("train time lower: holds")
     slower = arms([0.1, 0.2, -0.1], times=(1.5, 1.6, 1.55))
     assert evaluate_claim(claim, slower, OPTIONS)[1].endswith("train time higher: does not hold here")
