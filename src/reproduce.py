@@ -231,11 +231,13 @@ def failures(curve) -> tuple[list[str], list[str]]:
     for run in curve.runs:
         if run.finished or run.seed in done:
             continue
-        error = run.tags.get("error", "no error logged")
+        error = run.tags.get("error", "")
         if error.startswith("Diverged"):
             diverged.add(run.seed)
+        elif run.status == "RUNNING":
+            other.append(f"seed {run.seed} still RUNNING")
         else:
-            other.append(f"seed {run.seed} {run.status}: {' '.join(error.split())[:80]}")
+            other.append(f"seed {run.seed} {run.status}: {' '.join(error.split())[:80] or 'no error logged'}")
     return sorted(diverged, key=int), other
 
 
@@ -343,22 +345,24 @@ def _per_seed(curve) -> str:
 
 def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list[str], str, str]:
     """(markdown lines, measured cell, verdict cell) of claim A: every ablation study's final
-    accuracies seed by seed, and each arm against the reference study's baseline, paired by
-    seed (seeds that diverged: differs, as in the claims)."""
+    accuracies seed by seed, and each arm against the baseline paired by seed: the study's own
+    baseline where it ran it (the same model and epochs), else the reference study's. Seeds that
+    diverged: differs, as in the claims."""
     from src.figures import Curve, compare
 
     spec = plan["ablation"]
     studies = [s for s in plan["studies"].values() if "ablation" in s.lists]
     reference = runs_by_study.get(spec["reference"], [])
-    base = Curve(spec["baseline"], [r for r in reference if r.schedule == spec["baseline"]])
     schedules = list(dict.fromkeys([spec["baseline"], "increase_bs", *spec["arms"]]))
     lines = ["| study | what it changes | " + " | ".join(f"{s} (%, per seed)" for s in schedules) + " | "
-             + " | ".join(f"{arm} - reference {spec['baseline']} (points)" for arm in spec["arms"]) + " |",
+             + " | ".join(f"{arm} - {spec['baseline']} (points)" for arm in spec["arms"]) + " |",
              "|---" * (2 + len(schedules) + len(spec["arms"])) + "|"]
     words: dict[str, dict[str, str]] = {arm: {} for arm in spec["arms"]}  # arm -> study -> word
     for study in studies:
         runs = runs_by_study.get(study.name, [])
         cells = [_per_seed(Curve(schedule, [r for r in runs if r.schedule == schedule])) for schedule in schedules]
+        own = Curve(spec["baseline"], [r for r in runs if r.schedule == spec["baseline"]])
+        base = own if own.finished else Curve(spec["baseline"], [r for r in reference if r.schedule == spec["baseline"]])
         for arm in spec["arms"]:
             curve = Curve(arm, [r for r in runs if r.schedule == arm])
             if not runs or not base.finished:
@@ -371,7 +375,8 @@ def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list
                 row = compare(curve, base, options["margin_points"], options["confidence"], options["min_seeds"])
                 word = arm_word(row["verdict"], curve)
                 cells.append(f"{row['acc_diff_points']:+.1f}"
-                             f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} **{word}**")
+                             f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} **{word}**"
+                             + ("" if own.finished or study.name == spec["reference"] else " (reference's)"))
             else:
                 word = arm_word("no run finished", curve)
                 cells.append(f"**{word}**")
@@ -401,11 +406,14 @@ def _git_head() -> str:
 
 
 def plot_ablation(plan: dict, runs_by_study: dict, path: Path) -> bool:
-    """Final validation accuracy per ablation study and schedule: mean over seeds, each seed a dot."""
+    """Final validation accuracy per ablation study and schedule: bars the mean over the seeds
+    that finished, dots each seed, crosses at 0 the seeds whose loss diverged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     from src.figures import Curve
 
@@ -414,22 +422,26 @@ def plot_ablation(plan: dict, runs_by_study: dict, path: Path) -> bool:
     if not studies:
         return False
     schedules = list(dict.fromkeys([spec["baseline"], "increase_bs", *spec["arms"]]))
-    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     width = 0.8 / len(schedules)
     for i, schedule in enumerate(schedules):
         for j, study in enumerate(studies):
-            runs = Curve(schedule, [r for r in runs_by_study[study] if r.schedule == schedule]).finished
-            if not runs:
-                continue
-            values = [100 * r.metrics["final_val_acc"] for r in runs]
+            curve = Curve(schedule, [r for r in runs_by_study[study] if r.schedule == schedule])
             x = j + (i - (len(schedules) - 1) / 2) * width
-            ax.bar(x, statistics.fmean(values), width, color=f"C{i}", label=schedule if j == 0 or
-                   schedule not in ax.get_legend_handles_labels()[1] else None)
-            ax.plot([x] * len(values), values, "k.", markersize=4)
-    ax.set_xticks(range(len(studies)), [s.removeprefix("ablation_") for s in studies], rotation=15)
-    ax.set(ylabel="final validation accuracy (%)", ylim=(0, 100),
-           title="Claim A: what recovers increase_lr and increase_momentum on cnn1d (bars: mean; dots: seeds)")
-    ax.legend(fontsize="small", loc="lower left")
+            values = [100 * r.metrics["final_val_acc"] for r in curve.finished]
+            if values:
+                ax.bar(x, statistics.fmean(values), width, color=f"C{i}")
+                ax.plot([x] * len(values), values, "k.", markersize=5)
+            diverged, _ = failures(curve)
+            ax.plot([x] * len(diverged), [0] * len(diverged), "kx", markersize=7, clip_on=False)
+    names = ["reference" if s == spec["reference"] else s.removeprefix("ablation_") for s in studies]
+    ax.set_xticks(range(len(studies)), names, rotation=20, ha="right")
+    ax.set(ylabel="final validation accuracy (%)", ylim=(0, 100))
+    fig.suptitle(f"Claim A: what recovers {' and '.join(spec['arms'])}\n({spec['reference']}, one change per study)")
+    handles = [Patch(color=f"C{i}", label=schedule) for i, schedule in enumerate(schedules)]
+    handles += [Line2D([], [], color="k", marker=".", linestyle="none", label="a seed (bar: the mean)"),
+                Line2D([], [], color="k", marker="x", linestyle="none", label="a seed that diverged")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -470,8 +482,10 @@ def provisional_reason(runs_by_study: dict, min_seeds: int, given: str | None) -
     min_seeds seeds or none at all; None when every study ran them."""
     if given:
         return given
-    short = [f"{name} ({len({r.seed for r in runs if r.finished})})" for name, runs in runs_by_study.items()
-             if len({r.seed for r in runs if r.finished}) < min_seeds]
+    def seeds(runs: list) -> int:  # with a result: FINISHED, or diverged (also a result)
+        return len({r.seed for r in runs if r.finished or r.tags.get("error", "").startswith("Diverged")})
+
+    short = [f"{name} ({seeds(runs)})" for name, runs in runs_by_study.items() if seeds(runs) < min_seeds]
     return f"fewer than {min_seeds} seeds in " + ", ".join(short) if short else None
 
 
@@ -515,11 +529,15 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
         md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
     md += ["", "## Claim A: the ablation", "",
            f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
-           f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only: it is "
-           "the same for a seed on any CPU; times from these runs are not results. Accuracies are listed seed "
-           f"by seed (div.: the loss diverged); the last columns compare each arm with the reference's "
-           f"{spec['baseline']}, paired by seed, by the rule above.", ""]
+           f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only "
+           "(deterministic per seed on a CPU; times from these runs are not results). Accuracies are listed seed "
+           f"by seed (div.: the loss diverged); the last columns compare each arm with {spec['baseline']}, paired "
+           f"by seed, by the rule above: the study's own {spec['baseline']} where it ran one (the same model and "
+           "epochs), else the reference's (marked).", ""]
     md += ablation_lines + [""]
+    if spec.get("reading"):
+        md += [f"**Reading** (written from the runs of commit {spec['reading_commit']}; the table above is "
+               f"regenerated from the runs, this paragraph is not): {' '.join(spec['reading'].split())}", ""]
     ablation = next(row for row in rows if row.id == str(spec["id"]))
     if ablation.figures:
         md += [f"![Claim A: final accuracy per ablation]({ablation.figures[0]})", ""]

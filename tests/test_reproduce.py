@@ -157,7 +157,8 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     written = reproduce("report", "--output", str(doc), "--output-dir", str(out))
     assert written.returncode == 0, written.stderr[-3000:]
     text = doc.read_text()
-    assert "**Provisional**: fewer than 3 seeds in default, blog_covtype_quick" in text
+    assert "**Provisional**: fewer than 3 seeds in default (1), smith2018_cifar10_quick (0)" in text
+    assert "blog_covtype_quick (1)" in text.split("\n\n")[1]
     table = [line for line in text.splitlines() if re.match(r"\| (\w+) \| ", line) and "---" not in line]
     rows = {line.split(" | ")[0][2:]: line for line in table}
     ids = [str(claim["id"]) for claim in PLAN["claims"]] + [PLAN["ablation"]["id"]]
@@ -184,3 +185,27 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     again = reproduce(*args)
     assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == 3
     assert len(load_study(client, "reproduction/default", "default")) == len(counted)
+
+
+def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
+    from src.reproduce import Study, ablation_table
+
+    def study(name):
+        return Study(name, "p", f"changes {name}", (), 1.0, ("ablation",), (0, 1, 2))
+
+    plan = {"studies": {name: study(name) for name in ("ref", "own", "borrowed")},
+            "ablation": {"id": "A", "reference": "ref", "baseline": "decay_lr", "arms": ["increase_lr"]}}
+    ref = [fake_run("decay_lr", s, 0.98) for s in range(3)] + [fake_run("increase_lr", s, 0.1) for s in range(3)]
+    ref[-1].status, ref[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
+    own = [fake_run("decay_lr", s, 0.50 + s / 100) for s in range(3)] + [fake_run("increase_lr", s, 0.50 + s / 100)
+                                                                          for s in range(3)]
+    borrowed = [fake_run("increase_lr", s, 0.98 + s / 1000) for s in range(3)]
+    lines, measured, verdict = ablation_table(plan, {"ref": ref, "own": own, "borrowed": borrowed}, OPTIONS)
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert "10.0 / 10.0 / div." in rows["ref"] and "**differs (1 of 3 seeds diverged)**" in rows["ref"]
+    assert "+0.0 [+0.0, +0.0] **matched** |" in rows["own"]  # its own decay_lr, not the reference's 98%
+    assert rows["borrowed"].endswith("**matched** (reference's) |")
+    assert verdict.startswith("increase_lr: recovered by own, borrowed")
+    assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
+    _, measured, verdict = ablation_table(plan, {"own": own}, OPTIONS)
+    assert measured == NOT_RUN and NOT_RUN in verdict
