@@ -362,7 +362,8 @@ def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list
         runs = runs_by_study.get(study.name, [])
         cells = [_per_seed(Curve(schedule, [r for r in runs if r.schedule == schedule])) for schedule in schedules]
         own = Curve(spec["baseline"], [r for r in runs if r.schedule == spec["baseline"]])
-        base = own if own.finished else Curve(spec["baseline"], [r for r in reference if r.schedule == spec["baseline"]])
+        base = own if own.finished else Curve(spec["baseline"],
+                                              [r for r in reference if r.schedule == spec["baseline"]])
         for arm in spec["arms"]:
             curve = Curve(arm, [r for r in runs if r.schedule == arm])
             if not runs or not base.finished:
@@ -449,7 +450,8 @@ def plot_ablation(plan: dict, runs_by_study: dict, path: Path) -> bool:
     return True
 
 
-def claim_rows(plan: dict, runs_by_study: dict, options: dict, study_root: Path, doc: Path) -> tuple[list[Row], list[str]]:
+def claim_rows(plan: dict, runs_by_study: dict, options: dict, study_root: Path,
+               doc: Path) -> tuple[list[Row], list[str]]:
     """The report's rows, one per claim then claim A's, with their figures copied beside the
     report (under <doc's folder>/<doc's stem>/); and the ablation table's lines."""
     from src.figures import _folder_name

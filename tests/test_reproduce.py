@@ -28,7 +28,8 @@ def reproduce(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 def jobs_of(sweep: tuple[str, ...]) -> list[list[str]]:
     """The jobs of one `src.run -m` sweep: the product of its comma-separated values."""
-    choices = [[f"{key}={value}" for value in values.split(",")] for key, values in (item.split("=", 1) for item in sweep)]
+    pairs = (item.split("=", 1) for item in sweep)
+    choices = [[f"{key}={value}" for value in values.split(",")] for key, values in pairs]
     return [list(job) for job in itertools.product(*choices)]
 
 
@@ -209,3 +210,26 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
     _, measured, verdict = ablation_table(plan, {"own": own}, OPTIONS)
     assert measured == NOT_RUN and NOT_RUN in verdict
+
+
+def test_a_study_is_its_experiments_runs_with_its_preset_newest_finished_per_config(tmp_path):
+    """In a real store: per config hash the newest FINISHED run (a repeat never counts twice), the
+    newest run when none finished; runs of another preset and summary runs are left out."""
+    client = client_for(tmp_path)
+    experiment = client.create_experiment("reproduction/s")
+
+    def made(config, status, preset="p", **tags):
+        run = client.create_run(experiment, tags={"preset": preset, "config_hash": config, "schedule": "decay_lr",
+                                                  "seed": "0", **tags})
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    made("a", "FINISHED")
+    newest_a = made("a", "FINISHED")
+    made("a", "FAILED")  # a later failed attempt does not replace a finished run
+    only_failed = made("b", "FAILED")
+    made("c", "FINISHED", preset="other")
+    made("d", "FINISHED", kind="summary")
+    chosen = {run.run_id for run in load_study(client, "reproduction/s", "p")}
+    assert chosen == {newest_a, only_failed}
+    assert load_study(client, "reproduction/missing", "p") == []
