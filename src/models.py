@@ -53,7 +53,11 @@ class MLP(nn.Module):
 
 class CNN1d(nn.Module):
     """A small 1-D convnet for MNIST-1D: strided conv blocks, then a linear classifier on the
-    flattened feature map. A flat input is one channel; (C, L) inputs keep their channels."""
+    flattened feature map. A flat input is one channel; (C, L) inputs keep their channels.
+
+    batch_norm: a BatchNorm1d between each conv and its ReLU (statistics over the whole batch),
+    off by default; on, it makes the conv weights scale-invariant, as the paper's WRN is (an
+    ablation of docs/reproduction.md asks whether that is what lets it take the figure-5 lr)."""
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class CNN1d(nn.Module):
         n_classes: int,
         channels: Sequence[int],
         kernel_size: int,
+        batch_norm: bool = False,
     ):
         super().__init__()
         if len(input_shape) == 1:
@@ -70,10 +75,10 @@ class CNN1d(nn.Module):
             in_channels, length = input_shape
             layers = []
         for out_channels in channels:
-            layers += [
-                nn.Conv1d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2),
-                nn.ReLU(),
-            ]
+            layers.append(nn.Conv1d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(out_channels))
+            layers.append(nn.ReLU())
             in_channels = out_channels
             length = (length - 1) // 2 + 1  # stride 2, 'same' padding
         layers += [nn.Flatten(), nn.Linear(in_channels * length, n_classes)]

@@ -153,7 +153,9 @@ class StepSchedule:
         starts from the same noise scale g only if B0 grows by the same factor: B0 becomes
         batch_size * lr_boost * (1 - optimizer_momentum) / (1 - momentum) (paper section 5.2:
         eps 0.1 -> 0.5 with B0 128 -> 640; m 0.9 -> 0.98 with B0 -> 3200).
-        scale_to_cap: B0 = the cap and lr x cap / B0, warmed up over `warmup` of the epochs.
+        scale_to_cap: B0 = the cap and lr x cap / B0.
+        warmup: over this fraction of the epochs lr rises linearly from schedule.lr (the
+        small-batch lr, before lr_boost and scale_to_cap: Goyal et al.'s warm-up) to the first lr.
         """
         steps = milestone_epochs(milestones, epochs)
         cap = batch_cap(max_batch_size, n_train)
@@ -165,7 +167,6 @@ class StepSchedule:
                 f"schedule.batch_size={batch_size}: the first batch ({first_batch}, after lr_boost and momentum) "
                 f"must be <= max_batch_size={cap}"
             )
-        warmup_start_lr = first_lr
         if scale_to_cap:  # Goyal et al.: k times the batch, k times the lr
             first_lr *= cap / first_batch
             first_batch = cap
@@ -179,7 +180,7 @@ class StepSchedule:
             batch_growth_steps=len(steps) if batch_growth_steps is None else int(batch_growth_steps),
             max_batch_size=cap,
             warmup_epochs=math.ceil(warmup * epochs),
-            warmup_start_lr=float(warmup_start_lr),
+            warmup_start_lr=float(lr),
         )
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:

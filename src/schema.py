@@ -64,6 +64,7 @@ LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
 # Tags of a training run.
 SCHEDULE_TAG = "schedule"  # schedule.name
 SEED_TAG = "seed"  # trainer.seed
+PRESET_TAG = "preset"  # the experiment=... preset the command line chose, else "default" (src.reproduce reads it)
 SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
 CONFIG_HASH_TAG = "config_hash"  # identifies the run for skipping and resuming (tracking.hash_config)
 ERROR_TAG = "error"  # why a FAILED run failed, one line

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -55,6 +56,12 @@ def load_average(names: dict[str, str]) -> dict[str, float]:
     `names` (schema.LOAD_AVERAGE_START or _END): the context a wall time is read in (report.md's
     environment block)."""
     return dict(zip((names[span] for span in schema.LOAD_SPANS), os.getloadavg()))
+
+
+def preset_name() -> str:
+    """The preset (`experiment=...`) the command line chose, else "default"."""
+    chosen = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    return chosen or "default"
 
 
 def seed_everything(seed: int) -> None:
@@ -386,6 +393,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
 
     device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     tags = {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(trainer.seed), schema.SWEEP_TAG: sweep_id,
+            schema.PRESET_TAG: preset_name(),
             # where and how it ran, for the report's environment block (not part of the config)
             schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),
             schema.CPUS_TAG: str(os.cpu_count()), schema.TORCH_VERSION_TAG: torch.__version__,

@@ -150,6 +150,14 @@ def test_large_batch_scaled_after_goyal():
         [0.1, 0.1 + (scaled - 0.1) / 2, scaled, scaled, scaled / 5, scaled / 25, scaled / 125])
 
 
+def test_warmup_rises_from_the_unboosted_lr():
+    """A warm-up (the ablation of docs/reproduction.md) starts from schedule.lr, before lr_boost:
+    increase_lr warmed up over 5% of 200 epochs goes 0.1 -> 0.5 in 10 epochs, B0 stays 640."""
+    warm = paper("increase_lr", None, 5120, lr_boost=5, warmup=0.05)
+    assert [warm(e).lr for e in (0, 5, 10, 59)] == pytest.approx([0.1, 0.3, 0.5, 0.5])
+    assert warm(0).batch_size == 640
+
+
 def test_a_first_batch_above_the_cap_is_refused():
     with pytest.raises(ConfigError, match="schedule.batch_size=128: the first batch .3200"):
         paper("increase_momentum", None, 2000, lr_boost=5, momentum=0.98)

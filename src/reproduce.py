@@ -1,0 +1,710 @@
+"""`python -m src.reproduce`: the whole offline reproduction, run and reported.
+
+    python -m src.reproduce run                  # every study of the reproduction (conf/reproduction.yaml)
+    python -m src.reproduce run ablation         # the ablation of claim A; or study names
+    python -m src.reproduce run --dry-run        # the commands and the expected time, nothing run
+    python -m src.reproduce report               # docs/reproduction.md and its figures, from the runs
+
+`run` starts one real `python -m src.run -m ...` per sweep of each study (conf/reproduction.yaml),
+all seeds at once, into the MLflow experiment `<prefix>/<study>`; joblib runs 2 jobs of 1 thread.
+It is resumable as every sweep is: a run already FINISHED with the same config is skipped, an
+interrupted one resumes from its checkpoint, so running the same command again continues.
+
+`report` reads the runs back from the store alone: each study's experiment, the runs whose
+`preset` tag is the study's, the newest FINISHED run per config hash (a re-run never counts
+twice). It draws each study's figures with src.figures (into <output-dir>/reproduction/<study>/),
+copies those the claims name under docs/, and writes one row per claim: what the paper or the
+blog reports, what was measured here (paired-seed statistics of src.figures), the verdict by the
+report's rule and the figure. A study with no runs is "not run", never "matched".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from src import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "conf" / "reproduction.yaml"
+RUN_LISTS = ("reproduction", "ablation")
+NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    preset: str  # the `preset` tag its runs carry
+    about: str
+    sweeps: tuple[tuple[str, ...], ...]  # overrides of one `src.run -m` command each
+    minutes: float  # expected minutes per seed, 2 CPU cores, 2 jobs of 1 thread
+    lists: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+
+def load_plan(path: Path = CONFIG) -> dict:
+    """conf/reproduction.yaml as plain data, with the studies as Study objects."""
+    plan = OmegaConf.to_container(OmegaConf.load(path))
+    plan["studies"] = {
+        name: Study(name, spec["preset"], " ".join(spec["about"].split()),
+                    tuple(tuple(shlex.split(sweep)) for sweep in spec["sweeps"]), float(spec["minutes"]),
+                    tuple(spec["lists"]), tuple(spec.get("seeds", plan["seeds"])))
+        for name, spec in plan["studies"].items()
+    }
+    return plan
+
+
+def experiment_name(prefix: str, study: str) -> str:
+    return f"{prefix}/{study}"
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def select_studies(plan: dict, names: Sequence[str]) -> list[Study]:
+    """Studies by list name (reproduction, ablation) or by study name, in conf order, once each."""
+    studies = plan["studies"]
+    chosen: list[str] = []
+    for name in names:
+        if name in RUN_LISTS:
+            chosen += [s.name for s in studies.values() if name in s.lists]
+        elif name in studies:
+            chosen.append(name)
+        else:
+            raise ValueError(f"unknown study or list '{name}' (lists: {', '.join(RUN_LISTS)}; "
+                             f"studies: {', '.join(studies)})")
+    return [studies[name] for name in dict.fromkeys(chosen)]
+
+
+def sweep_command(study: Study, sweep: Sequence[str], prefix: str, seeds: Sequence[int], jobs: int,
+                  output_dir: str | None, overrides: Sequence[str]) -> list[str]:
+    """One real multirun of a study's sweep, every seed, into the study's experiment."""
+    launcher = (["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.threads=1"]
+                if jobs > 1 else [])
+    paths = [f"paths.output_dir={output_dir}"] if output_dir else []
+    return [sys.executable, "-m", "src.run", "-m", *sweep, f"trainer.seed={','.join(map(str, seeds))}",
+            f"tracking.experiment={experiment_name(prefix, study.name)}", *launcher, *paths, *overrides]
+
+
+def run(args: argparse.Namespace, plan: dict) -> int:
+    try:
+        studies = select_studies(plan, args.names or ["reproduction"])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    overrides = list(args.override) + ([f"trainer.epochs={args.epochs}"] if args.epochs else [])
+    total = 0.0
+    commands = []
+    for study in studies:
+        seeds = args.seeds if args.seeds is not None else study.seeds
+        minutes = study.minutes * len(seeds)
+        total += minutes
+        for sweep in study.sweeps:
+            commands.append((study, sweep_command(study, sweep, plan["experiment_prefix"], seeds, args.jobs,
+                                                  args.output_dir, overrides)))
+        print(f"{study.name}: {len(seeds)} seed(s), ~{minutes:.0f} min on 2 CPU cores"
+              + (" at its full epochs" if args.epochs else ""))
+    print(f"{len(studies)} studies, {len(commands)} sweeps, ~{total:.0f} min expected on 2 CPU cores")
+    if args.dry_run:
+        for _, command in commands:
+            print(shlex.join(["python", *command[1:]]))
+        return 0
+    failed = []
+    for study, command in commands:
+        print(f"[{study.name}] {shlex.join(['python', *command[1:]])}", flush=True)
+        started = time.perf_counter()
+        try:
+            code = subprocess.run(command, cwd=ROOT).returncode
+        except KeyboardInterrupt:  # the sweep got it too: its run is KILLED, its checkpoint kept
+            print("interrupted: the same command continues where this stopped", file=sys.stderr)
+            return 130
+        print(f"[{study.name}] exit {code} after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        if code:
+            failed.append(f"{study.name} (exit {code})")
+    if failed:
+        print(f"error: {len(failed)} of {len(commands)} sweeps failed: {', '.join(failed)}; run the same command "
+              "again to retry them (finished runs are skipped)", file=sys.stderr)
+        return 1
+    print("done: `python -m src.reproduce report` writes docs/reproduction.md")
+    return 0
+
+
+# --- reading the runs --------------------------------------------------------------------------
+
+
+def load_study(client, experiment: str, preset: str) -> list:
+    """The study's runs as src.figures.RunData: in `experiment`, tagged preset=`preset`, per
+    config hash the newest FINISHED run (else the newest, which then counts as failed)."""
+    from src.figures import _all_runs, _run_data
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    chosen: dict[str, object] = {}
+    rank = lambda run: (run.info.status == "FINISHED", run.info.start_time)  # noqa: E731
+    for run in _all_runs(client, found.experiment_id):
+        tags = run.data.tags
+        if tags.get(schema.KIND_TAG) == schema.SUMMARY_KIND or schema.SUPERSEDED_BY_TAG in tags or tags.get(schema.PRESET_TAG) != preset:
+            continue
+        key = tags.get(schema.CONFIG_HASH_TAG, run.info.run_id)
+        if key not in chosen or rank(run) > rank(chosen[key]):
+            chosen[key] = run
+    return [_run_data(client, run) for run in sorted(chosen.values(), key=lambda r: r.info.start_time)]
+
+
+# --- statistics over paired seeds --------------------------------------------------------------
+
+
+def paired_values(curve, base, metric: str) -> list[float]:
+    """Per seed run by both: the arm's metric over the baseline's (train_time_s: a ratio) or
+    minus it (anything else: a difference)."""
+    mine, theirs = curve.by_seed, base.by_seed
+    pairs = [(mine[seed], theirs[seed]) for seed in mine if seed in theirs]
+    if metric == schema.TRAIN_TIME_S:
+        return [a.reported(metric) / b.reported(metric) for a, b in pairs]
+    return [a.reported(metric) - b.reported(metric) for a, b in pairs]
+
+
+def direction_word(values: Sequence[float], reference: float, confidence: float, min_seeds: int) -> tuple:
+    """(word, mean, low, high): lower / higher when the whole t interval of the mean lies below /
+    above `reference`, else inconclusive; fewer than min_seeds values: inconclusive (n seeds)."""
+    from src.figures import t_interval
+
+    if not values:
+        return NOT_RUN, None, None, None
+    mean, low, high = t_interval(values, confidence)
+    if len(values) < min_seeds or low is None:
+        return f"inconclusive ({len(values)} seed{'s' * (len(values) != 1)})", mean, low, high
+    if high < reference:
+        return "lower", mean, low, high
+    if low > reference:
+        return "higher", mean, low, high
+    return "inconclusive", mean, low, high
+
+
+def _interval(low: float | None, high: float | None, fmt: str) -> str:
+    return "" if low is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+# --- claims ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One row of docs/reproduction.md (short: README's summary of measured)."""
+
+    id: str
+    claim: str
+    reported: str
+    measured: str
+    verdict: str
+    figures: list[str]  # paths relative to the report's folder
+    short: str
+
+
+def _holds(words: list[tuple[str, str]], expect: str) -> str:
+    """What the arms' (word, expected word) pairs say of a claim: holds, does not hold here, or
+    undecided. A word's qualifier in brackets ("differs (1 of 3 seeds diverged)") is not read."""
+    opposite = {"matched": "differs", "differs": "matched", "lower": "higher", "higher": "lower"}
+    plain = [(word.split(" (")[0], expected) for word, expected in words]
+    if all(word == expected for word, expected in plain):
+        return "holds"
+    if any(word == opposite.get(expected) for word, expected in plain):
+        return "does not hold here"
+    return "undecided"
+
+
+def failures(curve) -> tuple[list[str], list[str]]:
+    """(seeds whose loss diverged, one line per other failure) among a curve's seeds with no
+    FINISHED run. A divergence is a result of the schedule; any other failure is not."""
+    done = curve.by_seed
+    diverged, other = set(), []
+    for run in curve.runs:
+        if run.finished or run.seed in done:
+            continue
+        error = run.tags.get("error", "")
+        if error.startswith("Diverged"):
+            diverged.add(run.seed)
+        elif run.status == "RUNNING":
+            other.append(f"seed {run.seed} still RUNNING")
+        else:
+            other.append(f"seed {run.seed} {run.status}: {' '.join(error.split())[:80] or 'no error logged'}")
+    return sorted(diverged, key=int), other
+
+
+def arm_word(verdict: str, curve) -> str:
+    """The rule's word, unless seeds diverged: then the arm did not reach the baseline's accuracy
+    in those seeds, whatever the others did: differs."""
+    diverged, _ = failures(curve)
+    if diverged:
+        return f"differs ({len(diverged)} of {len(diverged) + len(curve.by_seed)} seeds diverged)"
+    return verdict
+
+
+def _failure_note(curve) -> str:
+    diverged, other = failures(curve)
+    notes = [f"seed{'s' * (len(diverged) > 1)} {', '.join(diverged)} diverged (loss not finite)"] if diverged else []
+    return "".join(f"; {note}" for note in notes + other)
+
+
+def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str, str]:
+    """(measured, verdict, short) cells for one claim from its study's runs; short: each arm's
+    accuracy difference and update ratio, for README's summary."""
+    from src.figures import _fmt, group_runs, report_rows
+
+    if not runs:
+        return NOT_RUN, f"**{NOT_RUN}**", NOT_RUN
+    baseline, arms, expect = claim["baseline"], claim["arms"], claim.get("expect", "none")
+    checks = claim.get("checks", {})
+    margin, confidence, min_seeds = options["margin_points"], options["confidence"], options["min_seeds"]
+    measured, words, verdicts, short = [], [], [], []
+    for group in group_runs(runs, [baseline]):
+        prefix = f"{group.label}: " if group.label else ""
+        rows = {row["schedule"]: row for row in report_rows(group, baseline if baseline in group.curves else None,
+                                                            margin, confidence, min_seeds)}
+        base = rows.get(baseline)
+        if base is None or not base["n_finished"]:
+            state = NOT_RUN if base is None else "no run finished" + _failure_note(group.curves[baseline])
+            measured.append(f"{prefix}{baseline}: {state}")
+            verdicts.append(f"{prefix}{baseline} (the baseline): {state}")
+            short.append(f"{prefix}{baseline}: {state}")
+            words += [(NOT_RUN, expect)] * len(arms)
+            continue
+        measured.append(f"{prefix}{baseline}: {_fmt('final_val_acc', base['final_val_acc_mean'])}%, "
+                        f"{_fmt('total_param_updates', base['total_param_updates_mean'])} updates, "
+                        f"train time {base['train_time_s_mean']:.0f} s ({_seeds_phrase(base['n_finished'])})"
+                        + _failure_note(group.curves[baseline]))
+        for arm in arms:
+            row = rows.get(arm)
+            if row is None:
+                measured.append(f"{prefix}{arm}: {NOT_RUN}")
+                verdicts.append(f"{prefix}{arm} {NOT_RUN}")
+                short.append(f"{prefix}{arm}: {NOT_RUN}")
+                words.append((NOT_RUN, expect))
+                continue
+            curve, base_curve = group.curves[arm], group.curves[baseline]
+            if not row["n_finished"]:
+                word = arm_word("no run finished", curve)
+                measured.append(f"{prefix}{arm}: no run finished{_failure_note(curve)}")
+                short.append(f"{prefix}{arm}: no run finished")
+                verdicts.append(f"{prefix}{arm} **{word}**")
+                words.append((word, expect))
+                continue
+            text = (f"{prefix}{arm}: {_fmt('final_val_acc', row['final_val_acc_mean'])}% "
+                    f"({row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} "
+                    f"points), {_fmt('total_param_updates', row['total_param_updates_mean'])} updates "
+                    f"({row['total_param_updates_ratio']:.2f}x)")
+            ratio = direction_word(paired_values(curve, base_curve, schema.TRAIN_TIME_S), 1.0, confidence, min_seeds)
+            if ratio[1] is not None:
+                text += f", train time {ratio[1]:.2f}x{_interval(ratio[2], ratio[3], '.2f')}"
+            word = arm_word(row["verdict"], curve)
+            verdict = f"{prefix}{arm} **{word}**"
+            words.append((word, expect))
+            for metric, wanted in checks.items():
+                check, mean, low, high = direction_word(paired_values(curve, base_curve, metric),
+                                                        1.0 if metric == schema.TRAIN_TIME_S else 0.0, confidence,
+                                                        min_seeds)
+                label = metric.removesuffix("_s").replace("_", " ")
+                if metric != schema.TRAIN_TIME_S:
+                    text += f", {label} {mean:+.4f}{_interval(low, high, '+.4f')}"
+                verdict += f"; {label} {check}"
+                words.append((check, wanted))
+            measured.append(text + _failure_note(curve))
+            verdicts.append(verdict)
+            short.append(f"{prefix}{arm} {row['acc_diff_points']:+.1f}"
+                         f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} points, "
+                         f"{row['total_param_updates_ratio']:.2f}x updates"
+                         + (f", {ratio[1]:.2f}x train time" if ratio[1] is not None else ""))
+    cell = "; ".join(verdicts)
+    if expect != "none":
+        cell += f": {_holds(words, expect)}"
+    return "<br>".join(measured), cell, "; ".join(short)
+
+
+def _seeds_phrase(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def _per_seed(curve) -> str:
+    """A curve's final accuracies seed by seed (%), 'div.' for a seed whose loss diverged."""
+    done = curve.by_seed
+    diverged, _ = failures(curve)
+    seeds = sorted(set(done) | set(diverged), key=int)
+    return " / ".join(f"{100 * done[seed].metrics['final_val_acc']:.1f}" if seed in done else "div."
+                      for seed in seeds) or "-"
+
+
+def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list[str], str, str]:
+    """(markdown lines, measured cell, verdict cell) of claim A: every ablation study's final
+    accuracies seed by seed, and each arm against the baseline paired by seed: the study's own
+    baseline where it ran it (the same model and epochs), else the reference study's. Seeds that
+    diverged: differs, as in the claims."""
+    from src.figures import Curve, compare
+
+    spec = plan["ablation"]
+    studies = [s for s in plan["studies"].values() if "ablation" in s.lists]
+    reference = runs_by_study.get(spec["reference"], [])
+    schedules = list(dict.fromkeys([spec["baseline"], "increase_bs", *spec["arms"]]))
+    lines = ["| study | what it changes | " + " | ".join(f"{s} (%, per seed)" for s in schedules) + " | "
+             + " | ".join(f"{arm} - {spec['baseline']} (points)" for arm in spec["arms"]) + " |",
+             "|---" * (2 + len(schedules) + len(spec["arms"])) + "|"]
+    words: dict[str, dict[str, str]] = {arm: {} for arm in spec["arms"]}  # arm -> study -> word
+    for study in studies:
+        runs = runs_by_study.get(study.name, [])
+        cells = [_per_seed(Curve(schedule, [r for r in runs if r.schedule == schedule])) for schedule in schedules]
+        own = Curve(spec["baseline"], [r for r in runs if r.schedule == spec["baseline"]])
+        base = own if own.finished else Curve(spec["baseline"],
+                                              [r for r in reference if r.schedule == spec["baseline"]])
+        for arm in spec["arms"]:
+            curve = Curve(arm, [r for r in runs if r.schedule == arm])
+            if not runs or not base.finished:
+                cells.append(NOT_RUN)
+                continue
+            if not curve.runs:
+                cells.append("-")
+                continue
+            if curve.finished:
+                row = compare(curve, base, options["margin_points"], options["confidence"], options["min_seeds"])
+                word = arm_word(row["verdict"], curve)
+                cells.append(f"{row['acc_diff_points']:+.1f}"
+                             f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} **{word}**"
+                             + ("" if own.finished or study.name == spec["reference"] else " (reference's)"))
+            else:
+                word = arm_word("no run finished", curve)
+                cells.append(f"**{word}**")
+            words[arm][study.name] = word
+        about = "the preset as it is (the reference)" if study.name == spec["reference"] else study.about
+        lines.append(f"| {study.name} | {about} | " + " | ".join(cells) + " |")
+    if not reference:
+        return lines, NOT_RUN, f"**{NOT_RUN}** (the reference, {spec['reference']})"
+    measured, verdict = [], []
+    for arm, by_study in words.items():
+        as_is = by_study.get(spec["reference"], NOT_RUN)
+        recovered = [name for name, word in by_study.items() if word == "matched" and name != spec["reference"]]
+        tried = [name for name in by_study if name != spec["reference"]]
+        measured.append(f"{arm}: the preset as it is **{as_is}**; within {options['margin_points']:g} point of "
+                        f"{spec['baseline']} with {', '.join(recovered) or 'none of the changes'}"
+                        f" ({len(tried)} tried)")
+        verdict.append(f"{arm}: {'recovered by ' + ', '.join(recovered) if recovered else 'not recovered'}")
+    return lines, "<br>".join(measured), "; ".join(verdict) + " ([the ablation](#claim-a-the-ablation))"
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def _git_head() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def plot_ablation(plan: dict, runs_by_study: dict, path: Path) -> bool:
+    """Final validation accuracy per ablation study and schedule: bars the mean over the seeds
+    that finished, dots each seed, crosses at 0 the seeds whose loss diverged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from src.figures import Curve
+
+    spec = plan["ablation"]
+    studies = [s.name for s in plan["studies"].values() if "ablation" in s.lists and runs_by_study.get(s.name)]
+    if not studies:
+        return False
+    schedules = list(dict.fromkeys([spec["baseline"], "increase_bs", *spec["arms"]]))
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    width = 0.8 / len(schedules)
+    for i, schedule in enumerate(schedules):
+        for j, study in enumerate(studies):
+            curve = Curve(schedule, [r for r in runs_by_study[study] if r.schedule == schedule])
+            x = j + (i - (len(schedules) - 1) / 2) * width
+            values = [100 * r.metrics[schema.FINAL_VAL_ACC] for r in curve.finished]
+            if values:
+                ax.bar(x, statistics.fmean(values), width, color=f"C{i}")
+                ax.plot([x] * len(values), values, "k.", markersize=5)
+            diverged, _ = failures(curve)
+            ax.plot([x] * len(diverged), [0] * len(diverged), "kx", markersize=7, clip_on=False)
+    names = ["reference" if s == spec["reference"] else s.removeprefix("ablation_") for s in studies]
+    ax.set_xticks(range(len(studies)), names, rotation=20, ha="right")
+    ax.set(ylabel="final validation accuracy (%)", ylim=(0, 100))
+    fig.suptitle(f"Claim A: what recovers {' and '.join(spec['arms'])}\n({spec['reference']}, one change per study)")
+    handles = [Patch(color=f"C{i}", label=schedule) for i, schedule in enumerate(schedules)]
+    handles += [Line2D([], [], color="k", marker=".", linestyle="none", label="a seed (bar: the mean)"),
+                Line2D([], [], color="k", marker="x", linestyle="none", label="a seed that diverged")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def claim_rows(plan: dict, runs_by_study: dict, options: dict, study_root: Path,
+               doc: Path) -> tuple[list[Row], list[str]]:
+    """The report's rows, one per claim then claim A's, with their figures copied beside the
+    report (under <doc's folder>/<doc's stem>/); and the ablation table's lines."""
+    from src.figures import _folder_name
+
+    figure_root = doc.parent / doc.stem
+    rows = []
+    for claim in plan["claims"]:
+        runs = runs_by_study.get(claim["study"], [])
+        measured, verdict, short = evaluate_claim(claim, runs, options)
+        source_folder = study_root / _folder_name(claim["study"])
+        figures = []
+        for figure in claim.get("figures", []):
+            for source in sorted(source_folder.glob(f"**/{figure}")) if runs else []:
+                target = figure_root / claim["study"] / source.relative_to(source_folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                figures.append(target.relative_to(doc.parent).as_posix())
+        rows.append(Row(str(claim["id"]), claim["claim"], " ".join(claim["reported"].split()), measured, verdict,
+                        figures, short))
+    spec = plan["ablation"]
+    lines, measured, verdict = ablation_table(plan, runs_by_study, options)
+    figure = figure_root / spec["figure"]
+    figures = [figure.relative_to(doc.parent).as_posix()] if plot_ablation(plan, runs_by_study, figure) else []
+    rows.append(Row(str(spec["id"]), spec["claim"], spec["reported"], measured, verdict, figures, measured))
+    return rows, lines
+
+
+def provisional_reason(runs_by_study: dict, min_seeds: int, given: str | None) -> str | None:
+    """Why the report is not the study's result: as given, else the studies with fewer than
+    min_seeds seeds or none at all; None when every study ran them."""
+    if given:
+        return given
+    def seeds(runs: list) -> int:  # with a result: FINISHED, or diverged (also a result)
+        return len({r.seed for r in runs if r.finished or r.tags.get("error", "").startswith("Diverged")})
+
+    short = [f"{name} ({seeds(runs)})" for name, runs in runs_by_study.items() if seeds(runs) < min_seeds]
+    return f"fewer than {min_seeds} seeds in " + ", ".join(short) if short else None
+
+
+def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: list[str], options: dict,
+           provisional: str | None) -> str:
+    """docs/reproduction.md."""
+    from src.figures import _command, _distinct, environment
+
+    every_run = [run for runs in runs_by_study.values() for run in runs]
+    env = environment(every_run) if every_run else {}
+    spec = plan["ablation"]
+    md = ["# The reproduction, measured", ""]
+    if provisional:
+        md += [f"> **Provisional**: {provisional}. Its numbers and verdicts are not the study's result; "
+               "`python -m src.reproduce run` then `python -m src.reproduce report` give it.", ""]
+    md += [
+        "Written by `python -m src.reproduce report` from the runs that `python -m src.reproduce run` logged "
+        f"(studies and claims: conf/reproduction.yaml; the report's code at commit `{_git_head()[:12]}`).", "",
+        f"- runs made at commit: {env.get('commit', NOT_RUN)}",
+        f"- torch: {env.get('torch', '-')}; device: {env.get('device', '-')}; threads: {env.get('threads', '-')}",
+        f"- {env.get('load', 'load: -')}; {env.get('time', '')}",
+        "",
+        f"Verdict (the rule of `python -m src.figures`, conf/figures.yaml): each arm's final validation accuracy "
+        f"minus the baseline's, paired by seed, with a {100 * options['confidence']:g}% Student-t interval, in "
+        f"points. **matched**: the whole interval within ±{options['margin_points']:g} point; **differs**: wholly "
+        f"outside it; else **inconclusive**, and always with fewer than {options['min_seeds']} seeds. A seed "
+        "whose loss diverged (not finite) did not reach the baseline's accuracy: its arm **differs**. Times: "
+        "the per-seed ratio of `train_time_s` (training steps only) with its t interval; losses: the per-seed "
+        "difference; **lower** / **higher** when the whole interval lies below / above 1 (losses: 0). A claim "
+        "**holds** when every verdict is the one it expects, **does not hold here** when one is the opposite, "
+        "else it is **undecided**; controls and extensions expect nothing. The validation split stands in for "
+        "the paper's test set.",
+        "",
+        "## Does each claim hold?",
+        "",
+        "| # | claim | the paper / blog reports | measured here (mean [95% interval] over seeds) | verdict | figure |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
+        md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
+    md += ["", "## Claim A: the ablation", "",
+           f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
+           f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only "
+           "(deterministic per seed on a CPU; times from these runs are not results). Accuracies are listed seed "
+           f"by seed (div.: the loss diverged); the last columns compare each arm with {spec['baseline']}, paired "
+           f"by seed, by the rule above: the study's own {spec['baseline']} where it ran one (the same model and "
+           "epochs), else the reference's (marked).", ""]
+    md += ablation_lines + [""]
+    if spec.get("reading"):
+        md += [f"**Reading** (written from the runs of commit {spec['reading_commit']}; the table above is "
+               f"regenerated from the runs, this paragraph is not): {' '.join(spec['reading'].split())}", ""]
+    ablation = next(row for row in rows if row.id == str(spec["id"]))
+    if ablation.figures:
+        md += [f"![Claim A: final accuracy per ablation]({ablation.figures[0]})", ""]
+    md += ["## Studies: where their values come from, how they ran", "",
+           "| study | values (fixed before any run of this report) | seeds | runs | expected on 2 CPU cores |",
+           "|---|---|---|---|---|"]
+    for name, study in plan["studies"].items():
+        runs = runs_by_study[name]
+        finished = sum(r.finished for r in runs)
+        state = (f"{finished} finished" + (f", {len(runs) - finished} not" if len(runs) > finished else "")
+                 if runs else NOT_RUN)
+        md.append(f"| {name} | {study.about} | {len({r.seed for r in runs if r.finished})} | {state} | "
+                  f"~{study.minutes * len(study.seeds):.0f} min |")
+    md += ["", "Each study's sweep commands, as its runs logged them:", ""]
+    for name, runs in runs_by_study.items():
+        md.append(f"- {name}: `{_distinct([_command(r.tags.get('command')) for r in runs])}`" if runs
+                  else f"- {name}: {NOT_RUN}")
+    return "\n".join(md + ["", *cannot_show()]) + "\n"
+
+
+README_BEGIN, README_END = "<!-- reproduction:summary -->", "<!-- /reproduction:summary -->"
+
+
+def readme_summary(rows: list[Row], provisional: str | None, doc: str) -> str:
+    """README's "Does the claim hold?" table: each claim's verdict and, in short, its numbers."""
+    lines = [f"*Provisional: {provisional}.*", ""] if provisional else []
+    lines += ["| # | claim | measured here: accuracy minus baseline (points, 95% interval), updates, time | verdict |",
+              "|---|---|---|---|"]
+    lines += [f"| {row.id} | {row.claim} | {row.short} | {row.verdict.replace('(#', f'({doc}#')} |" for row in rows]
+    lines += ["", f"The paper's and the blog's numbers beside these, the figures and the ablation: [{doc}]({doc})."]
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, summary: str) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"error: {readme} has no {README_BEGIN} ... {README_END} block to fill")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{summary}\n{README_END}{tail}")
+
+
+def report(args: argparse.Namespace, plan: dict) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from src.figures import _folder_name, load_options, write_all
+    from src.tracking import SQLITE_PREFIX
+
+    uri = args.tracking_uri or f"{SQLITE_PREFIX}{Path(args.output_dir) / 'mlflow.db'}"
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
+        print(f"error: no MLflow store at {uri[len(SQLITE_PREFIX):]} (run `python -m src.reproduce run` first)",
+              file=sys.stderr)
+        return 2
+    client = MlflowClient(uri)
+    options = load_options()
+    prefix = plan["experiment_prefix"]
+    runs_by_study = {name: load_study(client, experiment_name(prefix, name), study.preset)
+                     for name, study in plan["studies"].items()}
+    doc = Path(args.output)
+    for name in plan["studies"]:  # no figure left over from an earlier report (and nothing else removed)
+        shutil.rmtree(doc.parent / doc.stem / name, ignore_errors=True)
+    (doc.parent / doc.stem / plan["ablation"]["figure"]).unlink(missing_ok=True)
+    study_root = Path(args.output_dir) / "reproduction"  # each study's src.figures output, in full
+    for name, runs in runs_by_study.items():
+        if runs:
+            write_all(study_root / _folder_name(name), name, experiment_name(prefix, name), runs)
+    rows, ablation_lines = claim_rows(plan, runs_by_study, options, study_root, doc)
+    provisional = provisional_reason(runs_by_study, options["min_seeds"], args.provisional)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render(plan, runs_by_study, rows, ablation_lines, options, provisional))
+    if args.write_readme:
+        write_readme(ROOT / "README.md", readme_summary(rows, provisional, os.path.relpath(doc, ROOT)))
+    print(f"wrote {doc} ({len(rows)} rows; figures under {doc.parent / doc.stem}; every study's figures and "
+          f"report.md under {study_root})" + ("; README.md's summary" if args.write_readme else ""))
+    return 0
+
+
+def cannot_show() -> list[str]:
+    """What an offline CPU stand-in cannot show, and the commands and projected GPU time of the
+    presets that would."""
+    return [
+        "## What this offline stand-in cannot show",
+        "",
+        "MNIST-1D on a CPU keeps the paper's proportions (B0 and B_max as fractions of N, milestones as "
+        "fractions of the run, factor 5), not its setting. It cannot show: CIFAR-10 test accuracy (the "
+        "paper's 94.3 / 94.4 / 94.5 / 93.3% of figure 5), the wide ResNet (WRN-16-4, 2.7M parameters) and "
+        "its ghost batch norm (statistics per 128 samples at any B: cnn1d and the MLP have no batch norm, "
+        "which claim A finds decisive), augmentation (random crops and flips), 200 epochs, or GPU speed (on "
+        "this CPU the time per sample stops falling past B ~ 800, so fewer updates save less time than on a "
+        "GPU; the blog's 2x was on a GPU). The full presets need CIFAR-10 (`data/cifar-10-batches-py/`) and a "
+        "GPU; covertype needs `fetch_covtype`'s download:",
+        "",
+        "| preset | command (3 seeds) | GPU time per seed (projection) |",
+        "|---|---|---|",
+        "| smith2018_cifar10 (figures 1-3) | `python -m src.run -m experiment=smith2018_cifar10 trainer.seed=0,1,2` "
+        "| decay_lr ~25 min, hybrid ~11-25 min, increase_bs ~11-17 min: ~47-67 min |",
+        "| smith2018_optimizers (figures 3-4) | `python -m src.run -m experiment=smith2018_optimizers "
+        "trainer.seed=0,1,2` | 4 optimizers x the above: ~3-4.5 h |",
+        "| smith2018_effective_lr (figure 5) | `python -m src.run -m experiment=smith2018_effective_lr "
+        "trainer.seed=0,1,2` | decay_lr ~25, increase_bs ~11-17, increase_lr ~5-11, increase_momentum ~5 min: "
+        "~45-60 min |",
+        "| blog_covtype (the blog) | `python -m src.run -m experiment=blog_covtype trainer.seed=0,1,2` "
+        "| a few minutes per arm; a CPU will do |",
+        "",
+        "Then `python -m src.figures` draws each sweep's figures and verdicts. The GPU times are projections "
+        "from images per second, not measurements of these presets: WRN-16-4 training steps measured on one "
+        "H200 under bf16 took 66 ms at B = 2,048 and 499 ms at B = 16,000 with ghost batch norm (~31,000 "
+        "images/s; benchmarks/README.md, GPU), so every epoch at B >= 2,048 takes ~1.6 s; the rate at B = 128 "
+        "was not measured: ~6,700 images/s is the smith2018_cifar10 header's estimate (~25 min for decay_lr's "
+        "10 million images), and B = 640 lies between the two rates, hence the ranges. Validation (10,000 "
+        "images per epoch) adds about a minute per run.",
+    ]
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m src.reproduce", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="train the studies (resumable)")
+    run_parser.add_argument("names", nargs="*", metavar="LIST_OR_STUDY",
+                            help=f"lists ({', '.join(RUN_LISTS)}) or study names; default: reproduction")
+    run_parser.add_argument("--seeds", type=_seeds, help="e.g. 0,1,2; default: each study's (conf/reproduction.yaml)")
+    run_parser.add_argument("--jobs", type=int, help="parallel jobs of 1 thread (1: one at a time, all threads)")
+    run_parser.add_argument("--epochs", type=int, help="smoke runs: trainer.epochs for every study (>= 4)")
+    run_parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                            help="a Hydra override added to every sweep (repeatable), e.g. dataset.n_samples=3000")
+    run_parser.add_argument("--output-dir", help="paths.output_dir of every run (the store is <dir>/mlflow.db)")
+    run_parser.add_argument("--dry-run", action="store_true", help="print the commands and times, run nothing")
+    report_parser = commands.add_parser("report", help="write docs/reproduction.md from the logged runs")
+    report_parser.add_argument("--output", default="docs/reproduction.md", help="the report; figures go beside it")
+    report_parser.add_argument("--output-dir", default="outputs", help="where the runs were logged (<dir>/mlflow.db)")
+    report_parser.add_argument("--tracking-uri", help="the MLflow store, if not <output-dir>/mlflow.db")
+    report_parser.add_argument("--provisional", metavar="WHY", help="mark the report provisional, saying why "
+                               "(it is, unaided, when a study has fewer than 3 seeds)")
+    report_parser.add_argument("--write-readme", action="store_true",
+                               help="also fill README.md's 'Does the claim hold?' table (the output must be under "
+                               "the repository)")
+    for sub in (run_parser, report_parser):
+        sub.add_argument("--config", type=Path, default=CONFIG, help="the studies and claims")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = load_plan(args.config)
+    if args.command == "run":
+        if args.jobs is None:
+            args.jobs = plan["jobs"]
+        if args.epochs is not None and args.epochs < 4:
+            print(f"error: --epochs {args.epochs}: at least 4 (milestones at 30/60/80% of the epochs)", file=sys.stderr)
+            return 2
+        return run(args, plan)
+    return report(args, plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""`python -m src.reproduce`: every study composes, the runner's commands, the claim rows'
+verdicts on runs made up as plain data, and (slow) the runner and the report end to end on a tiny
+two-preset sweep in a temp store, where the studies that did not run say "not run"."""
+
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from helpers.configs import ROOT
+from helpers.runs import fake_run
+from helpers.store import client_for
+from hydra import compose, initialize_config_dir
+
+from src.config import validate
+from src.reproduce import NOT_RUN, evaluate_claim, load_plan, load_study, select_studies
+from src.schema import CONF_DIR
+
+PLAN = load_plan()
+OPTIONS = {"margin_points": 1.0, "confidence": 0.95, "min_seeds": 3}
+CLAIM = {"baseline": "decay_lr", "arms": ["increase_bs"], "expect": "matched"}
+
+
+def reproduce(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.reproduce", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def jobs_of(sweep: tuple[str, ...]) -> list[list[str]]:
+    """The jobs of one `src.run -m` sweep: the product of its comma-separated values."""
+    pairs = (item.split("=", 1) for item in sweep)
+    choices = [[f"{key}={value}" for value in values.split(",")] for key, values in pairs]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def test_every_claim_names_a_study_and_every_study_a_run_list():
+    studies = PLAN["studies"]
+    assert {claim["study"] for claim in PLAN["claims"]} <= set(studies)
+    assert PLAN["ablation"]["reference"] in studies
+    assert all(study.lists and set(study.lists) <= {"reproduction", "ablation"} for study in studies.values())
+    quick = {path.stem for path in (CONF_DIR / "experiment").glob("*_quick.yaml")}
+    reproduction = {s.preset for s in select_studies(PLAN, ["reproduction"])}
+    assert quick | {"default"} <= reproduction  # every quick preset and the default study
+    assert all(len(study.seeds) >= 3 for study in studies.values())
+
+
+@pytest.mark.parametrize("name", sorted(PLAN["studies"]))
+def test_every_job_of_every_study_composes_and_validates(name):
+    study = PLAN["studies"][name]
+    for sweep in study.sweeps:
+        for job in jobs_of(sweep):
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("config", job, return_hydra_config=True)
+            validate(cfg)
+            assert (cfg.hydra.runtime.choices.get("experiment") or "default") == study.preset  # its tag
+
+
+def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
+    result = reproduce("run", "default", "blog_covtype_quick", "--seeds", "4,5", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("python -m src.run")]
+    assert len(commands) == 3  # the default study's two sweeps, the blog's one
+    assert all("trainer.seed=4,5" in c and "hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands)
+    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[2]
+    minutes = 2 * (PLAN["studies"]["default"].minutes + PLAN["studies"]["blog_covtype_quick"].minutes)
+    assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
+
+
+def test_an_unknown_study_is_one_line_and_a_non_zero_exit():
+    result = reproduce("run", "nonsense", "--dry-run")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown study or list 'nonsense'")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- claim rows on runs made up as plain data ---------------------------------------------------
+
+
+def arms(diffs_points, times=(1.0, 1.0, 1.0), base_acc=(0.80, 0.85, 0.90)):
+    runs = [fake_run("decay_lr", seed, acc) for seed, acc in enumerate(base_acc)]
+    for seed, (acc, diff, time) in enumerate(zip(base_acc, diffs_points, times)):
+        run = fake_run("increase_bs", seed, acc + diff / 100, updates=100.0)
+        run.metrics["train_time_s"] = 1.5 * time
+        runs.append(run)
+    return runs
+
+
+def test_a_study_that_did_not_run_is_not_run_never_matched():
+    measured, verdict, _ = evaluate_claim(CLAIM, [], OPTIONS)
+    assert measured == NOT_RUN and NOT_RUN in verdict and "matched" not in verdict
+
+
+def test_a_missing_arm_is_not_run_and_the_claim_does_not_hold():
+    runs = [fake_run("decay_lr", seed, 0.8) for seed in range(3)]
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
+    assert f"increase_bs: {NOT_RUN}" in measured and f"increase_bs {NOT_RUN}" in verdict
+    assert "matched" not in verdict and verdict.endswith("undecided")
+
+
+@pytest.mark.parametrize("diffs,word,reading", [
+    ([0.1, 0.2, -0.1], "matched", "holds"),
+    ([-3.0, -2.8, -3.2], "differs", "does not hold here"),
+    ([-0.5, -1.5, -1.0], "inconclusive", "undecided"),
+])
+def test_verdict_and_reading_from_the_paired_interval(diffs, word, reading):
+    measured, verdict, _ = evaluate_claim(CLAIM, arms(diffs), OPTIONS)
+    assert verdict == f"increase_bs **{word}**: {reading}"
+    mean = sum(diffs) / 3
+    assert f"({mean:+.2f} [" in measured and "100 updates (0.33x)" in measured
+    assert evaluate_claim({**CLAIM, "expect": "none"}, arms(diffs), OPTIONS)[1] == f"increase_bs **{word}**"
+
+
+def test_one_seed_is_inconclusive_whatever_the_numbers():
+    runs = [r for r in arms([0.0, 0.0, 0.0]) if r.seed == "0"]
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
+    assert verdict == "increase_bs **inconclusive (1 seed)**: undecided"
+
+
+def test_a_seed_that_diverged_makes_the_arm_differ():
+    """Two seeds match, the third's loss went NaN: the arm did not reach the baseline's accuracy
+    in every seed, so it differs (the rule alone would say inconclusive (2 seeds))."""
+    runs = arms([0.1, 0.2, 0.0])
+    runs[-1].status = "FAILED"
+    runs[-1].tags["error"] = "Diverged: loss is nan (train) / nan (val) after epoch 4: diverged"
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
+    assert verdict == "increase_bs **differs (1 of 3 seeds diverged)**: does not hold here"
+    assert "seed 2 diverged (loss not finite)" in measured
+    runs[-1].tags["error"] = "RuntimeError: out of memory"  # a fault, not a result: only noted
+    measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
+    assert verdict == "increase_bs **inconclusive (2 seeds)**: undecided"
+    assert "seed 2 FAILED: RuntimeError: out of memory" in measured
+
+
+def test_a_time_check_reads_the_paired_ratio():
+    claim = {**CLAIM, "checks": {"train_time_s": "lower"}}
+    faster = arms([0.1, 0.2, -0.1], times=(0.5, 0.55, 0.6))
+    measured, verdict, _ = evaluate_claim(claim, faster, OPTIONS)
+    assert "train time 0.55x [" in measured and verdict.endswith("train time lower: holds")
+    slower = arms([0.1, 0.2, -0.1], times=(1.5, 1.6, 1.55))
+    assert evaluate_claim(claim, slower, OPTIONS)[1].endswith("train time higher: does not hold here")
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
+    """The default study and the blog preset, 1 seed, 4 epochs of a small MNIST-1D (2,500 train
+    samples: the constant large batch of 2,000 still fits), into a temp store; then the report.
+    Every claim gets its row; the studies that did not run say "not run" and never "matched";
+    re-running skips every run and the report counts each once."""
+    out = tmp_path / "outputs"
+    args = ["run", "default", "blog_covtype_quick", "--seeds", "0", "--epochs", "4", "--jobs", "1",
+            "--output-dir", str(out), "--override", "dataset.n_samples=3000", "--override", "dataset.n_val=500",
+            "--override", f"paths.data_dir={data_dir}"]
+    made = reproduce(*args)
+    assert made.returncode == 0, made.stderr[-3000:]
+    doc = tmp_path / "docs" / "reproduction.md"
+    written = reproduce("report", "--output", str(doc), "--output-dir", str(out))
+    assert written.returncode == 0, written.stderr[-3000:]
+    text = doc.read_text()
+    assert "**Provisional**: fewer than 3 seeds in default (1), smith2018_cifar10_quick (0)" in text
+    assert "blog_covtype_quick (1)" in text.split("\n\n")[1]
+    table = [line for line in text.splitlines() if re.match(r"\| (\w+) \| ", line) and "---" not in line]
+    rows = {line.split(" | ")[0][2:]: line for line in table}
+    ids = [str(claim["id"]) for claim in PLAN["claims"]] + [PLAN["ablation"]["id"]]
+    assert set(ids) <= set(rows)
+    ran = {"default", "blog_covtype_quick"}
+    for claim in PLAN["claims"]:
+        row = rows[str(claim["id"])]
+        cells = row.split(" | ")
+        if claim["study"] in ran:
+            assert "inconclusive (1 seed)" in cells[4] and "updates" in cells[3], row
+            for link in re.findall(r"\]\(([^)]+\.png)\)", cells[5]):
+                assert (doc.parent / link).is_file(), link
+            assert re.search(r"\]\([^)]+\.png\)", cells[5]), row
+        else:
+            assert cells[3] == NOT_RUN and cells[4] == f"**{NOT_RUN}**", row
+        assert "matched" not in cells[4], row  # 1 seed or no runs: never matched
+    assert rows[PLAN["ablation"]["id"]].split(" | ")[3] == NOT_RUN
+    assert "| smith2018_optimizers_quick | " in text and "## What this offline stand-in cannot show" in text
+
+    client = client_for(out)
+    counted = load_study(client, "reproduction/default", "default")
+    assert sorted(r.schedule for r in counted) == sorted(
+        ["decay_lr", "increase_bs", "hybrid", "large_batch_scaled", "adaptive_gns", "constant"])
+    again = reproduce(*args)
+    assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == 3
+    assert len(load_study(client, "reproduction/default", "default")) == len(counted)
+
+
+def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
+    from src.reproduce import Study, ablation_table
+
+    def study(name):
+        return Study(name, "p", f"changes {name}", (), 1.0, ("ablation",), (0, 1, 2))
+
+    plan = {"studies": {name: study(name) for name in ("ref", "own", "borrowed")},
+            "ablation": {"id": "A", "reference": "ref", "baseline": "decay_lr", "arms": ["increase_lr"]}}
+    ref = [fake_run("decay_lr", s, 0.98) for s in range(3)] + [fake_run("increase_lr", s, 0.1) for s in range(3)]
+    ref[-1].status, ref[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
+    own = [fake_run("decay_lr", s, 0.50 + s / 100) for s in range(3)] + [fake_run("increase_lr", s, 0.50 + s / 100)
+                                                                          for s in range(3)]
+    borrowed = [fake_run("increase_lr", s, 0.98 + s / 1000) for s in range(3)]
+    lines, measured, verdict = ablation_table(plan, {"ref": ref, "own": own, "borrowed": borrowed}, OPTIONS)
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert "10.0 / 10.0 / div." in rows["ref"] and "**differs (1 of 3 seeds diverged)**" in rows["ref"]
+    assert "+0.0 [+0.0, +0.0] **matched** |" in rows["own"]  # its own decay_lr, not the reference's 98%
+    assert rows["borrowed"].endswith("**matched** (reference's) |")
+    assert verdict.startswith("increase_lr: recovered by own, borrowed")
+    assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
+    _, measured, verdict = ablation_table(plan, {"own": own}, OPTIONS)
+    assert measured == NOT_RUN and NOT_RUN in verdict
+
+
+def test_a_study_is_its_experiments_runs_with_its_preset_newest_finished_per_config(tmp_path):
+    """In a real store: per config hash the newest FINISHED run (a repeat never counts twice), the
+    newest run when none finished; runs of another preset and summary runs are left out."""
+    client = client_for(tmp_path)
+    experiment = client.create_experiment("reproduction/s")
+
+    def made(config, status, preset="p", **tags):
+        run = client.create_run(experiment, tags={"preset": preset, "config_hash": config, "schedule": "decay_lr",
+                                                  "seed": "0", **tags})
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    made("a", "FINISHED")
+    newest_a = made("a", "FINISHED")
+    made("a", "FAILED")  # a later failed attempt does not replace a finished run
+    only_failed = made("b", "FAILED")
+    made("c", "FINISHED", preset="other")
+    made("d", "FINISHED", kind="summary")
+    chosen = {run.run_id for run in load_study(client, "reproduction/s", "p")}
+    assert chosen == {newest_a, only_failed}
+    assert load_study(client, "reproduction/missing", "p") == []
