@@ -239,7 +239,9 @@ def plan(preset: str, schedule: str, overrides, n_train: int) -> tuple[list[int]
     n_train training images and the preset's own number of epochs."""
     cfg = preset_cfg([f"schedule={schedule}", *overrides], preset)
     epochs = cfg.trainer.epochs
-    schedule_obj = c.make_schedule(cfg, n_train, epochs)
+    from src.train import make_schedule
+
+    schedule_obj = make_schedule(cfg, n_train, epochs)
     return [schedule_obj(epoch).batch_size for epoch in range(epochs)], epochs
 
 
