@@ -36,10 +36,13 @@ from src.schema import (
 if TYPE_CHECKING:
     from src.data import Dataset
 
-# What the MLflow 3 UI opens an experiment as: model training (runs, metrics, the runs table),
-# not the GenAI overview (traces, token usage) it shows an experiment with no kind.
+# What an experiment is for, to MLflow 3: model training (runs, metrics, the runs table), not
+# GenAI development (traces, token usage).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# MLflow 3.17's UI takes GenAI or model training from its own toggle (top left; GenAI until a
+# browser has chosen), not from the tag, so the links we print ask for model training.
+UI_MODEL_TRAINING = "workflowType=machine_learning"
 # Tags MLflow's context providers (mlflow.tracking.context) resolve: user, source file and type,
 # git commit, branch and repository. A sweep's jobs take their parent's (below).
 CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
@@ -132,10 +135,10 @@ def runs_with_config(cfg: DictConfig, config_hash: str, status: str | None = Non
 
 
 def run_url(tracking: DictConfig, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: on the tracking server itself, or where `mlflow ui`
-    serves a local store (tracking.ui_url)."""
+    """The run's page in the MLflow UI, in its model-training view: on the tracking server
+    itself, or where `mlflow ui` serves a local store (tracking.ui_url)."""
     server = tracking.uri if tracking.uri.startswith(("http://", "https://")) else tracking.ui_url
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING}"
 
 
 def ui_command(tracking: DictConfig) -> str | None:

@@ -20,11 +20,14 @@ from helpers.configs import ROOT, TINY
 from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
 
 from src import figures, schema
+from src.config import validate
 from src.data import load_digits
 from src.evaluate import evaluate_run
 from src.evaluate import main as evaluate_main
+from src.errors import ConfigError
 from src.progress import CLEAR_LINE
 from src.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+from src.train import train
 
 SMOKE = "smoke"  # the experiment the smoke preset logs to
 # The smoke preset over two optimizers: two jobs that differ in one override; within-epoch
@@ -146,7 +149,8 @@ def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_pl
     out = result.stdout
     for number, run in enumerate(sorted(runs, key=lambda r: r.info.start_time)):
         label = f"[job {number + 1} of 2 {run.info.run_name}]"
-        assert f"{label} MLflow run {run.info.run_id}: http://127.0.0.1:5000/#/experiments/" in out
+        page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        assert f"{label} MLflow run {run.info.run_id}: {page}?workflowType=machine_learning" in out
         assert f"{label} epoch 2/2  lr " in out and " samples/s  ETA 0s" in out
         assert f"{label} epoch 1/2: step 1/22 (5%)" in out  # within the epoch, as log lines
     assert "mlflow ui --backend-store-uri sqlite:///" in out
@@ -178,3 +182,21 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
     assert drawn, out[-2000:]  # redrawn in place ...
     assert "INFO] - [decay_lr seed=0] epoch 1/2: step" not in out  # ... not logged
     assert CLEAR_LINE + "[" in out and "[decay_lr seed=0] epoch 2/2  lr " in out
+
+
+def test_system_metrics_are_off_by_default_and_need_psutil(make_cfg, monkeypatch):
+    validate(make_cfg(*TINY))  # off: nothing more is needed
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as if not installed (importlib finds no spec)
+    with pytest.raises(ConfigError) as error:
+        validate(make_cfg(*TINY, "tracking.system_metrics=true"))
+    assert str(error.value) == "tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'"
+
+
+def test_system_metrics_are_logged_when_switched_on(make_cfg, tmp_path, blank_store):
+    pytest.importorskip("psutil")  # the system-metrics extra
+    shutil.copy(blank_store, tmp_path / "mlflow.db")
+    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics=true",
+                   "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
+    [run] = runs_in(tmp_path, experiment=SMOKE)
+    sampled = history(client_for(tmp_path), run.info.run_id, "system/cpu_utilization_percentage")
+    assert sampled and [step for step, _ in sampled] == list(range(len(sampled)))  # one step per sample
