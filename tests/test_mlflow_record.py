@@ -113,7 +113,11 @@ def test_samples_per_second_every_epoch(sweep):
         for epoch, (_, value) in enumerate(rate):  # the epoch's samples over its seconds in training steps
             expected = (seen[epoch + 1] - seen[epoch]) / (seconds[epoch + 1] - seconds[epoch])
             assert value == pytest.approx(expected, rel=1e-6) and value > 0
-        assert schema.GPU_PEAK_MEMORY_MIB not in run.data.metrics  # a CPU run
+        # the peak memory of each epoch on a GPU, nothing on a CPU
+        peaks = history(client, run.info.run_id, schema.GPU_PEAK_MEMORY_MIB)
+        on_gpu = run.data.tags[schema.DEVICE_TAG].startswith("cuda")
+        assert [step for step, _ in peaks] == ([0, 1] if on_gpu else [])
+        assert all(0 < mib < 2**20 for _, mib in peaks)
 
 
 def test_the_final_weights_are_kept_and_evaluate_again_to_the_logged_accuracy(sweep, data_dir, capsys):
