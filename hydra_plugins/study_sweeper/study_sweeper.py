@@ -1,5 +1,5 @@
 """A sweeper for studies that run for hours: Hydra's basic sweep (the cartesian product of the
-overrides), plus three things the basic one does not do.
+overrides), plus four things the basic one does not do.
 
 1. Every job's config is composed and validated before any job starts: a typo in the 9th job
    stops the sweep at once with one line, and nothing is trained or logged.
@@ -18,6 +18,7 @@ Hydra finds it because it lives in the hydra_plugins namespace package (conf/hyd
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -63,7 +64,6 @@ class StudySweeper(BasicSweeper):
         parent = start_sweep(tracking, tracking.sweep_id or sweep_dir.name, f"{' '.join(sweeping) or 'sweep'}"
                              f" ({len(jobs)} jobs)", len(jobs), shlex.join(sys.argv))
         jobs = [[*job, *_tracking_overrides(job, cfg, varying, parent, tracking)] for job, cfg in zip(jobs, configs)]
-        status, result = "KILLED", "interrupted"
         try:
             batch_size = self.max_batch_size or len(jobs)
             results = []
@@ -71,6 +71,12 @@ class StudySweeper(BasicSweeper):
                 results.extend(self.launcher.launch(jobs[start : start + batch_size], initial_job_idx=start))
             failed, result = self._report(sweep_dir.name, results)
             status = "FAILED" if failed else "FINISHED"
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where src.run turns it into one
+            status, result = "KILLED", "interrupted"
+            raise
+        except BaseException as error:  # the launcher itself failed
+            status, result = "FAILED", one_line_error(error)[0]
+            raise
         finally:
             end_sweep(tracking, parent, status, result)
         if failed:
@@ -130,6 +136,8 @@ def _tracking_overrides(job: list[str], cfg: DictConfig, varying: set[str], pare
 
 
 def _quoted(text: str) -> str:
-    """`text` as a quoted value of a Hydra override, taken literally: its quotes and
-    interpolations escaped."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
+    """`text` as a quoted value of a Hydra override that composes back to `text`: a backslash is
+    literal in Hydra's quoted strings except in a run before a quote or at the end (doubled
+    here), quotes are escaped, and so are interpolations (OmegaConf's \\${...})."""
+    text = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
