@@ -40,16 +40,12 @@ def temp_dir(prefix: str) -> str:
 def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None):
     """The project's real composed config (conf/), data cached in the repo's data/ and, when
     given, everything written under output_dir."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from src.config import compose as compose_config
 
     base = [f"paths.data_dir={REPO / 'data'}"]
     if output_dir is not None:
         base.append(f"paths.output_dir={output_dir}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=[*base, *overrides])
+    return compose_config(*base, *overrides)
 
 
 def build(cfg, device):

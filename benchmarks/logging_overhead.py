@@ -6,10 +6,11 @@ ever skipped as FINISHED):
   on   the real tracking (src.tracking) against the real SQLite store in a temp folder, every
        call into it timed by a wrapper (outermost calls only): the resume check
        (runs_with_config), tracked_run's set-up (store and experiment, create_run, config params
-       and config.yaml, stale runs) and close (set_terminated), every TrackedRun.log, join_sweep.
-  off  the same run with src.tracking's entry points replaced by no-ops defined here
-       (runs_with_config -> [], tracked_run -> a run whose log does nothing, join_sweep ->
-       nothing). Data, model, training, validation and checkpoints run as usual.
+       and config.yaml, stale runs) and close (set_terminated), every TrackedRun.log, the dataset
+       input, the final weights' upload, join_sweep.
+  off  the same run with src.tracking's entry points replaced by no-ops (runs_with_config -> [],
+       tracked_run -> src.tracking.Untracked, which logs nothing, join_sweep -> nothing). Data,
+       model, training, validation and checkpoints run as usual (and torch.save of the weights).
 Two settings:
   fresh process  each run in a new process, as a `python -m src.run` job (or a joblib worker's
                  first job) runs: it pays MLflow's per-process cost of opening the store.
@@ -51,6 +52,7 @@ class Switch:
         self.tracking, self.checkpoint = tracking, checkpoint
         self.real = {name: getattr(tracking, name) for name in ("tracked_run", "runs_with_config", "join_sweep")}
         self.real_log, self.real_save = tracking.TrackedRun.log, checkpoint.save
+        self.real_log_dataset, self.real_log_artifact = tracking.TrackedRun.log_dataset, tracking.TrackedRun.log_artifact
         self.inside: dict[str, float] = {}
         self.depth = 0  # only the outermost tracking call is timed (tracked_run calls runs_with_config)
         checkpoint.save = self._timed(self.real_save, NOT_TRACKING, nested_ok=True)
@@ -92,19 +94,12 @@ class Switch:
             t.runs_with_config = self._timed(self.real["runs_with_config"], "resume check")
             t.join_sweep = self._timed(self.real["join_sweep"], "join_sweep")
             t.TrackedRun.log = self._timed(self.real_log, "TrackedRun.log")
+            t.TrackedRun.log_dataset = self._timed(self.real_log_dataset, "TrackedRun.log_dataset")
+            t.TrackedRun.log_artifact = self._timed(self.real_log_artifact, "TrackedRun.log_artifact (weights)")
         else:
-            class NullRun:
-                run_id = "off"
-
-                def log(self, metrics, step=0):
-                    pass
-
-                def last_logged_epoch(self):
-                    return -1
-
             @contextmanager
             def null_tracked_run(*args, **kwargs):
-                yield NullRun()
+                yield t.Untracked()  # what DDP's other ranks log through: nothing
 
             t.tracked_run = null_tracked_run
             t.runs_with_config = lambda *args, **kwargs: []

@@ -16,12 +16,13 @@ by hydra_plugins/study_configs, which Hydra imports when it starts.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
@@ -51,11 +52,28 @@ class TrainerConfig:
 
 
 @dataclass
+class ProgressConfig:
+    after_s: float = MISSING
+    refresh_s: float = MISSING
+    log_every_s: float = MISSING
+
+
+@dataclass
 class TrackingConfig:
     uri: str = MISSING
     experiment: str = MISSING
     artifact_root: str = MISSING
     sweep_id: Optional[str] = MISSING
+    parent_run_id: Optional[str] = MISSING
+    run_name: Optional[str] = MISSING
+    tags: Dict[str, str] = MISSING
+    note: Optional[str] = MISSING
+    log_weights: bool = MISSING
+    system_metrics: bool = MISSING
+    system_metrics_every_s: float = MISSING
+    ui_url: str = MISSING
+    progress: ProgressConfig = MISSING
+    description: str = MISSING
 
 
 @dataclass
@@ -279,6 +297,17 @@ def _check_ranges(cfg: Mapping) -> None:
         raise ConfigError(f"schedule.max_batch_size={cap}: must be >= schedule.batch_size={schedule['batch_size']}")
 
 
+def _check_tracking(tracking: Mapping) -> None:
+    """What tracking switches need: MLflow's system metrics need psutil, an optional extra."""
+    if tracking["system_metrics"] and importlib.util.find_spec("psutil") is None:
+        raise ConfigError("tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'")
+    _positive("tracking.system_metrics_every_s", tracking["system_metrics_every_s"])
+    progress = tracking["progress"]
+    _positive("tracking.progress.after_s", progress["after_s"], 0.0, inclusive=True)
+    _positive("tracking.progress.refresh_s", progress["refresh_s"])
+    _positive("tracking.progress.log_every_s", progress["log_every_s"])
+
+
 def validate(cfg: DictConfig) -> None:
     """Check a composed config; raise ConfigError (one line) on the first problem, or, for the
     signatures of the built groups, on all of them at once."""
@@ -301,6 +330,7 @@ def validate(cfg: DictConfig) -> None:
     for group, needed in REQUIRED_KEYS.items():
         _check_present(group, plain[group], needed)
     _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
+    _check_tracking(plain["tracking"])
     problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -312,3 +342,16 @@ def validate_against_data(cfg: DictConfig, n_train: int) -> None:
         value = cfg.schedule.get(key)
         if value is not None and value > n_train:
             raise ConfigError(f"schedule.{key}={value}: must be <= N = {n_train} training samples")
+
+
+def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml composed with Hydra's compose API, as `python -m src.run <overrides>`
+    composes it: where the commands that read runs back (src.figures, src.evaluate) take the
+    store, the experiment and the output folder from, so they cannot drift from the runs'."""
+    from hydra import compose as compose_config
+    from hydra import initialize_config_dir
+
+    from src.schema import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose_config("config", overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -43,12 +43,28 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     n_classes: int
+    name: str  # the data set, as its conf/dataset/ option names it
+    source: str  # where the samples came from: the URI of the file or folder they were read from
     # augment(x_batch, generator) -> a new training batch on x_batch's device; None: none
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def n_train(self) -> int:
         return len(self.y_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.y_val)
+
+    def digest(self) -> str:
+        """A fingerprint of the samples as the run trains and validates on them (after the split
+        and the scaling): sha256 over the four tensors' bytes and shapes, 12 hex digits. Two runs
+        with the same digest saw the same data, whatever the loader's arguments."""
+        sha = hashlib.sha256()
+        for tensor in (self.x_train, self.y_train, self.x_val, self.y_val):
+            sha.update(str(tuple(tensor.shape)).encode())
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()[:12]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -119,11 +135,11 @@ class BatchStream:
         self.leftover = state["leftover"].to(torch.int64)
 
 
-def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_classes: int) -> Dataset:
+def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_classes: int, name: str, source: str) -> Dataset:
     x_t = torch.as_tensor(x, dtype=torch.float32)
     y_t = torch.as_tensor(y, dtype=torch.int64)
     n_train = len(y_t) - n_val
-    return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:], y_t[n_train:], n_classes)
+    return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:], y_t[n_train:], n_classes, name=name, source=source)
 
 
 @contextmanager
@@ -169,17 +185,19 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
         x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int64)
         _save_atomically(path, x=x, y=y)
     # make_dataset already shuffled and standardised the whole set: split head/tail.
-    return _from_arrays(x, y, n_val, n_classes=10)
+    return _from_arrays(x, y, n_val, n_classes=10, name="mnist1d", source=path.resolve().as_uri())
 
 
 def load_digits(n_val: int, split_seed: int) -> Dataset:
     """sklearn's bundled 8x8 digits (1,797 samples, no download): for smoke tests."""
+    import sklearn.datasets
     from sklearn.datasets import load_digits as sklearn_digits
 
     x, y = sklearn_digits(return_X_y=True)
     order = np.random.default_rng(split_seed).permutation(len(y))
     x = x[order] / 16.0  # pixel values 0..16 -> 0..1
-    return _from_arrays(x, y[order], n_val, n_classes=10)
+    bundled = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"  # the file load_digits reads
+    return _from_arrays(x, y[order], n_val, n_classes=10, name="digits", source=bundled.as_uri())
 
 
 def _unavailable(what_and_where: str, reason: str) -> DatasetUnavailable:
@@ -250,7 +268,8 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
     x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
     x_train, y_train, x_val, y_val = x_train[:n_train], y_train[:n_train], x_val[:n_val], y_val[:n_val]
     _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
-    return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip)
+    return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip, name="cifar10",
+                   source=folder.as_uri())
 
 
 def load_covtype(
@@ -278,7 +297,8 @@ def load_covtype(
         ) from error
     order = np.random.default_rng(split_seed).permutation(len(y))[:n_samples]
     n_val = math.ceil(val_fraction * len(order))
-    data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7)
+    data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7, name="covtype",
+                        source=(data_dir / "covertype").as_uri())
     _standardise_in_place(data.x_train, data.x_val, dims=(0,))
     return data
 

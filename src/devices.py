@@ -95,6 +95,13 @@ def _hydra_job() -> tuple[int | None, Mapping[str, Any] | None]:
     return hydra_cfg.job.num, hydra_cfg.launcher
 
 
+def this_job() -> tuple[int | None, int]:
+    """(the running job's number in its sweep, None for a single run; how many jobs of its sweep
+    run at once on this machine, 1 for a single run)."""
+    number, launcher = _hydra_job()
+    return number, 1 if launcher is None else parallel_jobs(launcher, available_cores())
+
+
 def job_device(requested: str) -> str:
     """device_for_job for the running job: its Hydra job number, the CUDA devices it sees,
     how many jobs its launcher runs at once."""

@@ -2,7 +2,12 @@
 
 Nothing is retrained: the runs are read back from the MLflow store. Writes PNG + SVG figures and
 report.md / report.csv / report.json under <output-dir>/<sweep_id>/, and logs the same files as
-artifacts of a summary run (tag kind=summary) in the same experiment.
+artifacts (figures/) of the sweep's parent run (of the run itself, for a single run's sweep). Its
+defaults (store, experiment, output folder) come from conf/config.yaml, composed as src.run
+composes it, with the same KEY=VALUE overrides.
+
+A sweep's runs are the training runs that list it in their `sweeps` tag: the runs it trained and
+those a re-run of it skipped or resumed (which keep the sweep_id of the sweep that trained them).
 
 Three layers, so the numbers can be checked without images: load_sweep (store -> plain RunData),
 group_runs and report_rows (RunData -> groups of curves -> one row of numbers per curve) and the
@@ -73,13 +78,16 @@ from scipy import stats
 from src.schema import (
     BATCH_SIZE, COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_VAL_ACC, FINAL_VAL_LOSS,
     KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES,
-    SCHEDULE_TAG, SEED_TAG, SUMMARY_KIND, SUPERSEDED_BY_TAG, SWEEP_TAG, THREADS_TAG,
+    SCHEDULE_TAG, SEED_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, THREADS_TAG,
     TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
-    VAL_LOSS, WALL_TIME_S, default_experiment,
+    VAL_LOSS, WALL_TIME_S,
 )
+from src.config import compose
+from src.errors import one_line_error
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX
 
 DEFAULTS = CONF_DIR / "figures.yaml"
+FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
 HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, WALL_TIME_S)
 # A schedule's phase changes when one of these differs from the epoch before: a milestone.
@@ -211,27 +219,39 @@ def _run_data(client: MlflowClient, run) -> RunData:
                    dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history)
 
 
+def sweeps_of(tags: dict[str, str]) -> list[str]:
+    """The sweeps a training run belongs to: its SWEEPS_TAG; its sweep_id for a run logged
+    before runs had one."""
+    return tags.get(SWEEPS_TAG, tags[SWEEP_TAG]).split()
+
+
 def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = None,
                tags: dict[str, str] | None = None) -> tuple[str, list[RunData]]:
-    """(sweep_id, its training runs): the given sweep, or the newest (the greatest run start time)
-    among the runs whose tags match `tags`. Summary runs (tag kind=summary) and runs superseded
-    by a retrained one are never read."""
+    """(sweep_id, its training runs): the given sweep, or the newest (the latest start of its
+    parent run or of a run it trained) among the runs whose tags match `tags`. Runs with a kind
+    (a sweep's parent; the summary runs of older versions) and runs superseded by a retrained one
+    are never read."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise StoreError(f"no experiment '{experiment}' (known experiments: {known})")
     tags = tags or {}
     matching = " with tags " + ", ".join(f"{k}={v}" for k, v in tags.items()) if tags else ""
+    every_run = _all_runs(client, found.experiment_id)
     runs = [
-        run for run in _all_runs(client, found.experiment_id)
-        if SWEEP_TAG in run.data.tags and run.data.tags.get(KIND_TAG) != SUMMARY_KIND
+        run for run in every_run
+        if SWEEP_TAG in run.data.tags and KIND_TAG not in run.data.tags
         and SUPERSEDED_BY_TAG not in run.data.tags  # killed before its first checkpoint, retrained
         and all(run.data.tags.get(key) == value for key, value in tags.items())
     ]
     started: dict[str, int] = {}
     for run in runs:
-        sweep = run.data.tags[SWEEP_TAG]
-        started[sweep] = max(started.get(sweep, 0), run.info.start_time)
+        for sweep in sweeps_of(run.data.tags):
+            started[sweep] = max(started.get(sweep, 0), run.info.start_time)
+    for parent in every_run:  # a re-run sweep that only skipped runs is as new as its parent
+        sweep = parent.data.tags.get(SWEEP_TAG)
+        if parent.data.tags.get(KIND_TAG) == SWEEP_KIND and sweep in started:
+            started[sweep] = max(started[sweep], parent.info.start_time)
     if sweep_id is None:
         if not started:
             raise StoreError(f"no runs{matching} in experiment '{experiment}'")
@@ -241,7 +261,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
         known = ", ".join(newest[:10]) + (f" ... {len(newest)} in all" if len(newest) > 10 else "")
         raise StoreError(f"no runs with sweep_id '{sweep_id}'{matching} in experiment '{experiment}'"
                          f" (known sweeps: {known or 'none'})")
-    chosen = [_run_data(client, run) for run in runs if run.data.tags[SWEEP_TAG] == sweep_id]
+    chosen = [_run_data(client, run) for run in runs if sweep_id in sweeps_of(run.data.tags)]
     return sweep_id, sorted(chosen, key=lambda r: (r.schedule, r.seed, r.start_time))
 
 
@@ -1024,12 +1044,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     options = load_options()
     parser = argparse.ArgumentParser(
         prog="python -m src.figures",
-        description="Figures, a results table and a verdict for one sweep, read from the MLflow store.",
+        description="Figures, a results table and a verdict for one sweep, read from the MLflow store. "
+                    "The store, the experiment and the output folder default to those of conf/config.yaml, "
+                    "with the same KEY=VALUE overrides as src.run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="the MLflow store")
-    parser.add_argument("--experiment", default=default_experiment(),
-                        help="the MLflow experiment (default: conf/tracking/mlflow.yaml's)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="overrides of conf/config.yaml, as given to src.run (paths.output_dir=..., "
+                             "tracking.experiment=..., experiment=smoke): where the runs were logged")
+    parser.add_argument("--tracking-uri", help="the MLflow store (default: tracking.uri)")
+    parser.add_argument("--experiment", help="the MLflow experiment (default: tracking.experiment)")
     parser.add_argument("--sweep-id", help="the sweep to report; none: the newest (latest run start)")
     parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                         help="read only runs with this tag (repeatable)")
@@ -1037,9 +1061,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         f"{', '.join(options['baselines'])} that ran (conf/figures.yaml)")
     parser.add_argument("--margin", "--tolerance", dest="margin", type=_points, default=options["margin_points"],
                         help="matched = the whole interval of the accuracy difference within ± this many points")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/figures"),
-                        help="files go to OUTPUT_DIR/<sweep_id>/")
-    return parser.parse_args(argv)
+    parser.add_argument("--output-dir", type=Path,
+                        help=f"files go to OUTPUT_DIR/<sweep_id>/ (default: paths.output_dir/{options['folder']})")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose(*args.overrides)
+    except Exception as error:  # a key, option or value Hydra cannot compose: one line, exit 2
+        parser.error(one_line_error(error)[0])
+    args.tracking_uri = args.tracking_uri or cfg.tracking.uri
+    args.experiment = args.experiment or cfg.tracking.experiment
+    args.output_dir = args.output_dir or Path(cfg.paths.output_dir) / options["folder"]
+    return args
+
+
+def record_run(client: MlflowClient, experiment_id: str, sweep_id: str, runs: Sequence[RunData]) -> str | None:
+    """The run the files are logged to: the sweep's parent run; for the sweep of a single run
+    (python -m src.run without -m), that run; None when there is neither (a sweep_id given by
+    hand to separate runs)."""
+    query = f"tags.{KIND_TAG} = '{SWEEP_KIND}' and tags.{SWEEP_TAG} = '{sweep_id}'"
+    parents = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+    if parents:
+        return parents[0].info.run_id
+    trained_here = [run for run in runs if run.tags[SWEEP_TAG] == sweep_id]
+    return trained_here[0].run_id if len(runs) == 1 and trained_here else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1058,20 +1102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     folder = args.output_dir / _folder_name(sweep_id)
-    experiment_id = client.get_experiment_by_name(args.experiment).experiment_id
-    summary = client.create_run(experiment_id, tags={
-        SWEEP_TAG: sweep_id, KIND_TAG: SUMMARY_KIND, "mlflow.runName": f"figures {sweep_id}"}).info.run_id
-    status = "FAILED"
-    try:
-        written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_points": args.margin})
+    written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_points": args.margin})
+    record = record_run(client, client.get_experiment_by_name(args.experiment).experiment_id, sweep_id, runs)
+    if record:
         for path in written:
-            parent = path.parent.relative_to(folder).as_posix()
-            client.log_artifact(summary, str(path), artifact_path=None if parent == "." else parent)
-        status = "FINISHED"
-    finally:
-        client.set_terminated(summary, status)
-    print(f"{len(written)} files for sweep {sweep_id} ({len(runs)} runs) in {folder}; "
-          f"logged to MLflow run {summary}")
+            parent = path.parent.relative_to(folder)
+            client.log_artifact(record, str(path), artifact_path=(Path(FIGURES_ARTIFACTS) / parent).as_posix())
+    where = f"logged to MLflow run {record} ({FIGURES_ARTIFACTS}/)" if record else "no sweep run in MLflow to log them to"
+    print(f"{len(written)} files for sweep {sweep_id} ({len(runs)} runs) in {folder}; {where}")
     return 0
 
 

@@ -155,7 +155,8 @@ def load_study(client, experiment: str, preset: str) -> list:
     rank = lambda run: (run.info.status == "FINISHED", run.info.start_time)  # noqa: E731
     for run in _all_runs(client, found.experiment_id):
         tags = run.data.tags
-        if tags.get(schema.KIND_TAG) == schema.SUMMARY_KIND or schema.SUPERSEDED_BY_TAG in tags or tags.get(schema.PRESET_TAG) != preset:
+        # a sweep's parent (kind=sweep) is not a training run; a superseded run was trained again
+        if schema.KIND_TAG in tags or schema.SUPERSEDED_BY_TAG in tags or tags.get(schema.PRESET_TAG) != preset:
             continue
         key = tags.get(schema.CONFIG_HASH_TAG, run.info.run_id)
         if key not in chosen or rank(run) > rank(chosen[key]):

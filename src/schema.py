@@ -35,6 +35,12 @@ SAMPLES_SEEN = "samples_seen"  # samples that went into those steps
 WALL_TIME_S = "wall_time_s"  # seconds in training steps so far (validation and logging left out)
 EPOCH_METRICS = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, SAMPLES_SEEN,
                  WALL_TIME_S)
+# Also after every epoch, read from the clock and the device (so they differ between two runs of
+# the same config): the epoch's training throughput, its samples / its seconds in training steps;
+# and on a CUDA device only, the most memory torch's allocator held during the epoch
+# (torch.cuda.max_memory_allocated, reset at each epoch's start), MiB.
+SAMPLES_PER_S = "samples_per_s"
+GPU_PEAK_MEMORY_MIB = "gpu_peak_memory_mib"
 
 # Also after every epoch, when the gradient noise scale is measured (trainer.gns, or a schedule
 # that follows it): smoothed estimates, nan before the first measured step.
@@ -54,6 +60,10 @@ TRAIN_TIME_S = "train_time_s"  # the last wall_time_s
 TOTAL_WALL_TIME_S = "total_wall_time_s"
 FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S, TOTAL_WALL_TIME_S)
 
+# The artifact a FINISHED run keeps its final weights in (tracking.log_weights): the model's
+# state_dict, torch.save'd; `python -m src.evaluate` reads it back.
+WEIGHTS_ARTIFACT = "model/state_dict.pt"
+
 # Logged twice: right after the run opens (START) and with the final metrics (END). The machine's
 # 1-, 5- and 15-minute load averages (runnable processes, all users; os.getloadavg's order): the
 # context a wall time is read in. span -> metric name.
@@ -64,8 +74,11 @@ LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
 # Tags of a training run.
 SCHEDULE_TAG = "schedule"  # schedule.name
 SEED_TAG = "seed"  # trainer.seed
-PRESET_TAG = "preset"  # the experiment=... preset the command line chose, else "default" (src.reproduce reads it)
 SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
+# Every sweep that trained or reused the run, space-separated, oldest first: its own sweep_id, then
+# each re-run sweep that skipped or resumed it (which leaves sweep_id alone). src.figures reads a
+# sweep as the runs that list it here.
+SWEEPS_TAG = "sweeps"
 CONFIG_HASH_TAG = "config_hash"  # identifies the run for skipping and resuming (tracking.hash_config)
 ERROR_TAG = "error"  # why a FAILED run failed, one line
 SUPERSEDED_BY_TAG = "superseded_by"  # on a stale RUNNING run closed as KILLED: the run that replaced it
@@ -75,6 +88,18 @@ THREADS_TAG = "threads"  # torch intra-op threads of the run
 CPUS_TAG = "cpus"  # CPUs of the machine (os.cpu_count)
 TORCH_VERSION_TAG = "torch_version"
 COMMAND_TAG = "command"  # the command line that started the run (shlex-joined sys.argv)
-# The figures' summary run carries KIND_TAG = SUMMARY_KIND; training runs carry no kind.
+# What the run trained, by the option names of the command line (dataset=digits, model=mlp ...):
+# columns to filter and group the UI's runs table by.
+DATASET_TAG = "dataset"
+MODEL_TAG = "model"
+OPTIMIZER_TAG = "optimizer"
+PRESET_TAG = "preset"  # the experiment=... preset of the command line, else DEFAULT_PRESET (src.reproduce reads it)
+DEFAULT_PRESET = "default"
+
+# A multirun is one parent run (KIND_TAG = SWEEP_KIND, the SWEEP_TAG of its jobs) with its jobs as
+# child runs (MLflow's mlflow.parentRunId). Training runs carry no kind; stores written before
+# sweeps had parents also hold the figures' old summary runs (kind "summary"), never read.
 KIND_TAG = "kind"
-SUMMARY_KIND = "summary"
+SWEEP_KIND = "sweep"
+JOBS_TAG = "jobs"  # on a sweep's run: how many jobs it launched
+RESULT_TAG = "result"  # on a sweep's run: the sweep's last line ("0 of 3 jobs failed (3 finished)")

@@ -1,9 +1,11 @@
-"""Everything MLflow, behind three calls: prepare_store, tracked_run and TrackedRun.log.
+"""Everything MLflow, behind a few calls: prepare_store, tracked_run and TrackedRun.log for a
+training run; start_sweep and end_sweep for the parent run of a multirun.
 
-One MLflow run per job. Metrics go in one batched call per epoch (a SQLite write costs ~10 ms
-here, so per-metric calls would add up). A run is closed in `finally`: FINISHED when the body
-returns, FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C; never left
-RUNNING.
+One MLflow run per job; a multirun is one parent run (created by the study sweeper in the
+launching process) with its jobs as child runs (MLflow's mlflow.parentRunId tag, which the UI
+groups by). Metrics go in one batched call per epoch (a SQLite write costs ~10 ms here, so
+per-metric calls would add up). A run is closed in `finally`: FINISHED when the body returns,
+FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C; never left RUNNING.
 """
 
 from __future__ import annotations
@@ -12,17 +14,38 @@ import fcntl
 import hashlib
 import json
 import math
-import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from src.schema import CONFIG_HASH_TAG, ERROR_TAG, SUPERSEDED_BY_TAG, SWEEP_TAG, VAL_LOSS
+from src.schema import (
+    COMMAND_TAG, CONFIG_HASH_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG,
+    SWEEPS_TAG, VAL_LOSS,
+)
+
+if TYPE_CHECKING:
+    from src.data import Dataset
+
+# What an experiment is for, to MLflow 3: model training (runs, metrics, the runs table), not
+# GenAI development (traces, token usage).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# MLflow 3.17's UI takes GenAI or model training from its own toggle (top left; GenAI until a
+# browser has chosen), not from the tag, so the links we print ask for model training.
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+# Tags MLflow's context providers (mlflow.tracking.context) resolve: user, source file and type,
+# git commit, branch and repository. A sweep's jobs take their parent's (below).
+CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
@@ -55,8 +78,17 @@ def prepare_store(tracking: DictConfig) -> str:
         client = MlflowClient(tracking.uri)
         experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before experiments had a kind
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return experiment.experiment_id
-        return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+        return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking),
+                                        tags=experiment_tags(tracking))
+
+
+def experiment_tags(tracking: DictConfig) -> dict[str, str]:
+    """A new experiment's tags: the MLflow 3 UI opens it on its runs (model training), with
+    tracking.description as its description."""
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, MLFLOW_RUN_NOTE: tracking.description}
 
 
 def artifact_location(tracking: DictConfig) -> str | None:
@@ -102,23 +134,47 @@ def runs_with_config(cfg: DictConfig, config_hash: str, status: str | None = Non
     return MlflowClient(cfg.tracking.uri).search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
+def run_url(tracking: DictConfig, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, in its model-training view: on the tracking server
+    itself, or where `mlflow ui` serves a local store (tracking.ui_url)."""
+    server = tracking.uri if tracking.uri.startswith(("http://", "https://")) else tracking.ui_url
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING}"
+
+
+def ui_command(tracking: DictConfig) -> str | None:
+    """The command that serves a local store in the UI; None for a tracking server (its own UI)."""
+    if tracking.uri.startswith(("http://", "https://")):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    port = tracking.ui_url.rstrip("/").rsplit(":", 1)[-1]
+    return f"mlflow ui --backend-store-uri {tracking.uri}" + ("" if port == "5000" else f" --port {port}")
+
+
+def dataset_input(data: Dataset) -> DatasetInput:
+    """The data set as an MLflow dataset input (the runs table's Dataset column): its name, its
+    digest (Dataset.digest: the samples themselves), where it came from, and a profile with N
+    train / N validation, the classes and the input shape."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # file: and the empty scheme both resolve to MLflow's local source
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(data.source)
+    meta = MetaDataset(source, name=data.name, digest=data.digest()).to_dict()
+    profile = {"n_train": data.n_train, "n_val": data.n_val, "n_classes": data.n_classes,
+               "input_shape": list(data.input_shape)}
+    entity = DatasetEntity(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"],
+                           source=meta["source"], profile=json.dumps(profile))
+    return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
 
 
 class TrackedRun:
     """The handle the training loop logs through."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, sweep_jobs: int | None = None):
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.sweep_jobs = sweep_jobs  # how many jobs the run's sweep launched; None: not in a sweep
 
     def last_logged_epoch(self) -> int:
         """The highest step with a val_loss, -1 if none."""
@@ -130,11 +186,17 @@ class TrackedRun:
         batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_dataset(self, data: Dataset) -> None:
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(data)])
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
 
 class Untracked:
     """What the ranks other than 0 of a DDP run log through: nothing; rank 0 logs for all."""
 
-    run_id = None
+    run_id = experiment_id = sweep_jobs = None
 
     def last_logged_epoch(self) -> float:
         return math.inf  # never re-logs a checkpointed epoch
@@ -142,11 +204,22 @@ class Untracked:
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
         pass
 
+    def log_dataset(self, data: Dataset) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        pass
+
 
 def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> None:
-    """Move a run that a re-run sweep skips or resumes into that sweep, so the newest sweep holds
-    every run of its command (the figures read one sweep at a time)."""
-    MlflowClient(cfg.tracking.uri).set_tag(run_id, SWEEP_TAG, sweep_id)
+    """Add a re-run sweep that skips or resumes a run to the run's SWEEPS_TAG, so the newest sweep
+    holds every run of its command (the figures read one sweep at a time) while its sweep_id
+    keeps the sweep that trained it."""
+    client = MlflowClient(cfg.tracking.uri)
+    tags = client.get_run(run_id).data.tags
+    sweeps = tags.get(SWEEPS_TAG, tags.get(SWEEP_TAG, "")).split()
+    if sweep_id not in sweeps:
+        client.set_tag(run_id, SWEEPS_TAG, " ".join([*sweeps, sweep_id]))
 
 
 def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, keep: str) -> None:
@@ -158,26 +231,59 @@ def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, k
             client.set_terminated(stale.info.run_id, "KILLED")
 
 
+def _launch_tags(client: MlflowClient, tracking: DictConfig) -> tuple[dict[str, str], int | None]:
+    """(the tags that say where a run was launched from, the number of jobs of its sweep).
+    A sweep's job takes its parent run's context tags and command: the launching process
+    resolved them, where sys.argv names src.run (a submitit worker's names submitit). Any other
+    run resolves them itself with MLflow's context providers."""
+    if tracking.parent_run_id:
+        parent = client.get_run(tracking.parent_run_id).data.tags
+        launch = {k: v for k, v in parent.items() if k.startswith(CONTEXT_PREFIXES) or k == COMMAND_TAG}
+        launch[MLFLOW_PARENT_RUN_ID] = tracking.parent_run_id
+        jobs = int(parent[JOBS_TAG])
+    else:
+        launch, jobs = resolve_tags(), None
+    if tracking.note:
+        launch[MLFLOW_RUN_NOTE] = tracking.note
+    return launch, jobs
+
+
+def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
+    """MLflow's system-metrics monitor for the run, started; None when tracking.system_metrics is
+    off. (psutil, which it needs, is checked with the config: src.config.)"""
+    if not tracking.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=tracking.system_metrics_every_s,
+                                   resume_logging=resumed, tracking_uri=tracking.uri)
+    monitor.start()
+    return monitor
+
+
 @contextmanager
 def tracked_run(
     cfg: DictConfig, tags: Mapping[str, str], run_name: str, resume_run_id: str | None = None
 ) -> Iterator[TrackedRun]:
-    """Start an MLflow run for one job (or reopen `resume_run_id`), log the resolved config (as
-    params and as config.yaml) and its hash, and close the run whatever happens in the block."""
+    """Start an MLflow run for one job (or reopen `resume_run_id`): its tags, MLflow's context
+    tags, tracking.tags and tracking.note, the parent of a sweep's job; log the resolved config
+    (as params and as config.yaml) and its hash, and close the run whatever happens in the block."""
     experiment_id = prepare_store(cfg.tracking)
     client = MlflowClient(cfg.tracking.uri)
     config_hash = hash_config(cfg)
+    launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
     if resume_run_id:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        all_tags = {**tags, "mlflow.runName": run_name, CONFIG_HASH_TAG: config_hash}
-        commit = _git_commit()
-        if commit:
-            all_tags["mlflow.source.git.commit"] = commit
+        # the user's tags first: they may add tags, not change the study's
+        all_tags = {**cfg.tracking.tags, **tags, **launch_tags, MLFLOW_RUN_NAME: run_name,
+                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG]}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
+    monitor = None
     try:  # from here on, whatever fails, the run is closed in `finally`
+        monitor = _system_metrics(cfg.tracking, run_id, resumed=bool(resume_run_id))
         if resume_run_id:
             join_sweep(cfg, run_id, tags[SWEEP_TAG])
             if ERROR_TAG in client.get_run(run_id).data.tags:  # from the attempt that failed
@@ -189,7 +295,7 @@ def tracked_run(
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
         _close_stale_runs(client, cfg, config_hash, keep=run_id)
-        yield TrackedRun(client, run_id)
+        yield TrackedRun(client, run_id, experiment_id, sweep_jobs)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -198,4 +304,27 @@ def tracked_run(
         client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])])
         raise
     finally:
+        if monitor is not None:
+            monitor.finish()
         client.set_terminated(run_id, status)
+
+
+def start_sweep(tracking: DictConfig, sweep_id: str, name: str, jobs: int, command: str) -> str:
+    """Create the parent run of a multirun, in the launching process, before its jobs start;
+    returns its id, which each job gets as tracking.parent_run_id. It carries the sweep's
+    sweep_id, MLflow's context tags (resolved here, where sys.argv is the command), the command,
+    tracking.tags and tracking.note, and the number of jobs."""
+    experiment_id = prepare_store(tracking)
+    tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
+            MLFLOW_RUN_NAME: name}
+    if tracking.note:
+        tags[MLFLOW_RUN_NOTE] = tracking.note
+    return MlflowClient(tracking.uri).create_run(experiment_id, tags=resolve_tags(tags)).info.run_id
+
+
+def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> None:
+    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
+    last line as its RESULT_TAG."""
+    client = MlflowClient(tracking.uri)
+    client.set_tag(run_id, RESULT_TAG, result)
+    client.set_terminated(run_id, status)

@@ -26,6 +26,7 @@ import os
 import random
 import shlex
 import sys
+import tempfile
 import time
 import uuid
 from contextlib import nullcontext
@@ -46,6 +47,8 @@ from src.data import BatchStream, Dataset
 from src.distributed import World, all_sum, join, leave, share
 from src.errors import ConfigError, Diverged
 from src.gns import NoiseScaleEstimator
+from src.progress import Console, EpochProgress
+from src.progress import label as job_label
 from src.schedules import Plan, Schedule, noise_scale
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,6 @@ def load_average(names: dict[str, str]) -> dict[str, float]:
     `names` (schema.LOAD_AVERAGE_START or _END): the context a wall time is read in (report.md's
     environment block)."""
     return dict(zip((names[span] for span in schema.LOAD_SPANS), os.getloadavg()))
-
-
-def preset_name() -> str:
-    """The preset (`experiment=...`) the command line chose, else "default"."""
-    chosen = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
-    return chosen or "default"
 
 
 def seed_everything(seed: int) -> None:
@@ -124,11 +121,12 @@ class StepSettings:
 
 
 def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, *, batch_size: int, batches: BatchStream,
-                generator: torch.Generator, settings: StepSettings, noise: NoiseScaleEstimator | None = None):
+                generator: torch.Generator, settings: StepSettings, noise: NoiseScaleEstimator | None = None,
+                progress: EpochProgress | None = None):
     """The updates drawn while the permutation `order` is consumed, in batches of batch_size cut
     by `batches` (under carry they include the samples carried in from the epoch before, and the
     samples carried out are left to the next). Returns (mean train loss over the samples of
-    these updates, updates, samples).
+    these updates, updates, samples). `progress` hears of every step (src/progress.py).
 
     A batch larger than micro_batch_size is cut into micro-batches whose gradients add up to
     the whole batch's (each loss weighted by its share of the batch) before ONE optimizer step:
@@ -148,7 +146,10 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, *, batch_s
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
     updates = samples = 0
     norms = []  # per measured step: (mean |part gradient|^2, their harmonic mean size, |batch gradient|^2, B)
-    for index in batches.epoch(order, batch_size):
+    epoch_batches = batches.epoch(order, batch_size)
+    if progress is not None:
+        progress.start(len(epoch_batches))
+    for index in epoch_batches:
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
             x = data.augment(x, generator)
@@ -181,6 +182,10 @@ def train_epoch(model, optimizer, data: Dataset, order: torch.Tensor, *, batch_s
         optimizer.step()
         updates += 1
         samples += len(index)
+        if progress is not None:
+            progress.step(updates, samples)
+    if progress is not None:
+        progress.done()
     if norms:
         part_sq, part_size, batch_sq, size = zip(*norms)
         for values in zip(torch.stack(part_sq).tolist(), part_size, torch.stack(batch_sq).tolist(), size):
@@ -351,6 +356,39 @@ def _checkpoint_to_resume(path: Path, store: str, label: str) -> dict | None:
     return saved_state
 
 
+# --- what a run is recorded with -----------------------------------------------------------------
+
+def run_name(cfg: DictConfig) -> str:
+    """tracking.run_name (the study sweeper sets it for each job: the schedule, what varies in
+    the sweep, the seed), else "<schedule> seed=<seed>"."""
+    return cfg.tracking.run_name or f"{cfg.schedule.name} seed={cfg.trainer.seed}"
+
+
+def option_tags(cfg: DictConfig, data: Dataset) -> dict[str, str]:
+    """The options a run was composed from, by their command-line names (dataset=digits,
+    model=mlp, optimizer=nesterov, experiment=<preset>): Hydra's runtime choices. Outside a Hydra
+    job (a notebook's compose), the names of what the groups build."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {
+        schema.DATASET_TAG: choices.get("dataset") or data.name,
+        schema.MODEL_TAG: choices.get("model") or cfg.model._target_.rsplit(".", 1)[-1],
+        schema.OPTIMIZER_TAG: choices.get("optimizer") or cfg.optimizer._target_.rsplit(".", 1)[-1],
+        schema.PRESET_TAG: choices.get("experiment") or schema.DEFAULT_PRESET,
+    }
+
+
+WEIGHTS_FILE = Path(schema.WEIGHTS_ARTIFACT)  # the final state_dict, an artifact of a FINISHED run
+
+
+def log_weights(run, model: torch.nn.Module) -> None:
+    """The model's final state_dict (torch.save) as the run's WEIGHTS_ARTIFACT, which
+    `python -m src.evaluate` reads back."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / WEIGHTS_FILE.name
+        torch.save(model.state_dict(), path)
+        run.log_artifact(path, WEIGHTS_FILE.parent.as_posix())
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 def train(cfg: DictConfig) -> dict:
@@ -367,7 +405,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
     started = time.perf_counter()
     validate(cfg)  # before anything is built or logged
     trainer = cfg.trainer
-    label = f"{cfg.schedule.name} seed={trainer.seed}"
+    label = run_name(cfg)
     config_hash = tracking.hash_config(cfg)
     sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     if trainer.resume:
@@ -393,7 +431,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
 
     device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     tags = {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(trainer.seed), schema.SWEEP_TAG: sweep_id,
-            schema.PRESET_TAG: preset_name(),
+            **option_tags(cfg, data),
             # where and how it ran, for the report's environment block (not part of the config)
             schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),
             schema.CPUS_TAG: str(os.cpu_count()), schema.TORCH_VERSION_TAG: torch.__version__,
@@ -404,22 +442,32 @@ def _train(cfg: DictConfig, world: World) -> dict:
     )
     with tracked as run:
         run.log(load_average(schema.LOAD_AVERAGE_START))
+        job_number, parallel = devices.this_job()
+        console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs, cfg.tracking.progress, parallel)
+        if world.is_main:
+            console.opened(run.run_id, tracking.run_url(cfg.tracking, run.experiment_id, run.run_id),
+                           tracking.ui_command(cfg.tracking), progress.epochs_done if saved_state else None)
         if saved_state:
-            log.info("[%s] resuming MLflow run %s from epoch %d of %d",
-                     label, run.run_id, progress.epochs_done + 1, trainer.epochs)
             if run.last_logged_epoch() < saved_state["epoch"]:  # killed between checkpoint and log
                 run.log(progress.last_epoch_metrics(), step=saved_state["epoch"])
+        else:
+            run.log_dataset(data)
         for epoch in range(progress.epochs_done, trainer.epochs):
+            epoch_began = time.perf_counter()
             plan = schedule(epoch, progress.history)
             apply_plan(optimizer, plan, lr_scale)
             order = torch.randperm(data.n_train, generator=parts.batch_order).to(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
 
             epoch_start = time.perf_counter()
             train_loss, updates, samples = train_epoch(
                 model, optimizer, data, order, batch_size=plan.batch_size, batches=parts.batches,
                 generator=parts.batch_order, settings=parts.steps, noise=parts.noise,
+                progress=console.epoch(epoch) if world.is_main else None,
             )
-            progress.train_time += time.perf_counter() - epoch_start  # .item() above waited for the device
+            epoch_train_s = time.perf_counter() - epoch_start  # .item() above waited for the device
+            progress.train_time += epoch_train_s
             progress.param_updates += updates
             progress.samples_seen += samples
 
@@ -438,7 +486,10 @@ def _train(cfg: DictConfig, world: World) -> dict:
                 schema.PARAM_UPDATES: progress.param_updates,
                 schema.SAMPLES_SEEN: progress.samples_seen,
                 schema.WALL_TIME_S: progress.train_time,
+                schema.SAMPLES_PER_S: samples / epoch_train_s,
             }
+            if device.type == "cuda":
+                metrics[schema.GPU_PEAK_MEMORY_MIB] = torch.cuda.max_memory_allocated(device) / 2**20
             if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
                 metrics.update(parts.noise.metrics())
             metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
@@ -450,12 +501,14 @@ def _train(cfg: DictConfig, world: World) -> dict:
                 elapsed = progress.earlier_attempts_s + time.perf_counter() - started
                 checkpoint.save(checkpoint_path, checkpoint_state(parts, progress, run.run_id, store, elapsed))
             run.log(metrics, step=epoch)
-            log.info(
-                "[%s] epoch %d/%d  lr %.3g  B %d  train_loss %.4f  val_loss %.4f  val_acc %.4f"
-                "  updates %d  %.1fs",
-                label, epoch + 1, trainer.epochs, metrics[schema.LR], plan.batch_size,
-                train_loss, val_loss, val_acc, progress.param_updates, progress.train_time,
-            )
+            if world.is_main:
+                console.epoch_done(
+                    epoch,
+                    f"lr {metrics[schema.LR]:.3g}  B {plan.batch_size}  train_loss {train_loss:.4f}  "
+                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  updates {progress.param_updates}  "
+                    f"{progress.train_time:.1f}s",
+                    metrics[schema.SAMPLES_PER_S], time.perf_counter() - epoch_began,
+                )
 
         final = {
             schema.FINAL_VAL_LOSS: progress.history[schema.VAL_LOSS][-1],
@@ -465,7 +518,9 @@ def _train(cfg: DictConfig, world: World) -> dict:
             schema.TOTAL_WALL_TIME_S: progress.earlier_attempts_s + time.perf_counter() - started,
         }
         run.log({**final, **load_average(schema.LOAD_AVERAGE_END)})
+        if cfg.tracking.log_weights:
+            log_weights(run, parts.model)
     if world.is_main:
         checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
-    log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    log.info("[%s] done: %s", console.label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
     return {"outcome": "resumed" if saved_state else "finished", **final}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.configs import compose_config
 from helpers.data_files import write_cifar10_files, write_covtype_cache
+from helpers.store import client_for
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,15 @@ def shared_store(tmp_path_factory) -> Path:
     """One MLflow store for tests that only read their own runs back (a fresh SQLite store
     costs ~2 s of table creation)."""
     return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="session")
+def blank_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables and no experiment: creating the tables takes
+    seconds (MLflow's migrations), copying the file milliseconds."""
+    db = tmp_path_factory.mktemp("blank_store") / "mlflow.db"
+    client_for(db.parent).search_experiments()  # creates the tables
+    return db
 
 
 @pytest.fixture

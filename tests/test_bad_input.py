@@ -36,6 +36,8 @@ BAD_INPUTS = [
     ("trainer.epochs=null", "trainer.epochs"),
     ("~trainer.epochs", "trainer.epochs"),
     ("+paths.cache=x", "paths.cache"),
+    ("tracking.log_weights=maybe", "tracking.log_weights"),
+    ("tracking.progress.refresh_s=0", "tracking.progress.refresh_s"),
     # the signature of a built group: every problem at once
     ("~model.hidden", "model.hidden"),
 ]

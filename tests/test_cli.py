@@ -2,7 +2,7 @@
 
 from helpers.cli import run_cli
 from helpers.configs import TINY
-from helpers.store import client_for, history, runs_in
+from helpers.store import client_for, history, runs_in, sweep_runs_in
 
 from src import schema
 
@@ -24,11 +24,17 @@ def test_three_schedule_multirun(tmp_path, data_dir):
 
     again = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert again.returncode == 0
-    assert again.stderr.strip().splitlines()[-1].endswith("0 of 3 jobs failed (3 skipped - already FINISHED, nothing trained)")
+    summary = "0 of 3 jobs failed (3 skipped - already FINISHED, nothing trained)"
+    assert again.stderr.strip().splitlines()[-1].endswith(summary)
     rerun = runs_in(tmp_path)
     assert len(rerun) == 3  # nothing new ...
-    assert len({r.data.tags[schema.SWEEP_TAG] for r in rerun}) == 1  # ... and the re-run sweep holds all three
-    assert rerun[0].data.tags[schema.SWEEP_TAG] != runs[0].data.tags[schema.SWEEP_TAG]
+    [first, second] = sorted(sweep_runs_in(tmp_path), key=lambda r: r.info.start_time)
+    first_id, second_id = (r.data.tags[schema.SWEEP_TAG] for r in (first, second))
+    assert second.data.tags[schema.RESULT_TAG] == summary and second.info.status == "FINISHED"
+    for run in rerun:  # ... the sweep that trained them is kept, and the re-run sweep holds them too
+        assert run.data.tags[schema.SWEEP_TAG] == first_id
+        assert run.data.tags[schema.SWEEPS_TAG] == f"{first_id} {second_id}"
+        assert run.data.tags["mlflow.parentRunId"] == first.info.run_id
 
 
 def test_print_config_without_training(tmp_path, data_dir):

@@ -7,6 +7,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from scipy import stats
 from src import schema
 from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group_runs, load_sweep,
                          minus_one_spread, pick_baseline, plot_totals, report_rows, series, styles_for,
-                         sweep_axes, write_all)
+                         sweep_axes, sweeps_of, write_all)
 from src.tracking import tracked_run
 
 # The tiny config with a model that learns digits in 3 epochs (~85%, not the 8% of the default
@@ -52,8 +53,12 @@ def read_csv(path) -> dict[str, dict[str, str]]:
 
 
 def runs_of(client, sweep_id: str, kind: str | None = None):
-    """The runs of one sweep: training runs (kind None) or summary runs (kind schema.SUMMARY_KIND)."""
+    """The runs of one sweep: training runs (kind None: those that list it in their sweeps tag,
+    re-run sweeps' skipped runs included) or its parent run (kind schema.SWEEP_KIND)."""
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    if kind is None:
+        return [run for run in client.search_runs([experiment]) if schema.KIND_TAG not in run.data.tags
+                and sweep_id in sweeps_of(run.data.tags)]
     return [run for run in client.search_runs([experiment], f"tags.{schema.SWEEP_TAG} = '{sweep_id}'")
             if run.data.tags.get(schema.KIND_TAG) == kind]
 
@@ -216,14 +221,15 @@ def test_totals_bars_use_the_training_time(sweep):
     assert "training time per run (s)" in (folder / "totals_bars.svg").read_text()
 
 
-def test_files_are_artifacts_of_a_summary_run_never_read_back(sweep):
+def test_files_are_artifacts_of_the_sweeps_parent_run_and_no_run_is_added(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
-    summaries = runs_of(client, sweep_id, kind=schema.SUMMARY_KIND)
-    assert len(summaries) == 2 and {s.info.status for s in summaries} == {"FINISHED"}  # the full and the seed-0 reading
-    logged = [{a.path for a in client.list_artifacts(s.info.run_id)} for s in summaries]
-    assert {p.name for p in folder.iterdir()} in logged
-    assert len(runs_of(client, sweep_id)) == 9  # the summary runs are not training runs
+    [parent] = runs_of(client, sweep_id, kind=schema.SWEEP_KIND)
+    logged = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert logged == {p.name for p in folder.iterdir()}
+    # two readings of the sweep (all seeds, then seed 0) added no run: 9 training runs, 1 parent
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert len(client.search_runs([experiment])) == 10 and len(runs_of(client, sweep_id)) == 9
 
 
 def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):

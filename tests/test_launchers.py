@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import only_sweep_folder, run_cli
 from helpers.configs import ROOT, TINY, multirun_job_config
-from helpers.store import client_for, history, runs_in
+from helpers.store import client_for, history, runs_in, sweep_runs_in
 from omegaconf import OmegaConf
 
 from src import schema
@@ -63,15 +63,6 @@ def test_slurm_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- real parallel sweeps
 
 
-@pytest.fixture(scope="session")
-def blank_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables and no experiment: creating the tables takes
-    seconds (MLflow's migrations), copying the file milliseconds."""
-    db = tmp_path_factory.mktemp("blank_store") / "mlflow.db"
-    client_for(db.parent).search_experiments()  # creates the tables
-    return db
-
-
 def finished_sweep(launcher: list[str], seeds: list[int], output_dir: Path, data_dir: Path, blank_store: Path):
     """Run a tiny sweep over `seeds` with `launcher`'s overrides into a copy of blank_store;
     check that every job ran and ended FINISHED in the one store, all with the sweep folder's
@@ -89,6 +80,13 @@ def finished_sweep(launcher: list[str], seeds: list[int], output_dir: Path, data
     assert [r.info.status for r in runs] == ["FINISHED"] * n
     sweep = only_sweep_folder(output_dir)
     assert {r.data.tags[schema.SWEEP_TAG] for r in runs} == {sweep.name}  # the same in every worker
+    # one parent run, made in the launching process, with every worker's run as its child, and
+    # the context tags it resolved there (a submitit worker's own sys.argv names submitit)
+    [parent] = sweep_runs_in(output_dir)
+    assert parent.info.status == "FINISHED" and parent.data.tags[schema.SWEEP_TAG] == sweep.name
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert {r.data.tags["mlflow.source.name"] for r in runs} == {str(ROOT / "src" / "run.py")}
+    assert sorted(r.info.run_name for r in runs) == [f"decay_lr seed={seed}" for seed in seeds]
     return result, runs, sweep
 
 

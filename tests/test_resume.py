@@ -48,6 +48,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
 
     [after] = runs_in(killed)  # the same MLflow run, now FINISHED
     assert after.info.run_id == interrupted.info.run_id and after.info.status == "FINISHED"
+    # it keeps the sweep (here: the run folder) it started in, and lists the one that resumed it
+    started_in = interrupted.data.tags[schema.SWEEP_TAG]
+    assert after.data.tags[schema.SWEEP_TAG] == started_in
+    [first, resumed_in] = after.data.tags[schema.SWEEPS_TAG].split()
+    assert first == started_in != resumed_in
     [reference] = runs_in(clean)
     a, b = client_for(killed), client_for(clean)
     for name in schema.EPOCH_METRICS:

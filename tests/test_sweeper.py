@@ -1,10 +1,12 @@
 """The study sweeper (hydra_plugins/study_sweeper): every job validated before any starts, a
 failing job isolated from the others, and the summary line."""
 
+import pytest
 from helpers.cli import run_cli
-from helpers.configs import TINY
+from helpers.configs import TINY, compose_config
 from helpers.store import runs_in
 
+from hydra_plugins.study_sweeper.study_sweeper import _quoted, _tracking_overrides, _varying_keys
 from src import schema
 
 
@@ -33,3 +35,30 @@ def test_a_job_whose_composition_fails_stops_the_sweep_too(tmp_path, data_dir):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: job 1 (trainer.epochs=abc") and "trainer.epochs" in last_line, last_line
     assert runs_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["decay_lr model.hidden=[64,32] seed=0", "it's", "a ${oc.env:HOME} b",
+                                  "back\\slash", "ends in \\", "q\\'", "two\\\\ x"])
+def test_a_run_name_reaches_the_job_as_given(name):
+    """The sweeper hands each job its name as an override: quotes, backslashes and ${...} come
+    through Hydra's parser and OmegaConf's interpolation unchanged."""
+    assert compose_config(f"tracking.run_name={_quoted(name)}").tracking.run_name == name
+
+
+def test_each_job_is_named_by_what_varies_and_joins_the_parent_in_its_store():
+    jobs = [["trainer.epochs=3", f"optimizer={o}", f"schedule={s}", f"trainer.seed={seed}"]
+            for o in ("momentum", "adam") for s in ("decay_lr", "hybrid") for seed in (0, 1)]
+    jobs[-1].append("+tracking.tags.extra=1")  # a key only one job has varies too
+    varying = _varying_keys(jobs)
+    assert varying == {"optimizer", "schedule", "trainer.seed", "tracking.tags.extra"}
+    parent_store = compose_config().tracking
+    named = []
+    for job in jobs:
+        extra = _tracking_overrides(job, compose_config(*job), varying, "abc123", parent_store)
+        assert extra[0] == "tracking.parent_run_id=abc123"
+        named.append(compose_config(*job, extra[1]).tracking.run_name)
+    assert named[0] == "decay_lr optimizer=momentum seed=0"
+    assert named[-1] == "hybrid optimizer=adam tracking.tags.extra=1 seed=1"
+    assert len(set(named)) == len(jobs)
+    elsewhere = compose_config("tracking.experiment=other")  # a job logging to another experiment
+    assert _tracking_overrides(jobs[0], elsewhere, varying, "abc123", parent_store)[0].startswith("tracking.run_name=")

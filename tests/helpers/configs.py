@@ -20,10 +20,9 @@ def group_options(group: str) -> list[str]:
 
 def compose_config(*overrides: str, return_hydra_config: bool = False):
     """The real composed config, as `python -m src.run <overrides>` would compose it."""
-    from hydra import compose, initialize_config_dir
+    from src.config import compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    return compose(*overrides, return_hydra_config=return_hydra_config)
 
 
 def multirun_job_config(*overrides: str):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from src.schema import SWEEP_TAG, default_experiment
+from src.schema import KIND_TAG, SWEEP_KIND, SWEEP_TAG, default_experiment
 
 
 def client_for(output_dir: Path) -> MlflowClient:
@@ -14,14 +14,25 @@ def client_for(output_dir: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{output_dir}/mlflow.db")
 
 
-def runs_in(output_dir: Path, query: str = "") -> list:
-    """The runs of the default experiment in that store matching an MLflow filter `query`;
-    [] where no store or no experiment was created (looking creates nothing)."""
+def all_runs_in(output_dir: Path, query: str = "", experiment: str | None = None) -> list:
+    """Every run (training runs and sweeps' parent runs) of `experiment` (default: the default
+    experiment) in that store matching an MLflow filter `query`; [] where no store or no
+    experiment was created (looking creates nothing)."""
     if not (Path(output_dir) / "mlflow.db").exists():
         return []
     client = client_for(output_dir)
-    experiment = client.get_experiment_by_name(default_experiment())
-    return client.search_runs([experiment.experiment_id], query) if experiment else []
+    found = client.get_experiment_by_name(experiment or default_experiment())
+    return client.search_runs([found.experiment_id], query) if found else []
+
+
+def runs_in(output_dir: Path, query: str = "", experiment: str | None = None) -> list:
+    """The training runs (not the sweeps' parent runs) among all_runs_in."""
+    return [run for run in all_runs_in(output_dir, query, experiment) if KIND_TAG not in run.data.tags]
+
+
+def sweep_runs_in(output_dir: Path, experiment: str | None = None) -> list:
+    """The sweeps' parent runs among all_runs_in."""
+    return all_runs_in(output_dir, f"tags.{KIND_TAG} = '{SWEEP_KIND}'", experiment)
 
 
 def only_run(output_dir: Path, sweep_id: str):

@@ -1,0 +1,206 @@
+"""What a real sweep leaves in MLflow, read back from a real store: the experiment's kind and
+description, one parent run with the jobs as child runs, MLflow's context tags, the dataset
+input, run names that tell the jobs apart, the option tags, samples/s per epoch, the weights
+(and src.evaluate on them); then src.figures logging to the parent and adding no run. Plus the
+console: the start line, job k of n, plain progress lines when piped, in place on a terminal."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers.cli import run_cli
+from helpers.configs import ROOT, TINY
+from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
+
+from src import figures, schema
+from src.config import validate
+from src.data import load_digits
+from src.evaluate import evaluate_run
+from src.evaluate import main as evaluate_main
+from src.errors import ConfigError
+from src.progress import CLEAR_LINE
+from src.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+from src.train import train
+
+SMOKE = "smoke"  # the experiment the smoke preset logs to
+# The smoke preset over two optimizers: two jobs that differ in one override; within-epoch
+# progress from the first step, a plain line every 1 ms (the console is a pipe here).
+SWEEP = ["-m", "experiment=smoke", "optimizer=momentum,nesterov", "schedule=decay_lr", "trainer.threads=1",
+         "+tracking.tags.idea=smoke-test", "tracking.note=why this sweep ran",
+         "tracking.progress.after_s=0", "tracking.progress.log_every_s=0.001"]
+NAMES = {"decay_lr optimizer=momentum seed=0", "decay_lr optimizer=nesterov seed=0"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_dir, blank_store):
+    """(store folder, the CompletedProcess, the parent run, the two training runs)."""
+    store = tmp_path_factory.mktemp("record")
+    shutil.copy(blank_store, store / "mlflow.db")
+    result = run_cli(*SWEEP, output_dir=store, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [parent] = sweep_runs_in(store, SMOKE)
+    return store, result, parent, runs_in(store, experiment=SMOKE)
+
+
+def test_the_experiment_opens_as_model_training_with_a_description(sweep):
+    store, *_ = sweep
+    experiment = client_for(store).get_experiment_by_name(SMOKE)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING == "custom_model_development"
+    assert "increase the batch size" in experiment.tags["mlflow.note.content"]
+
+
+def test_one_parent_run_with_the_jobs_as_child_runs(sweep):
+    store, result, parent, runs = sweep
+    assert parent.info.status == "FINISHED" and parent.data.tags[schema.JOBS_TAG] == "2"
+    assert parent.data.tags[schema.RESULT_TAG] == "0 of 2 jobs failed (2 finished)"
+    assert parent.info.run_name == "optimizer=momentum,nesterov (2 jobs)"
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[schema.SWEEP_TAG] == run.data.tags[schema.SWEEPS_TAG] == parent.data.tags[schema.SWEEP_TAG]
+    assert result.stdout.count(f"tracking.parent_run_id={parent.info.run_id}") == 2  # Hydra's launch lines
+
+
+def test_mlflow_context_tags_resolved_in_the_launching_process(sweep):
+    _, _, parent, runs = sweep
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    for run in [parent, *runs]:
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == str(ROOT / "src" / "run.py")
+        assert tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.user"] == getpass.getuser()
+        assert tags["mlflow.source.git.commit"] == commit
+        assert tags[schema.COMMAND_TAG].split()[1:3] == ["-m", "experiment=smoke"]
+        assert tags["idea"] == "smoke-test" and tags["mlflow.note.content"] == "why this sweep ran"
+
+
+def test_the_dataset_is_a_dataset_input(sweep):
+    _, _, _, runs = sweep
+    digits = load_digits(n_val=360, split_seed=0)
+    for run in runs:
+        [logged] = run.inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("digits", digits.digest())
+        assert json.loads(logged.dataset.source)["uri"].endswith("sklearn/datasets/data/digits.csv.gz")
+        assert json.loads(logged.dataset.profile) == {"n_train": 1437, "n_val": 360, "n_classes": 10,
+                                                      "input_shape": [64]}
+        assert {(t.key, t.value) for t in logged.tags} == {("mlflow.data.context", "training")}
+
+
+def test_run_names_tell_the_jobs_apart_and_tags_name_the_options(sweep):
+    _, _, _, runs = sweep
+    assert {run.info.run_name for run in runs} == NAMES
+    for run in runs:
+        tags = run.data.tags
+        assert (tags[schema.DATASET_TAG], tags[schema.MODEL_TAG], tags[schema.PRESET_TAG]) == ("digits", "mlp", "smoke")
+        assert run.info.run_name == f"decay_lr optimizer={tags[schema.OPTIMIZER_TAG]} seed=0"
+
+
+def test_samples_per_second_every_epoch(sweep):
+    store, _, _, runs = sweep
+    client = client_for(store)
+    for run in runs:
+        rate = history(client, run.info.run_id, schema.SAMPLES_PER_S)
+        seen = [0] + [v for _, v in history(client, run.info.run_id, schema.SAMPLES_SEEN)]
+        seconds = [0] + [v for _, v in history(client, run.info.run_id, schema.WALL_TIME_S)]
+        assert [step for step, _ in rate] == [0, 1]
+        for epoch, (_, value) in enumerate(rate):  # the epoch's samples over its seconds in training steps
+            expected = (seen[epoch + 1] - seen[epoch]) / (seconds[epoch + 1] - seconds[epoch])
+            assert value == pytest.approx(expected, rel=1e-6) and value > 0
+        # the peak memory of each epoch on a GPU, nothing on a CPU
+        peaks = history(client, run.info.run_id, schema.GPU_PEAK_MEMORY_MIB)
+        on_gpu = run.data.tags[schema.DEVICE_TAG].startswith("cuda")
+        assert [step for step, _ in peaks] == ([0, 1] if on_gpu else [])
+        assert all(0 < mib < 2**20 for _, mib in peaks)
+
+
+def test_the_final_weights_are_kept_and_evaluate_again_to_the_logged_accuracy(sweep, data_dir, capsys):
+    store, _, _, runs = sweep
+    client = client_for(store)
+    overrides = [f"paths.output_dir={store}", f"paths.data_dir={data_dir}", "tracking.experiment=smoke"]
+    for run in runs:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == [schema.WEIGHTS_ARTIFACT]
+        result = evaluate_run(run.info.run_id, overrides)
+        assert result["val_acc"] == run.data.metrics[schema.FINAL_VAL_ACC]  # same weights, same data, same numbers
+        assert result["val_loss"] == pytest.approx(run.data.metrics[schema.FINAL_VAL_LOSS], rel=1e-6)
+        assert result["digest"] == result["logged_digest"]
+    assert evaluate_main([f"run_id={runs[0].info.run_id}", *overrides]) == 0
+    assert "with the data it trained on" in capsys.readouterr().out
+    assert evaluate_main(["run_id=0123abcd", *overrides]) == 2
+    assert capsys.readouterr().err.startswith("error: run_id=0123abcd: no such run in sqlite:///")
+
+
+def test_figures_log_to_the_parent_run_and_add_no_run(sweep, capsys):
+    store, _, parent, _ = sweep
+    client = client_for(store)
+    before = {run.info.run_id for run in all_runs_in(store, experiment=SMOKE)}
+    assert figures.main(["experiment=smoke", f"paths.output_dir={store}"]) == 0  # defaults from conf/, as the runs
+    assert {run.info.run_id for run in all_runs_in(store, experiment=SMOKE)} == before
+    folder = store / "figures" / parent.data.tags[schema.SWEEP_TAG]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {f"figures/{p.name}" for p in folder.iterdir()} == logged and "figures/report.md" in logged
+    assert f"logged to MLflow run {parent.info.run_id}" in capsys.readouterr().out
+
+
+def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_plain_lines(sweep):
+    _, result, _, runs = sweep
+    out = result.stdout
+    for number, run in enumerate(sorted(runs, key=lambda r: r.info.start_time)):
+        label = f"[job {number + 1} of 2 {run.info.run_name}]"
+        page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        assert f"{label} MLflow run {run.info.run_id}: {page}?workflowType=machine_learning" in out
+        assert f"{label} epoch 2/2  lr " in out and " samples/s  ETA 0s" in out
+        assert f"{label} epoch 1/2: step 1/22 (5%)" in out  # within the epoch, as log lines
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "\r" not in out  # a pipe: nothing drawn in place
+
+
+def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store):
+    """A real single run with its stdout on a pseudo-terminal, as a shell would give it."""
+    shutil.copy(blank_store, tmp_path / "mlflow.db")
+    command = [sys.executable, "-m", "src.run", "experiment=smoke", "trainer.threads=1", "tracking.log_weights=false",
+               "tracking.progress.after_s=0", "tracking.progress.refresh_s=0.001",
+               f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the run has exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=120) == 0
+    out = b"".join(chunks).decode()
+    drawn = [part for part in out.split(CLEAR_LINE) if part.startswith("[decay_lr seed=0] epoch 1/2: step ")]
+    assert drawn, out[-2000:]  # redrawn in place ...
+    assert "INFO] - [decay_lr seed=0] epoch 1/2: step" not in out  # ... not logged
+    assert CLEAR_LINE + "[" in out and "[decay_lr seed=0] epoch 2/2  lr " in out
+
+
+def test_system_metrics_are_off_by_default_and_need_psutil(make_cfg, monkeypatch):
+    validate(make_cfg(*TINY))  # off: nothing more is needed
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as if not installed (importlib finds no spec)
+    with pytest.raises(ConfigError) as error:
+        validate(make_cfg(*TINY, "tracking.system_metrics=true"))
+    assert str(error.value) == "tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'"
+
+
+def test_system_metrics_are_logged_when_switched_on(make_cfg, tmp_path, blank_store):
+    pytest.importorskip("psutil")  # the system-metrics extra
+    shutil.copy(blank_store, tmp_path / "mlflow.db")
+    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics=true",
+                   "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
+    [run] = runs_in(tmp_path, experiment=SMOKE)
+    sampled = history(client_for(tmp_path), run.info.run_id, "system/cpu_utilization_percentage")
+    assert sampled and [step for step, _ in sampled] == list(range(len(sampled)))  # one step per sample
