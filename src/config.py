@@ -17,6 +17,7 @@ by hydra_plugins/study_configs, which Hydra imports when it starts.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -93,6 +94,7 @@ LOOP_KEYS = {"optimizer": {"lr_scale"}}
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
 MLP_INIT = ("torch", "keras")  # src.models.MLP's weight initialisations
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+SEED_RANGE = (0, 2**32 - 1)  # what every RNG seeded from trainer.seed accepts (numpy's is the narrowest)
 
 
 def _type_problem(key: str, value: Any, hint: Any) -> str | None:
@@ -200,9 +202,27 @@ def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = Fals
         raise ConfigError(f"{key}={value!r}: must be {'>=' if inclusive else '>'} {minimum}")
 
 
+def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
+    """(key, value) of the first infinite or nan number (keys dotted, list items as [i]), else None.
+    No key of a study takes one, and one check for all of them keeps every range check honest:
+    inf passes `> 0` (schedule.factor=inf trained at lr 0, schedule.lr=inf until it diverged),
+    and nan passes any check written as `if value > limit: refuse`."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return key, node
+    items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+    for name, value in items:
+        found = _non_finite(value, f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}" if key else str(name))
+        if found:
+            return found
+    return None
+
+
 def _check_ranges(cfg: Mapping) -> None:
     trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
     _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
+    low, high = SEED_RANGE
+    if not low <= trainer["seed"] <= high:
+        raise ConfigError(f"trainer.seed={trainer['seed']}: must be in {low}..{high} (2**32 - 1), what the RNGs accept")
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
@@ -224,6 +244,11 @@ def _check_ranges(cfg: Mapping) -> None:
         raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
+    # MLflow's other refusals (an experiment name over its length limit, a URI it cannot open)
+    # are told where the store is opened: src.tracking.prepare_store.
+    for key in ("uri", "experiment"):
+        if not cfg["tracking"][key].strip():
+            raise ConfigError(f"tracking.{key}={cfg['tracking'][key]!r}: must not be empty")
 
     if "momentum" in optimizer:
         _check_type("optimizer.momentum", optimizer["momentum"], float)
@@ -300,6 +325,9 @@ def validate(cfg: DictConfig) -> None:
         _check_plain_group(group, plain[group])
     for group, needed in REQUIRED_KEYS.items():
         _check_present(group, plain[group], needed)
+    non_finite = _non_finite(plain)
+    if non_finite:
+        raise ConfigError(f"{non_finite[0]}={non_finite[1]}: must be a finite number")
     _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
     problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
     if problems:
