@@ -19,9 +19,11 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -332,6 +334,25 @@ def validate(cfg: DictConfig) -> None:
     problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def check_folder(key: str, folder: str | Path, *, value: Any = None, writable: bool = True) -> None:
+    """Make a folder a config names usable before anything is written there: create it if
+    missing and, if `writable`, write in it once (a temporary file, gone at once). A folder that
+    cannot be created or written is a ConfigError naming `key` and its value (`value`, when that
+    is not the folder itself: a store's URI)."""
+    folder = Path(folder)
+    told = f"{key}={folder if value is None else value}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{told}: cannot create the folder {folder} ({error.strerror or error})") from None
+    if writable:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise ConfigError(f"{told}: cannot write in the folder {folder} ({error.strerror or error})") from None
 
 
 def validate_against_data(cfg: DictConfig, n_train: int) -> None:
