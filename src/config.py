@@ -355,8 +355,12 @@ def check_folder(key: str, folder: str | Path, *, value: Any = None, writable: b
             raise ConfigError(f"{told}: cannot write in the folder {folder} ({error.strerror or error})") from None
 
 
-def validate_against_data(cfg: DictConfig, n_train: int) -> None:
-    """The checks that need the training-set size N (known once the data are loaded)."""
+def validate_against_data(cfg: DictConfig, n_train: int, n_val: int) -> None:
+    """The checks that need the data's sizes: N training and n_val validation samples (known
+    once the data are loaded)."""
+    if n_train < 1 or n_val < 1:
+        keys = ", ".join(f"dataset.{k}={v}" for k, v in cfg.dataset.items() if k != "_target_")
+        raise ConfigError(f"{keys}: gives {n_train} training and {n_val} validation samples; each must be >= 1")
     for key in ("batch_size", "max_batch_size"):
         value = cfg.schedule.get(key)
         if value is not None and value > n_train:

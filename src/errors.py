@@ -72,7 +72,8 @@ def _cause(error: BaseException) -> BaseException:
 
 def one_line_error(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
-    config or command line, 1 for a run that failed."""
+    config or command line, or a folder, store, device or data set it names that cannot be
+    used (refused before any MLflow run exists); 1 for a run that failed."""
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
@@ -80,6 +81,8 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
     text = str(error)
     if isinstance(error, ConfigError):
         return text, 2
+    if isinstance(error, DatasetUnavailable):  # raised while the data load, before the run exists
+        return f"{type(error).__name__}: {_one_line(text)}", 2
     if isinstance(error, OverrideParseException):
         return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
     if isinstance(error, (HydraException, OmegaConfBaseException)):

@@ -57,6 +57,10 @@ class Preflight(Callback):
         try:
             validate(config)
             preflight(config)
+            # The run folder's own name holds the time, resolved again when Hydra creates it:
+            # its parent is what can be checked.
+            run_dir = Path(config.hydra.run.dir)
+            check_folder("hydra.run.dir", run_dir.parent, value=run_dir)
         except Exception as error:
             exit_with_one_line(error)
 

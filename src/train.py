@@ -47,7 +47,7 @@ from src import checkpoint, devices, schema, tracking
 from src.config import check_folder, validate, validate_against_data
 from src.data import BatchStream, Dataset
 from src.distributed import World, all_sum, join, leave, share
-from src.errors import ConfigError, Diverged, Stopped
+from src.errors import ConfigError, DatasetUnavailable, Diverged, Stopped
 from src.gns import NoiseScaleEstimator
 from src.schedules import Plan, Schedule, noise_scale
 
@@ -223,26 +223,39 @@ class RunParts:
     batches: BatchStream  # cuts each epoch's permutation by trainer.last_batch; under carry, holds the leftover
 
 
+# What a constructor raises when it refuses the values it is given (torch's own checks raise
+# RuntimeError: a model that cannot take an input's shape).
+REFUSALS = (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError)
+
+
+@contextmanager
+def _built_from(cfg: DictConfig, group: str, what: str):
+    """Around building a group from its config: a refusal becomes one line naming the group's
+    target (what its constructor said follows), before any MLflow run is created, rather than a
+    trace. A missing data set (DatasetUnavailable) and an exhausted device pass as they are."""
+    try:
+        yield
+    except (InstantiationException, *REFUSALS) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        if not isinstance(cause, REFUSALS) or isinstance(cause, (ConfigError, DatasetUnavailable, torch.OutOfMemoryError)):
+            raise
+        said = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise ConfigError(f"{group}._target_={cfg[group]._target_}: {what}: {type(cause).__name__}: {said}") from None
+
+
 def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision: Precision) -> torch.nn.Module:
     """cfg.model built for the data's input shape and classes, and one sample passed through it
     (in eval mode: no batch-norm statistics move, no dropout is drawn, so no number of the run
     changes). A model that cannot be built for these data or cannot take their inputs (model=wrn
     on 1-D data) is then one line naming it, before any MLflow run is created, rather than a trace
     at the first step."""
-    try:
+    what = (f"cannot take dataset._target_={cfg.dataset._target_}'s inputs of shape {tuple(data.input_shape)} "
+            f"({data.n_classes} classes)")
+    with _built_from(cfg, "model", what):
         model = precision.prepare(instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device))
         model.eval()
         with torch.no_grad(), precision.autocast():
             model(precision.layout(data.x_train[:1]))
-    except (InstantiationException, RuntimeError, ValueError, TypeError, IndexError) as error:
-        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        if isinstance(cause, torch.OutOfMemoryError):  # the device, not the model's shape
-            raise
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise ConfigError(
-            f"model._target_={cfg.model._target_}: cannot take dataset._target_={cfg.dataset._target_}'s inputs "
-            f"of shape {tuple(data.input_shape)} ({data.n_classes} classes): {type(cause).__name__}: {first_line}"
-        ) from None
     return model
 
 
@@ -251,11 +264,13 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> 
     the same call for train() and the benchmarks."""
     trainer = cfg.trainer
     seed_everything(trainer.seed)  # before anything is built
-    data: Dataset = instantiate(cfg.dataset).to(device)
-    validate_against_data(cfg, data.n_train)
+    with _built_from(cfg, "dataset", "cannot make its data"):
+        data: Dataset = instantiate(cfg.dataset).to(device)
+    validate_against_data(cfg, data.n_train, len(data.y_val))
     precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = build_model(cfg, data, device, precision)
-    schedule = make_schedule(cfg, data.n_train)
+    with _built_from(cfg, "schedule", "cannot be built"):
+        schedule = make_schedule(cfg, data.n_train)
     # Measure the gradient noise scale when asked, or when the schedule follows it.
     measure_noise = trainer.gns or not set(schedule.follows).isdisjoint(schema.GNS_METRICS)
     if measure_noise and world.size > 1:
@@ -267,11 +282,13 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> 
             f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({first.batch_size}) "
             f"must be >= the {world.size} ranks"
         )
+    with _built_from(cfg, "optimizer", "cannot be built"):
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), first.lr)
     return RunParts(
         data=data,
         model=model,
         schedule=schedule,
-        optimizer=build_optimizer(cfg.optimizer, model.parameters(), first.lr),
+        optimizer=optimizer,
         lr_scale=cfg.optimizer.lr_scale,
         steps=StepSettings(trainer.micro_batch_size, precision, world),
         noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,

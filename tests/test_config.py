@@ -3,7 +3,7 @@
 names the key and the exit status 2. (tests/test_bad_input.py runs a few of them end to end.)"""
 
 import pytest
-from helpers.configs import DIGITS_N_TRAIN, TINY, compose_config
+from helpers.configs import DIGITS_N_TRAIN, DIGITS_N_VAL, TINY, compose_config
 
 from src.config import validate, validate_against_data
 from src.errors import ConfigError, one_line_error
@@ -65,7 +65,7 @@ def refusal(*overrides: str) -> tuple[str, int] | None:
     try:
         cfg = compose_config(*TINY, *overrides)
         validate(cfg)
-        validate_against_data(cfg, DIGITS_N_TRAIN)
+        validate_against_data(cfg, DIGITS_N_TRAIN, DIGITS_N_VAL)
     except Exception as error:
         return one_line_error(error)
     return None

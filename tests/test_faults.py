@@ -134,17 +134,42 @@ def test_a_device_this_machine_does_not_have():
             pick_device("mps")
 
 
-@pytest.mark.parametrize("overrides,words", [
-    (["model=wrn", "model.depth=10", "model.width=1"], "cannot take dataset._target_=src.data.load_digits's inputs of shape (64,)"),
-    (["model=wrn", "model.depth=11"], "depth=11: must be 6n + 4"),
-    (["model=cnn1d", "dataset=cifar10"], "inputs of shape (3, 32, 32)"),
-], ids=["wrn on flat inputs", "wrn of a depth it cannot have", "cnn1d on images"])
-def test_a_model_that_cannot_take_the_data_is_refused_before_any_run(make_cfg, tmp_path, overrides, words):
+@pytest.mark.parametrize("overrides,start,words", [
+    (["model=wrn", "model.depth=10", "model.width=1"], "model._target_=src.models.WideResNet: ",
+     "cannot take dataset._target_=src.data.load_digits's inputs of shape (64,)"),
+    (["model=wrn", "model.depth=11"], "model._target_=src.models.WideResNet: ", "depth=11: must be 6n + 4"),
+    (["model=cnn1d", "dataset=cifar10"], "model._target_=src.models.CNN1d: ", "inputs of shape (3, 32, 32)"),
+    (["optimizer=adam", "optimizer.betas=[2,3]"], "optimizer._target_=torch.optim.Adam: cannot be built: ",
+     "Invalid beta parameter"),
+    (["dataset.n_val=-1"], "dataset.n_val=-1, dataset.split_seed=0: gives ", "and 0 validation samples"),
+    (["dataset.n_val=99999"], "dataset.n_val=99999, dataset.split_seed=0: gives 0 training", "each must be >= 1"),
+    (["dataset=mnist1d", "dataset.n_samples=5", "dataset.n_val=2"], "dataset._target_=src.data.load_mnist1d: "
+     "cannot make its data: ", "ValueError"),
+], ids=["wrn on flat inputs", "wrn of a depth it cannot have", "cnn1d on images", "adam's betas",
+        "a negative validation set", "a validation set larger than the data", "mnist1d of 5 samples"])
+def test_a_group_that_cannot_be_built_for_the_data_is_refused_before_any_run(make_cfg, tmp_path, overrides,
+                                                                             start, words):
+    """Values only a group's constructor, or the data, can refuse: one line naming the group (or
+    its keys), from the constructor's own words, and no MLflow run."""
     cfg = make_cfg(*TINY, *overrides, output_dir=tmp_path)
     with pytest.raises(ConfigError) as error:
         train(cfg)
-    assert str(error.value).startswith(f"model._target_={cfg.model._target_}: ") and words in str(error.value)
+    assert str(error.value).startswith(start) and words in str(error.value), str(error.value)
     assert runs_in(tmp_path) == []
+
+
+def test_an_unreadable_data_cache_is_generated_again(tmp_path, caplog):
+    from src.data import load_mnist1d
+
+    fresh = load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    [cache] = tmp_path.glob("mnist1d_*.npz")
+    cache.write_bytes(b"cut short")
+    again = load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    assert "unreadable" in caplog.text
+    assert torch.equal(again.x_train, fresh.x_train) and torch.equal(again.y_val, fresh.y_val)
+    caplog.clear()
+    load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    assert "unreadable" not in caplog.text  # replaced by a whole file
 
 
 # --- end to end: one line, exit 2, nothing written --------------------------------------------------
@@ -174,6 +199,17 @@ def test_cli_a_sweep_checks_every_store_before_any_job(tmp_path, data_dir):
     assert line.startswith("error: job 0 (schedule=decay_lr "), line
     assert f"): tracking.uri=http://127.0.0.1:{port}: no MLflow server answers there" in line
     assert not list(tmp_path.iterdir())  # no sweep folder
+
+
+def test_cli_the_figures_open_the_store_the_same_way(tmp_path):
+    port = free_port()
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "src.figures", f"--tracking-uri=http://127.0.0.1:{port}",
+                             f"--output-dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 15
+    assert result.returncode == 2
+    [line] = stderr_lines(result)
+    assert line.startswith(f"error: --tracking-uri=http://127.0.0.1:{port}: no MLflow server answers there"), line
 
 
 def test_cli_an_output_folder_that_cannot_be_created(tmp_path, data_dir):

@@ -271,6 +271,17 @@ def test_unknown_sweep_experiment_or_baseline_is_one_line_and_exit_2(sweep, args
     assert not (store / "nope").exists()
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line_and_logs_nothing(sweep, tmp_path):
+    store, sweep_id, _, _ = sweep
+    summaries = len(runs_of(client_for(store), sweep_id, kind=schema.SUMMARY_KIND))
+    (tmp_path / "a_file").write_text("")
+    result = run_figures(store, output_dir=tmp_path / "a_file" / "figures")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --output-dir={tmp_path}/a_file/figures: cannot create the folder "
+                             f"{tmp_path}/a_file/figures (Not a directory)\n"), result.stderr
+    assert len(runs_of(client_for(store), sweep_id, kind=schema.SUMMARY_KIND)) == summaries  # no FAILED one
+
+
 def test_an_optimizer_sweep_is_four_groups_of_one_seed(tmp_path, data_dir):
     """momentum and nesterov differ only in optimizer.nesterov, which momentum runs do not even
     log: the groups come from the whole config, not from a list of keys."""
