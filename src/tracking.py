@@ -3,7 +3,9 @@
 The store is opened in one place, open_store (prepare_store adds the experiment): whatever stops
 it from opening (a URI MLflow cannot use, a folder that cannot be created, a file that is not a
 database, a server that does not answer, an experiment name MLflow refuses or has deleted) is
-one line naming the key, raised before anything is logged. One MLflow run per job. Metrics go in one batched call per epoch (a SQLite write costs ~10 ms
+one line naming the key, raised before anything is logged.
+
+One MLflow run per job. Metrics go in one batched call per epoch (a SQLite write costs ~10 ms
 here, so per-metric calls would add up). A run is closed in `finally`: FINISHED when the body
 returns, FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C; never left
 RUNNING.
