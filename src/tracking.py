@@ -45,12 +45,12 @@ MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # Keys that say where and how a run is recorded or how fast it goes, not what it computes:
 # left out of the config hash that identifies a run for skipping and resuming.
 NOT_IDENTITY = ("paths", "tracking", "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
-# How long opening a tracking server may take: one retry, 4 s per attempt, so ~10 s at worst.
+# How long opening a tracking server may take: one retry, 3 s per attempt, so ~7 s at worst.
 # MLflow's own policy (7 retries with exponential backoff, 120 s timeouts: ~4.5 minutes against a
 # port nothing listens on) stays for every later request, where riding out a server restart in
 # the middle of a long run is what is wanted. MLflow reads these variables at each request.
 OPENING_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4"}
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 
 
 @contextmanager
