@@ -213,7 +213,8 @@ def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
         return key, node
     items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
     for name, value in items:
-        found = _non_finite(value, f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}" if key else str(name))
+        inner = f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}" if key else str(name)
+        found = _non_finite(value, inner)
         if found:
             return found
     return None

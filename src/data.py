@@ -161,7 +161,8 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         with np.load(path) as arrays:
             return arrays["x"], arrays["y"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        log.warning("data cache %s is unreadable (%s: %s): generating the data again", path, type(error).__name__, error)
+        log.warning("data cache %s is unreadable (%s: %s): generating the data again",
+                    path, type(error).__name__, error)
         return None
 
 

@@ -118,7 +118,8 @@ def _opening(uri: str, key: str) -> Iterator[None]:
     except Exception as error:
         reason = _not_answering(error) if _is_server(uri) else None
         if reason:
-            raise ConfigError(f"{key}={uri}: no MLflow server answers there ({reason}); {_start_a_server(uri)}") from None
+            raise ConfigError(
+                f"{key}={uri}: no MLflow server answers there ({reason}); {_start_a_server(uri)}") from None
         cause = getattr(error, "orig", None) or error  # SQLAlchemy's wrapper: the driver's own message
         detail = cause.message if isinstance(cause, MlflowException) else str(cause)
         raise ConfigError(f"{key}={uri}: MLflow cannot open this store ({type(cause).__name__}: "
@@ -157,8 +158,8 @@ def prepare_store(tracking: DictConfig) -> str:
             except MlflowException as error:
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     if error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):  # too long, for one
-                        raise ConfigError(f"tracking.experiment={_shown(tracking.experiment)}: MLflow refuses this name "
-                                          f"({_one_line(error.message)})") from None
+                        raise ConfigError(f"tracking.experiment={_shown(tracking.experiment)}: MLflow refuses "
+                                          f"this name ({_one_line(error.message)})") from None
                     raise
                 experiment = client.get_experiment_by_name(tracking.experiment)  # another process made it first
     if experiment.lifecycle_stage == LifecycleStage.DELETED:

@@ -237,7 +237,8 @@ def _built_from(cfg: DictConfig, group: str, what: str):
         yield
     except (InstantiationException, *REFUSALS) as error:
         cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        if not isinstance(cause, REFUSALS) or isinstance(cause, (ConfigError, DatasetUnavailable, torch.OutOfMemoryError)):
+        passes = (ConfigError, DatasetUnavailable, torch.OutOfMemoryError)
+        if not isinstance(cause, REFUSALS) or isinstance(cause, passes):
             raise
         said = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise ConfigError(f"{group}._target_={cfg[group]._target_}: {what}: {type(cause).__name__}: {said}") from None
@@ -252,7 +253,8 @@ def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision:
     what = (f"cannot take dataset._target_={cfg.dataset._target_}'s inputs of shape {tuple(data.input_shape)} "
             f"({data.n_classes} classes)")
     with _built_from(cfg, "model", what):
-        model = precision.prepare(instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device))
+        model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes)
+        model = precision.prepare(model.to(device))
         model.eval()
         with torch.no_grad(), precision.autocast():
             model(precision.layout(data.x_train[:1]))

@@ -71,7 +71,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     # and 45; `keep` would make 4 x (90 + 45 + 23 + 12) = 680.
     assert after.data.metrics[schema.TOTAL_PARAM_UPDATES] == new_run.data.metrics[schema.TOTAL_PARAM_UPDATES] \
         == 359 + 179 + 90 + 45
-    assert not list((copy / "checkpoints").glob("*.pt*")) and not list(checkpoints.glob("*.pt*"))  # removed once FINISHED
+    for folder in (copy, killed):
+        assert not list((folder / "checkpoints").glob("*.pt*"))  # removed once FINISHED
 
     again = run_cli(*args, output_dir=copy, data_dir=data_dir)
     assert again.returncode == 0 and "already FINISHED" in again.stdout

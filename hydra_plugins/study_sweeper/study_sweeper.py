@@ -43,7 +43,8 @@ class StudySweeper(BasicSweeper):
                 validate(configs[-1])
         prepared = set()
         for number, (job, cfg) in enumerate(zip(jobs, configs)):
-            where = (cfg.paths.output_dir, cfg.paths.data_dir, *(cfg.tracking[k] for k in ("uri", "experiment", "artifact_root")))
+            tracking = cfg.tracking
+            where = (cfg.paths.output_dir, cfg.paths.data_dir, tracking.uri, tracking.experiment, tracking.artifact_root)
             if where not in prepared:
                 prepared.add(where)
                 with self._refused(number, job):
