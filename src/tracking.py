@@ -109,8 +109,11 @@ def _opening(uri: str, key: str) -> Iterator[None]:
     MLflow raises its own exceptions, SQLAlchemy's or the requests library's, so all are caught;
     a ConfigError (a folder, an experiment name) passes as it is."""
     saved = {name: os.environ.get(name) for name in OPENING_PATIENCE}
+    retries = logging.getLogger("urllib3.connectionpool")  # warns of each retry: the error says it all
+    saved_level = retries.level
     if _is_server(uri):
         os.environ.update(OPENING_PATIENCE)
+        retries.setLevel(logging.ERROR)
     try:
         yield
     except ConfigError:
@@ -125,6 +128,7 @@ def _opening(uri: str, key: str) -> Iterator[None]:
         raise ConfigError(f"{key}={uri}: MLflow cannot open this store ({type(cause).__name__}: "
                           f"{_one_line(detail)[:300]})") from None
     finally:
+        retries.setLevel(saved_level)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

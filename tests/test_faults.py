@@ -187,6 +187,7 @@ def test_cli_a_server_nothing_listens_on(tmp_path, data_dir):
     [line] = stderr_lines(result)
     assert line.startswith(f"error: tracking.uri=http://127.0.0.1:{port}: no MLflow server answers there"), line
     assert f"mlflow server --host 127.0.0.1 --port {port}" in line
+    assert result.stdout == ""  # nor the retries logged on the way
     assert not list(tmp_path.iterdir())  # not even Hydra's run folder
 
 
