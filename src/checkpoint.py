@@ -24,10 +24,14 @@ def _previous(path: Path) -> Path:
 def save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, a signal: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     if path.exists():
         os.replace(path, _previous(path))
     os.replace(tmp, path)

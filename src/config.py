@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import re
+import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -111,6 +114,7 @@ LOOP_KEYS = {"optimizer": {"lr_scale"}}
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
 MLP_INIT = ("torch", "keras")  # src.models.MLP's weight initialisations
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+SEED_RANGE = (0, 2**32 - 1)  # what every RNG seeded from trainer.seed accepts (numpy's is the narrowest)
 
 
 def _type_problem(key: str, value: Any, hint: Any) -> str | None:
@@ -218,9 +222,28 @@ def _positive(key: str, value: Any, minimum: float = 0.0, inclusive: bool = Fals
         raise ConfigError(f"{key}={value!r}: must be {'>=' if inclusive else '>'} {minimum}")
 
 
+def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
+    """(key, value) of the first infinite or nan number (keys dotted, list items as [i]), else None.
+    No key of a study takes one, and one check for all of them keeps every range check honest:
+    inf passes `> 0` (schedule.factor=inf trained at lr 0, schedule.lr=inf until it diverged),
+    and nan passes any check written as `if value > limit: refuse`."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return key, node
+    items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+    for name, value in items:
+        inner = f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}" if key else str(name)
+        found = _non_finite(value, inner)
+        if found:
+            return found
+    return None
+
+
 def _check_ranges(cfg: Mapping) -> None:
     trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
     _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
+    low, high = SEED_RANGE
+    if not low <= trainer["seed"] <= high:
+        raise ConfigError(f"trainer.seed={trainer['seed']}: must be in {low}..{high} (2**32 - 1), what the RNGs accept")
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
@@ -242,6 +265,11 @@ def _check_ranges(cfg: Mapping) -> None:
         raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
+    # MLflow's other refusals (an experiment name over its length limit, a URI it cannot open)
+    # are told where the store is opened: src.tracking.prepare_store.
+    for key in ("uri", "experiment"):
+        if not cfg["tracking"][key].strip():
+            raise ConfigError(f"tracking.{key}={cfg['tracking'][key]!r}: must not be empty")
 
     if "momentum" in optimizer:
         _check_type("optimizer.momentum", optimizer["momentum"], float)
@@ -329,6 +357,9 @@ def validate(cfg: DictConfig) -> None:
         _check_plain_group(group, plain[group])
     for group, needed in REQUIRED_KEYS.items():
         _check_present(group, plain[group], needed)
+    non_finite = _non_finite(plain)
+    if non_finite:
+        raise ConfigError(f"{non_finite[0]}={non_finite[1]}: must be a finite number")
     _check_ranges(plain)  # first: needs no imports, so most typos fail before torch loads
     _check_tracking(plain["tracking"])
     problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
@@ -336,8 +367,31 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def validate_against_data(cfg: DictConfig, n_train: int) -> None:
-    """The checks that need the training-set size N (known once the data are loaded)."""
+def check_folder(key: str, folder: str | Path, *, value: Any = None, writable: bool = True) -> None:
+    """Make a folder a config names usable before anything is written there: create it if
+    missing and, if `writable`, write in it once (a temporary file, gone at once). A folder that
+    cannot be created or written is a ConfigError naming `key` and its value (`value`, when that
+    is not the folder itself: a store's URI)."""
+    folder = Path(folder)
+    told = f"{key}={folder if value is None else value}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{told}: cannot create the folder {folder} ({error.strerror or error})") from None
+    if writable:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise ConfigError(f"{told}: cannot write in the folder {folder} ({error.strerror or error})") from None
+
+
+def validate_against_data(cfg: DictConfig, n_train: int, n_val: int) -> None:
+    """The checks that need the data's sizes: N training and n_val validation samples (known
+    once the data are loaded)."""
+    if n_train < 1 or n_val < 1:
+        keys = ", ".join(f"dataset.{k}={v}" for k, v in cfg.dataset.items() if k != "_target_")
+        raise ConfigError(f"{keys}: gives {n_train} training and {n_val} validation samples; each must be >= 1")
     for key in ("batch_size", "max_batch_size"):
         value = cfg.schedule.get(key)
         if value is not None and value > n_train:

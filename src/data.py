@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import math
 import os
 import pickle
 import random
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 
 from src.errors import DatasetUnavailable
 from src.schedules import LAST_BATCH
+
+log = logging.getLogger(__name__)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"  # what the archive unpacks to, and torchvision's layout
@@ -164,6 +168,20 @@ def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)  # parallel jobs generating the same cache never see a torn file
 
 
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) from a cache file; None when it is missing, or unreadable (written by something
+    else, cut short): then the data are generated again and the file replaced."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as arrays:
+            return arrays["x"], arrays["y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("data cache %s is unreadable (%s: %s): generating the data again",
+                    path, type(error).__name__, error)
+        return None
+
+
 def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's make_dataset, never its
     download path. Cached as .npz under cache_dir keyed by the generation arguments."""
@@ -172,9 +190,9 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
     version = importlib.metadata.version("mnist1d")
     key = hashlib.sha1(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()[:10]
     path = Path(cache_dir) / f"mnist1d_{n_samples}_{key}.npz"
-    if path.exists():
-        arrays = np.load(path)
-        x, y = arrays["x"], arrays["y"]
+    cached = _read_cache(path)
+    if cached is not None:
+        x, y = cached
     else:
         import mnist1d.data
 

@@ -31,7 +31,7 @@ def device_for_job(requested: str, job_number: int | None, n_devices: int, n_par
 
     - An explicit device is respected as given: `cpu`, `mps`, `cuda:N`.
     - `auto` (and `cuda`, "a GPU") with `n_devices` visible CUDA devices:
-      - 0 devices: `cpu` for auto; `cuda` stays `cuda` (torch then says there is none).
+      - 0 devices: `cpu` for auto; `cuda` stays `cuda` (pick_device then says there is none).
       - a single run (`job_number` None) or a sweep whose jobs run one at a time
         (`n_parallel` <= 1): `cuda:0`, the first visible GPU.
       - the jobs of a parallel sweep: job k takes `cuda:(k mod n_devices)`, so n_parallel <=
@@ -115,12 +115,37 @@ def job_device(requested: str) -> str:
 
 def pick_device(requested: str, world: World | None = None) -> torch.device:
     """The device of this process: under DDP (a world of several ranks) with `auto` or `cuda`,
-    the rank's local GPU; otherwise job_device's one-GPU-per-job rule (CPU when there is no GPU)."""
+    the rank's local GPU; otherwise job_device's one-GPU-per-job rule (CPU when there is no GPU).
+    A device this machine does not have is a ConfigError naming trainer.device (torch would
+    fail later, at the first tensor moved there, with a trace)."""
     import torch
 
     if requested in ("auto", "cuda") and world is not None and world.size > 1 and torch.cuda.is_available():
-        return torch.device("cuda", world.local_rank)
-    return torch.device(job_device(requested))
+        device = torch.device("cuda", world.local_rank)
+    else:
+        device = torch.device(job_device(requested))
+    _check_present(device, requested)
+    return device
+
+
+def _check_present(device: torch.device, requested: str) -> None:
+    import torch
+
+    from src.errors import ConfigError
+
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count and (device.index is None or device.index < count):
+            return
+        if count:
+            have = f"{count} CUDA device{'s' if count > 1 else ''} visible here (cuda:0..cuda:{count - 1})"
+        elif torch.version.cuda is None:
+            have = f"no CUDA here: this torch ({torch.__version__}) is built without it"
+        else:
+            have = "no CUDA device visible here (CUDA_VISIBLE_DEVICES, the driver)"
+        raise ConfigError(f"trainer.device={requested}: {have}; use trainer.device=auto (a GPU when present) or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={requested}: MPS is not available here; use trainer.device=auto or cpu")
 
 
 def job_threads(configured: int | None) -> int | None:

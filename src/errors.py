@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import signal
 
 from src.schema import CONF_DIR
 
 
 class ConfigError(ValueError):
-    """A bad config value; the message is one line naming the key, the value and what is allowed."""
+    """A bad config value, or a folder, store or device a key names that cannot be used here;
+    the message is one line naming the key, the value and what is allowed or what went wrong."""
 
 
 class DatasetUnavailable(RuntimeError):
@@ -18,6 +20,20 @@ class DatasetUnavailable(RuntimeError):
 
 class Diverged(RuntimeError):
     """The loss stopped being finite: nothing later in the run would mean anything."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal ended the job: SIGTERM (kill, SLURM preemption) or SIGINT (Ctrl-C). A
+    KeyboardInterrupt, so that everything on the way out treats it as one (the run ends KILLED);
+    `where`, added by the loop, says which run and where its checkpoint is. str() is the one line
+    the command prints."""
+
+    def __init__(self, signum: signal.Signals, where: str | None = None):
+        super().__init__(signum, where)
+        self.signal, self.where = signal.Signals(signum), where
+
+    def __str__(self) -> str:
+        return f"{self.signal.name}: {self.where or 'before any MLflow run started; run the same command again'}"
 
 
 def _one_line(text: str) -> str:
@@ -42,7 +58,8 @@ def needs_traceback(error: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, HydraException, OmegaConfBaseException)
+    # an OSError names its file (a disk full, a folder removed under a running job)
+    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, OSError, HydraException, OmegaConfBaseException)
     return not isinstance(_cause(error), told_in_one_line)
 
 
@@ -55,7 +72,8 @@ def _cause(error: BaseException) -> BaseException:
 
 def one_line_error(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
-    config or command line, 1 for a run that failed."""
+    config or command line, or a folder, store, device or data set it names that cannot be
+    used (refused before any MLflow run exists); 1 for a run that failed."""
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
@@ -63,6 +81,8 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
     text = str(error)
     if isinstance(error, ConfigError):
         return text, 2
+    if isinstance(error, DatasetUnavailable):  # raised while the data load, before the run exists
+        return f"{type(error).__name__}: {_one_line(text)}", 2
     if isinstance(error, OverrideParseException):
         return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
     if isinstance(error, (HydraException, OmegaConfBaseException)):

@@ -42,15 +42,15 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
     metrics), digest (of the data now), logged_digest, device, run_name}."""
     import torch
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
     from src import devices, schema
     from src.config import compose
+    from src.tracking import open_store
     from src.train import build_run, evaluate
 
     tracking = compose(*overrides).tracking
-    client = MlflowClient(tracking.uri)
+    client = open_store(tracking.uri)  # one line naming tracking.uri if it cannot be opened
     try:
         run = client.get_run(run_id)
     except MlflowException:

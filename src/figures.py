@@ -82,9 +82,9 @@ from src.schema import (
     TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
     VAL_LOSS, WALL_TIME_S,
 )
-from src.config import compose
-from src.errors import one_line_error
-from src.tracking import NOT_IDENTITY, SQLITE_PREFIX
+from src.config import check_folder, compose
+from src.errors import ConfigError, one_line_error
+from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
@@ -1092,12 +1092,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
             raise StoreError(f"no MLflow store at {uri[len(SQLITE_PREFIX):]}")  # MLflow would create one
-        client = MlflowClient(uri)
+        client = open_store(uri, "--tracking-uri")  # one line if it cannot be opened, a server that does not answer
         sweep_id, runs = load_sweep(client, args.experiment, args.sweep_id, dict(args.tag))
         if args.baseline and args.baseline not in {run.schedule for run in runs}:
             ran = ", ".join(sorted({run.schedule for run in runs}))
             raise StoreError(f"--baseline {args.baseline}: no run of that schedule in sweep '{sweep_id}' (schedules: {ran})")
-    except StoreError as error:
+        check_folder("--output-dir", args.output_dir)  # before anything is written or logged
+    except (StoreError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

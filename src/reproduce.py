@@ -586,17 +586,20 @@ def write_readme(readme: Path, summary: str) -> None:
 
 
 def report(args: argparse.Namespace, plan: dict) -> int:
-    from mlflow.tracking import MlflowClient
-
+    from src.errors import ConfigError
     from src.figures import _folder_name, load_options, write_all
-    from src.tracking import SQLITE_PREFIX
+    from src.tracking import SQLITE_PREFIX, open_store
 
     uri = args.tracking_uri or f"{SQLITE_PREFIX}{Path(args.output_dir) / 'mlflow.db'}"
     if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
         print(f"error: no MLflow store at {uri[len(SQLITE_PREFIX):]} (run `python -m src.reproduce run` first)",
               file=sys.stderr)
         return 2
-    client = MlflowClient(uri)
+    try:
+        client = open_store(uri, "--tracking-uri")  # one line if it cannot be opened, a server that does not answer
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     options = load_options()
     prefix = plan["experiment_prefix"]
     runs_by_study = {name: load_study(client, experiment_name(prefix, name), study.preset)

@@ -11,7 +11,8 @@ A run is identified by the hash of its resolved config (tracking.hash_config). W
 trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
 from its last checkpoint into the same MLflow run, with the same numbers as if it had never
 stopped: model, optimizer, schedule, the RNG streams, the batches carried between epochs and the
-counters are all restored.
+counters are all restored. Each epoch is logged once, whatever the interruption. Two processes
+given the same config and output folder train it one after the other, never together.
 
 The file in order: one epoch (train_epoch, evaluate), building a run from its config
 (build_run), the checkpoint contract (checkpoint_state, restore_state), skip-or-resume, and the
@@ -25,27 +26,30 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from src import checkpoint, devices, schema, tracking
-from src.config import validate, validate_against_data
+from src.config import check_folder, validate, validate_against_data
 from src.data import BatchStream, Dataset
 from src.distributed import World, all_sum, join, leave, share
-from src.errors import ConfigError, Diverged
+from src.errors import ConfigError, DatasetUnavailable, Diverged, Stopped
 from src.gns import NoiseScaleEstimator
 from src.progress import Console, EpochProgress
 from src.progress import label as job_label
@@ -231,17 +235,56 @@ class RunParts:
     batches: BatchStream  # cuts each epoch's permutation by trainer.last_batch; under carry, holds the leftover
 
 
+# What a constructor raises when it refuses the values it is given (torch's own checks raise
+# RuntimeError: a model that cannot take an input's shape).
+REFUSALS = (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError)
+
+
+@contextmanager
+def _built_from(cfg: DictConfig, group: str, what: str):
+    """Around building a group from its config: a refusal becomes one line naming the group's
+    target (what its constructor said follows), before any MLflow run is created, rather than a
+    trace. A missing data set (DatasetUnavailable) and an exhausted device pass as they are."""
+    try:
+        yield
+    except (InstantiationException, *REFUSALS) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        passes = (ConfigError, DatasetUnavailable, torch.OutOfMemoryError)
+        if not isinstance(cause, REFUSALS) or isinstance(cause, passes):
+            raise
+        said = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise ConfigError(f"{group}._target_={cfg[group]._target_}: {what}: {type(cause).__name__}: {said}") from None
+
+
+def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision: Precision) -> torch.nn.Module:
+    """cfg.model built for the data's input shape and classes, and one sample passed through it
+    (in eval mode: no batch-norm statistics move, no dropout is drawn, so no number of the run
+    changes). A model that cannot be built for these data or cannot take their inputs (model=wrn
+    on 1-D data) is then one line naming it, before any MLflow run is created, rather than a trace
+    at the first step."""
+    what = (f"cannot take dataset._target_={cfg.dataset._target_}'s inputs of shape {tuple(data.input_shape)} "
+            f"({data.n_classes} classes)")
+    with _built_from(cfg, "model", what):
+        model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes)
+        model = precision.prepare(model.to(device))
+        model.eval()
+        with torch.no_grad(), precision.autocast():
+            model(precision.layout(data.x_train[:1]))
+    return model
+
+
 def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> RunParts:
     """Data, model, schedule and optimizer as a run of `cfg` trains them, seeded by trainer.seed:
     the same call for train() and the benchmarks."""
     trainer = cfg.trainer
     seed_everything(trainer.seed)  # before anything is built
-    data: Dataset = instantiate(cfg.dataset).to(device)
-    validate_against_data(cfg, data.n_train)
+    with _built_from(cfg, "dataset", "cannot make its data"):
+        data: Dataset = instantiate(cfg.dataset).to(device)
+    validate_against_data(cfg, data.n_train, len(data.y_val))
     precision = Precision(device, trainer.bf16, trainer.channels_last)
-    model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes).to(device)
-    model = precision.prepare(model)
-    schedule = make_schedule(cfg, data.n_train)
+    model = build_model(cfg, data, device, precision)
+    with _built_from(cfg, "schedule", "cannot be built"):
+        schedule = make_schedule(cfg, data.n_train)
     # Measure the gradient noise scale when asked, or when the schedule follows it.
     measure_noise = trainer.gns or not set(schedule.follows).isdisjoint(schema.GNS_METRICS)
     if measure_noise and world.size > 1:
@@ -253,11 +296,13 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> 
             f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({first.batch_size}) "
             f"must be >= the {world.size} ranks"
         )
+    with _built_from(cfg, "optimizer", "cannot be built"):
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), first.lr)
     return RunParts(
         data=data,
         model=model,
         schedule=schedule,
-        optimizer=build_optimizer(cfg.optimizer, model.parameters(), first.lr),
+        optimizer=optimizer,
         lr_scale=cfg.optimizer.lr_scale,
         steps=StepSettings(trainer.micro_batch_size, precision, world),
         noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,
@@ -279,26 +324,26 @@ class Progress:
     earlier_attempts_s: float = 0.0  # wall seconds of the attempts before this one (a resumed run)
     history: dict[str, list[float]] = field(default_factory=dict)  # every per-epoch metric so far
 
-    def last_epoch_metrics(self) -> dict[str, float]:
-        return {name: values[-1] for name, values in self.history.items()}
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        """Every metric logged for `epoch` (0-based), as it was logged."""
+        return {name: values[epoch] for name, values in self.history.items()}
 
 
 # What a checkpoint holds, saved by checkpoint_state and read back by restore_state (and, for
-# run_id and store, by _checkpoint_to_resume). One more piece of state is one line in each of the three.
+# run_id, by _checkpoint_to_resume). One more piece of state is one line in each of the three.
 CHECKPOINT_KEYS = frozenset(
-    {"run_id", "store", "epoch", "model", "optimizer", "schedule", "noise", "rng", "batches", "counters", "history"}
+    {"run_id", "epoch", "model", "optimizer", "schedule", "noise", "rng", "batches", "counters", "history"}
 )
 
 
-def checkpoint_state(parts: RunParts, progress: Progress, run_id: str | None, store: str, elapsed: float) -> dict:
+def checkpoint_state(parts: RunParts, progress: Progress, run_id: str | None, elapsed: float) -> dict:
     """Everything a resumed run needs to go on with the same numbers as if it had never stopped.
     `elapsed`: wall seconds of this run so far, earlier attempts included."""
     rng = {"torch": torch.get_rng_state(), "batch_order": parts.batch_order.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
-        "run_id": run_id,  # the MLflow run it continues ...
-        "store": store,  # ... in this store and experiment
+        "run_id": run_id,  # the MLflow run it continues, if that run is still in the store
         "epoch": progress.epochs_done - 1,  # the last finished epoch, 0-based
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
@@ -346,14 +391,60 @@ def _finished_before(cfg: DictConfig, config_hash: str, sweep_id: str, label: st
     return None
 
 
-def _checkpoint_to_resume(path: Path, store: str, label: str) -> dict | None:
-    """The newest readable checkpoint at `path` of a run logged to `store`; None: start over."""
+def _checkpoint_to_resume(cfg: DictConfig, path: Path, label: str) -> dict | None:
+    """The newest readable checkpoint at `path`; None: start over.
+
+    When its MLflow run is not in this config's store and experiment (the store was deleted or
+    replaced since, or the checkpoint comes from another), its run_id becomes None: the run
+    resumes into a new MLflow run, to which the loop re-logs every epoch from the checkpoint's
+    history. The checkpoint holds every per-epoch metric as it was logged, so the new run is
+    whole and has the same numbers; starting over would throw its epochs away for nothing."""
     saved_state = checkpoint.load(path, CHECKPOINT_KEYS)
-    if saved_state is not None and saved_state["store"] != store:
-        log.warning("[%s] checkpoint %s continues a run logged to %s, not %s: starting over",
-                    label, path, saved_state["store"], store)
-        return None
+    if saved_state is not None and not tracking.run_is_in_store(cfg, saved_state["run_id"]):
+        log.warning("[%s] checkpoint %s continues MLflow run %s, which is not in %s (experiment %s): resuming it "
+                    "into a new run, with its %d epochs re-logged", label, path, saved_state["run_id"],
+                    cfg.tracking.uri, cfg.tracking.experiment, saved_state["epoch"] + 1)
+        saved_state["run_id"] = None
     return saved_state
+
+
+@contextmanager
+def _one_at_a_time(cfg: DictConfig, label: str, world: World):
+    """Held while a process trains a config: a lock per config hash next to its checkpoint.
+    Two processes given the same config and output folder (two sweeps started at once, a job
+    started twice) then train it one after the other: the second waits, then finds the run
+    FINISHED and skips it, or resumes it if the first stopped. It waits rather than skipping at
+    once so that its sweep still gets the run's final metrics and joins it. Rank 0 holds it for
+    a DDP run (the other ranks wait for rank 0 anyway)."""
+    if not world.is_main:
+        yield
+        return
+    path = Path(cfg.paths.output_dir) / "checkpoints" / f"{tracking.hash_config(cfg)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("[%s] the same config is training in another process (lock %s): waiting for it", label, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _stopped_here(label: str, run, progress: Progress, checkpoint_path: Path, epochs: int):
+    """Ctrl-C or SIGTERM in the loop becomes Stopped, whose one line says which MLflow run is
+    KILLED, where its checkpoint is and how to resume (the run is closed KILLED by tracked_run)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        signum = stop.signal if isinstance(stop, Stopped) else signal.SIGINT
+        kept = (f"checkpoint {checkpoint_path}" if checkpoint_path.exists()
+                else "no checkpoint yet (none before the first epoch ends)")
+        raise Stopped(signum, f"[{label}] MLflow run {run.run_id} KILLED after {progress.epochs_done} of {epochs} "
+                              f"epochs; {kept}; run the same command again to resume") from None
 
 
 # --- what a run is recorded with -----------------------------------------------------------------
@@ -396,14 +487,17 @@ def train(cfg: DictConfig) -> dict:
     Launched by torchrun, the processes train it together (src/distributed.py)."""
     world = join()
     try:
-        return _train(cfg, world)
+        validate(cfg)  # before anything is built or logged
+        if world.is_main:
+            check_folder("paths.output_dir", cfg.paths.output_dir)  # checkpoints, the lock
+        with _one_at_a_time(cfg, run_name(cfg), world):
+            return _train(cfg, world)
     finally:
         leave(world)
 
 
 def _train(cfg: DictConfig, world: World) -> dict:
     started = time.perf_counter()
-    validate(cfg)  # before anything is built or logged
     trainer = cfg.trainer
     label = run_name(cfg)
     config_hash = tracking.hash_config(cfg)
@@ -413,8 +507,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
         if finished is not None:
             return {"outcome": "skipped", **finished}
     checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{config_hash}.pt"
-    store = f"{cfg.tracking.uri} experiment={cfg.tracking.experiment}"  # where run_id lives
-    saved_state = _checkpoint_to_resume(checkpoint_path, store, label) if trainer.resume else None
+    saved_state = _checkpoint_to_resume(cfg, checkpoint_path, label) if trainer.resume else None
     if saved_state is None:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
@@ -436,22 +529,25 @@ def _train(cfg: DictConfig, world: World) -> dict:
             schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),
             schema.CPUS_TAG: str(os.cpu_count()), schema.TORCH_VERSION_TAG: torch.__version__,
             schema.COMMAND_TAG: shlex.join(sys.argv)}
+    resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
     tracked = (
-        tracking.tracked_run(cfg, tags, label, resume_run_id=saved_state and saved_state["run_id"])
+        tracking.tracked_run(cfg, tags, label, resume_run_id=resume_run_id)
         if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
     )
-    with tracked as run:
+    with tracked as run, _stopped_here(label, run, progress, checkpoint_path, trainer.epochs):
         run.log(load_average(schema.LOAD_AVERAGE_START))
         job_number, parallel = devices.this_job()
         console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs, cfg.tracking.progress, parallel)
         if world.is_main:
             console.opened(run.run_id, tracking.run_url(cfg.tracking, run.experiment_id, run.run_id),
                            tracking.ui_command(cfg.tracking), progress.epochs_done if saved_state else None)
-        if saved_state:
-            if run.last_logged_epoch() < saved_state["epoch"]:  # killed between checkpoint and log
-                run.log(progress.last_epoch_metrics(), step=saved_state["epoch"])
-        else:
+        if not resume_run_id:  # a new MLflow run, also when it continues a checkpoint whose run is gone
             run.log_dataset(data)
+        logged = run.last_logged_epoch() if resume_run_id else -1  # the last epoch this MLflow run holds
+        # A new run continuing a checkpoint (the checkpoint's run was gone): every epoch so far;
+        # killed between checkpoint and log: the last one.
+        for epoch in range(logged + 1, progress.epochs_done):
+            run.log(progress.epoch_metrics(epoch), step=epoch)
         for epoch in range(progress.epochs_done, trainer.epochs):
             epoch_began = time.perf_counter()
             plan = schedule(epoch, progress.history)
@@ -499,8 +595,12 @@ def _train(cfg: DictConfig, world: World) -> dict:
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
             if world.is_main:
                 elapsed = progress.earlier_attempts_s + time.perf_counter() - started
-                checkpoint.save(checkpoint_path, checkpoint_state(parts, progress, run.run_id, store, elapsed))
-            run.log(metrics, step=epoch)
+                checkpoint.save(checkpoint_path, checkpoint_state(parts, progress, run.run_id, elapsed))
+            # Resumed from an older checkpoint than the run's last logged epoch (the newer one was
+            # torn: the .prev fallback), the epochs in between are trained again but logged once:
+            # as first logged (the same numbers on CPU, the same seed).
+            if epoch > logged:
+                run.log(metrics, step=epoch)
             if world.is_main:
                 console.epoch_done(
                     epoch,

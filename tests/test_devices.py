@@ -19,6 +19,7 @@ from src.devices import (
     pick_device,
     threads_per_job,
 )
+from src.errors import ConfigError
 from src.distributed import World
 
 # ---------------------------------------------------------------- one GPU per job (pure rule)
@@ -127,6 +128,10 @@ def test_job_threads_and_device_read_the_running_job(as_hydra_job):
 
 def test_pick_device_takes_the_ranks_gpu_only_under_ddp():
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("cuda:3", World(1, 2, 1)) == torch.device("cuda:3")  # the user chose
+    if torch.cuda.device_count() > 3:
+        assert pick_device("cuda:3", World(1, 2, 1)) == torch.device("cuda:3")  # the user chose
+    else:  # the user chose, a GPU this machine does not have: one line, not the rank's GPU
+        with pytest.raises(ConfigError, match=r"^trainer.device=cuda:3: "):
+            pick_device("cuda:3", World(1, 2, 1))
     # no GPU here: auto is the CPU for a single process and for every rank alike
     assert pick_device("auto") == pick_device("auto", World(1, 2, 1)) == torch.device("cpu")

@@ -278,6 +278,25 @@ def test_unknown_sweep_experiment_or_baseline_is_one_line_and_exit_2(sweep, args
     assert not (store / "nope").exists()
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line_and_logs_nothing(sweep, tmp_path):
+    store, sweep_id, _, _ = sweep
+    client = client_for(store)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    [parent] = runs_of(client, sweep_id, kind=schema.SWEEP_KIND)
+
+    def recorded():  # every run of the experiment, and what the parent run holds
+        return ({run.info.run_id for run in client.search_runs([experiment])},
+                [a.path for a in client.list_artifacts(parent.info.run_id, "figures")])
+
+    before = recorded()
+    (tmp_path / "a_file").write_text("")
+    result = run_figures(store, output_dir=tmp_path / "a_file" / "figures")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --output-dir={tmp_path}/a_file/figures: cannot create the folder "
+                             f"{tmp_path}/a_file/figures (Not a directory)\n"), result.stderr
+    assert recorded() == before  # no run added, nothing logged to the parent run
+
+
 def test_an_optimizer_sweep_is_four_groups_of_one_seed(tmp_path, data_dir):
     """momentum and nesterov differ only in optimizer.nesterov, which momentum runs do not even
     log: the groups come from the whole config, not from a list of keys."""

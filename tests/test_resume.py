@@ -1,5 +1,6 @@
-"""Resuming: after SIGKILL, with the same numbers as an uninterrupted run; checkpoints that
-fall back to the previous one or start over, never crash."""
+"""Resuming: after SIGKILL, with the same numbers as an uninterrupted run, also when the store
+was deleted since; checkpoints that fall back to the previous one (each epoch still logged once)
+or start over, never crash; two processes given the same run train it once."""
 
 import shutil
 import signal
@@ -7,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from helpers.cli import run_cli
 from helpers.configs import ROOT, TINY
+from helpers.steps import Interrupted, step_sizes
 from helpers.store import client_for, history, runs_in
 
 from src import checkpoint, schema
@@ -30,45 +33,57 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    [interrupted] = runs_in(killed)
+    # A copy of the whole folder (store and checkpoints) resumes the same run. (This process
+    # reads the copy only: MLflow keeps its SQLite connections open, and the original's store is
+    # deleted below.)
+    copy = tmp_path / "copy"
+    shutil.copytree(killed, copy)
+    [interrupted] = runs_in(copy)
     assert interrupted.info.status == "RUNNING"  # SIGKILL: nothing could close it
-
-    # The checkpoints copied next to another store: its run is not there, so start over.
-    moved = tmp_path / "moved"
-    shutil.copytree(checkpoints, moved / "checkpoints")
-    elsewhere = run_cli(*args, output_dir=moved, data_dir=data_dir)
-    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
-    assert "starting over" in elsewhere.stdout and "resuming" not in elsewhere.stdout
-    assert [r.info.status for r in runs_in(moved)] == ["FINISHED"]
-
-    resumed = run_cli(*args, output_dir=killed, data_dir=data_dir)
+    resumed = run_cli(*args, output_dir=copy, data_dir=data_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming MLflow run {interrupted.info.run_id} from epoch" in resumed.stdout  # Hydra logs to stdout
-    assert run_cli(*args, output_dir=clean, data_dir=data_dir).returncode == 0
-
-    [after] = runs_in(killed)  # the same MLflow run, now FINISHED
+    [after] = runs_in(copy)  # the same MLflow run, now FINISHED
     assert after.info.run_id == interrupted.info.run_id and after.info.status == "FINISHED"
     # it keeps the sweep (here: the run folder) it started in, and lists the one that resumed it
     started_in = interrupted.data.tags[schema.SWEEP_TAG]
     assert after.data.tags[schema.SWEEP_TAG] == started_in
     [first, resumed_in] = after.data.tags[schema.SWEEPS_TAG].split()
     assert first == started_in != resumed_in
+
+    # The store deleted under the checkpoints: their run is gone, so they resume into a new run,
+    # with the epochs before the kill re-logged from the checkpoint.
+    (killed / "mlflow.db").unlink()
+    without_store = run_cli(*args, output_dir=killed, data_dir=data_dir)
+    assert without_store.returncode == 0, without_store.stderr[-2000:]
+    assert (f"continues MLflow run {interrupted.info.run_id}, which is not in sqlite:///{killed}/mlflow.db"
+            in without_store.stdout)
+    assert "resuming MLflow run" in without_store.stdout
+    [new_run] = runs_in(killed)
+    assert new_run.info.status == "FINISHED" and new_run.info.run_id != interrupted.info.run_id
+    assert [d.dataset.name for d in client_for(killed).get_run(new_run.info.run_id).inputs.dataset_inputs] == \
+        ["digits"]  # a new run: it has its data set input, as any new run
+
+    assert run_cli(*args, output_dir=clean, data_dir=data_dir).returncode == 0
     [reference] = runs_in(clean)
-    a, b = client_for(killed), client_for(clean)
-    for name in schema.EPOCH_METRICS:
-        if name == schema.WALL_TIME_S:
-            continue
-        assert history(a, after.info.run_id, name) == history(b, reference.info.run_id, name), name
+    for output_dir, run in ((copy, after), (killed, new_run)):  # each epoch once, as if never stopped
+        for name in schema.EPOCH_METRICS:
+            if name == schema.WALL_TIME_S:
+                continue
+            assert history(client_for(output_dir), run.info.run_id, name) == history(
+                client_for(clean), reference.info.run_id, name), (output_dir.name, name)
     # Under last_batch=carry (the default) the samples left over at each epoch's end open the
     # next epoch, across the kill too (the checkpoint holds them): 4 epochs at each B of 16, 32,
     # 64, 128 make (0 + 4 x 1437) // 16 = 359 steps (4 left), then 179 (24 left), 90 (12 left)
     # and 45; `keep` would make 4 x (90 + 45 + 23 + 12) = 680.
-    assert after.data.metrics[schema.TOTAL_PARAM_UPDATES] == 359 + 179 + 90 + 45
-    assert not list(checkpoints.glob("*.pt*"))  # removed once FINISHED
+    assert after.data.metrics[schema.TOTAL_PARAM_UPDATES] == new_run.data.metrics[schema.TOTAL_PARAM_UPDATES] \
+        == 359 + 179 + 90 + 45
+    for folder in (copy, killed):
+        assert not list((folder / "checkpoints").glob("*.pt*"))  # removed once FINISHED
 
-    again = run_cli(*args, output_dir=killed, data_dir=data_dir)
+    again = run_cli(*args, output_dir=copy, data_dir=data_dir)
     assert again.returncode == 0 and "already FINISHED" in again.stdout
-    assert len(runs_in(killed)) == 1
+    assert len(runs_in(copy)) == 1
 
 
 def test_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -96,6 +111,54 @@ def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, 
     assert [s for s, _ in history(client_for(tmp_path), run.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
 
 
+def test_a_fallback_to_the_previous_checkpoint_logs_each_epoch_once(make_cfg, tmp_path):
+    """Stopped in its 4th epoch, the run has logged epochs 0-2 and checkpointed epoch 2 (the one
+    before kept as .prev). The newest checkpoint torn, it resumes from epoch 1's: epoch 2 is
+    trained again but not logged again, and every epoch holds the numbers of a run never stopped."""
+    cfg = make_cfg(*TINY, "trainer.epochs=4", "tracking.sweep_id=torn-newest", output_dir=tmp_path)
+    with pytest.raises(Interrupted), step_sizes(stop_at_step=70):  # epochs 0-2 take 22 + 22 + 23 steps
+        train(cfg)
+    [stopped] = runs_in(tmp_path)
+    client = client_for(tmp_path)
+    assert [s for s, _ in history(client, stopped.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
+    newest = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    assert checkpoint.load(newest, {"epoch"})["epoch"] == 2
+    newest.write_bytes(newest.read_bytes()[:100])  # torn: epoch 1's .prev is the newest readable
+
+    assert train(cfg)["outcome"] == "resumed"
+    [run] = runs_in(tmp_path)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    train(make_cfg(*TINY, "trainer.epochs=4", output_dir=tmp_path / "clean"))
+    [clean] = runs_in(tmp_path / "clean")
+    for name in schema.EPOCH_METRICS:
+        logged = history(client, run.info.run_id, name)
+        assert [s for s, _ in logged] == [0, 1, 2, 3], name
+        if name != schema.WALL_TIME_S:
+            assert logged == history(client_for(tmp_path / "clean"), clean.info.run_id, name), name
+
+
+@pytest.mark.slow
+def test_two_identical_runs_at_once_train_once(tmp_path, data_dir):
+    """The same command twice, the second started while the first trains (same config, same
+    output folder): the second waits for the first's lock, then finds its run FINISHED."""
+    args = ["dataset=digits", "trainer.epochs=40", "schedule.batch_size=16", "schedule.milestones=[]",
+            "trainer.threads=1"]
+    command = [sys.executable, "-m", "src.run", *args, f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("*.pt"))):
+        time.sleep(0.05)
+    second = run_cli(*args, output_dir=tmp_path, data_dir=data_dir)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, (first_err[-2000:], second.stderr[-2000:])
+    [run] = runs_in(tmp_path)
+    assert run.info.status == "FINISHED"
+    steps = [s for s, _ in history(client_for(tmp_path), run.info.run_id, schema.VAL_LOSS)]
+    assert steps == list(range(40))  # each epoch once
+    assert "training in another process" in second.stdout and "already FINISHED" in second.stdout
+
+
 def test_checkpoint_state_and_restore_state_keep_the_contract(make_cfg, tmp_path):
     """What checkpoint_state saves is exactly CHECKPOINT_KEYS, and restore_state puts a freshly
     built run back where the saved one was, through a real checkpoint file."""
@@ -112,7 +175,7 @@ def test_checkpoint_state_and_restore_state_keep_the_contract(make_cfg, tmp_path
     history = {schema.VAL_LOSS: [1.0, 1.0, 1.0, 1.0]}  # a plateau: the schedule's state moves
     parts.schedule(4, history)
     progress = Progress(epochs_done=4, param_updates=92, samples_seen=4 * 1437, train_time=0.5, history=history)
-    state = checkpoint_state(parts, progress, run_id="run", store="store", elapsed=2.0)
+    state = checkpoint_state(parts, progress, run_id="run", elapsed=2.0)
     assert state.keys() == CHECKPOINT_KEYS
     checkpoint.save(tmp_path / "run.pt", state)
 

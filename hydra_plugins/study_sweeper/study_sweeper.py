@@ -1,8 +1,10 @@
 """A sweeper for studies that run for hours: Hydra's basic sweep (the cartesian product of the
 overrides), plus four things the basic one does not do.
 
-1. Every job's config is composed and validated before any job starts: a typo in the 9th job
-   stops the sweep at once with one line, and nothing is trained or logged.
+1. Every job's config is composed and validated before anything is written: a typo in the 9th
+   job stops the sweep at once with one line, and no folder, store or run is created. Then the
+   preflight of every job (src.run.preflight: its folders, its MLflow store and experiment, each
+   distinct one once), then the sweep's folder and its parent run (4.), then the jobs.
 2. A failing job does not stop the others (the basic sweeper raises after its batch).
 3. The sweep ends with a summary; its last line says how many of how many jobs failed, and the
    exit status is 1 when any did.
@@ -21,6 +23,8 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, List
 
@@ -35,25 +39,31 @@ SCHEDULE_KEY = "schedule"  # first in a run's name, as the schedule's name
 
 class StudySweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
-        from src.config import validate
+        from src.config import check_folder, validate
         from src.errors import one_line_error
+        from src.run import preflight
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         configs = []
         for number, job in enumerate(jobs):
-            try:
+            with self._refused(number, job):
                 configs.append(self.hydra_context.config_loader.load_sweep_config(self.config, list(job)))
                 validate(configs[-1])
-            except Exception as error:
-                message, _ = one_line_error(error)
-                print(f"error: job {number} ({' '.join(job)}): {message}", file=sys.stderr)
-                sys.exit(2)
+        prepared = set()
+        for number, (job, cfg) in enumerate(zip(jobs, configs)):
+            tracking = cfg.tracking
+            where = (cfg.paths.output_dir, cfg.paths.data_dir, tracking.uri, tracking.experiment, tracking.artifact_root)
+            if where not in prepared:
+                prepared.add(where)
+                with self._refused(number, job):
+                    preflight(cfg)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        with self._refused(None, ()):
+            check_folder("hydra.sweep.dir", sweep_dir)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         from src.tracking import end_sweep, start_sweep
 
@@ -61,8 +71,9 @@ class StudySweeper(BasicSweeper):
         # varies them, every job logs), named by the overrides that sweep.
         tracking, varying = configs[0].tracking, _varying_keys(jobs)
         sweeping = [a for a in [*self._parse_config(), *arguments] if _key(a) in varying]
-        parent = start_sweep(tracking, tracking.sweep_id or sweep_dir.name, f"{' '.join(sweeping) or 'sweep'}"
-                             f" ({len(jobs)} jobs)", len(jobs), shlex.join(sys.argv))
+        with self._refused(None, ()):  # the store opened in the preflight; one line if it fails now
+            parent = start_sweep(tracking, tracking.sweep_id or sweep_dir.name, f"{' '.join(sweeping) or 'sweep'}"
+                                 f" ({len(jobs)} jobs)", len(jobs), shlex.join(sys.argv))
         jobs = [[*job, *_tracking_overrides(job, cfg, varying, parent, tracking)] for job, cfg in zip(jobs, configs)]
         try:
             batch_size = self.max_batch_size or len(jobs)
@@ -82,6 +93,20 @@ class StudySweeper(BasicSweeper):
         if failed:
             sys.exit(1)
         return [results]
+
+    @staticmethod
+    @contextmanager
+    def _refused(number: int | None, job) -> Iterator[None]:
+        """Whatever fails in the block stops the sweep with one line naming the job, exit 2."""
+        from src.errors import one_line_error
+
+        try:
+            yield
+        except Exception as error:
+            message, _ = one_line_error(error)
+            which = "" if number is None else f"job {number} ({' '.join(job)}): "
+            print(f"error: {which}{message}", file=sys.stderr)
+            sys.exit(2)
 
     @staticmethod
     def _report(sweep_id: str, results) -> tuple[int, str]:
