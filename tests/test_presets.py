@@ -6,7 +6,7 @@ import re
 import pytest
 from helpers.cli import run_cli
 from helpers.configs import CONF_DIR, compose_config, group_options
-from helpers.store import runs_in
+from helpers.store import client_for, runs_in
 
 from src import schema
 from src.config import validate

@@ -96,9 +96,16 @@ def test_server_receives_a_sweep_read_back_over_rest(mlflow_server, server_sweep
         "experiment_ids": [experiment["experiment_id"]],
         "filter": f"tags.{schema.SWEEP_TAG} = '{server_sweep['sweep_id']}'",
     })
-    runs = found["runs"]
-    tags = [{t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs]
+    def tags_of(run):
+        return {t["key"]: t["value"] for t in run["data"]["tags"]}
+
+    # The sweep is one parent run (kind=sweep) and a child run per job.
+    parents = [run for run in found["runs"] if tags_of(run).get(schema.KIND_TAG) == schema.SWEEP_KIND]
+    runs = [run for run in found["runs"] if schema.KIND_TAG not in tags_of(run)]
+    assert [parent["info"]["status"] for parent in parents] == ["FINISHED"]
+    tags = [tags_of(run) for run in runs]
     assert sorted(t[schema.SCHEDULE_TAG] for t in tags) == ["decay_lr", "increase_bs"]
+    assert {t["mlflow.parentRunId"] for t in tags} == {parents[0]["info"]["run_id"]}
     assert [run["info"]["status"] for run in runs] == ["FINISHED", "FINISHED"]
     for run in runs:
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
