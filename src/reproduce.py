@@ -401,6 +401,51 @@ def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list
     return lines, "<br>".join(measured), "; ".join(verdict) + " ([the ablation](#claim-a-the-ablation))"
 
 
+def study_table(runs: list, baseline: str, options: dict) -> list[str]:
+    """A study's schedules side by side, as markdown lines: seeds; final validation accuracy,
+    mean with its t interval over seeds; the paired difference from `baseline` with the verdict;
+    mean parameter updates and their ratio; training time (train_time_s: the training steps),
+    mean with its interval, and the per-seed ratio to the baseline's with its interval. One
+    table per group of runs that differ in more than the schedule."""
+    from src.figures import group_runs, report_rows, t_interval
+
+    confidence, margin, min_seeds = options["confidence"], options["margin_points"], options["min_seeds"]
+    pct = f"{100 * confidence:g}%"
+    lines = []
+    for group in group_runs(runs, [baseline]):
+        if group.label:
+            lines += [f"{group.label}:", ""]
+        lines += [f"| schedule | seeds | final val acc (%, mean [{pct} interval]) | minus {baseline} (points, paired) "
+                  f"| parameter updates | train time (s, mean [{pct} interval]) | train time / {baseline}'s (paired) |",
+                  "|---|---|---|---|---|---|---|"]
+        base = baseline if baseline in group.curves else None
+        rows = {row["schedule"]: row for row in report_rows(group, base, margin, confidence, min_seeds)}
+        for schedule, curve in group.curves.items():
+            row, finished = rows[schedule], curve.finished
+            diverged, _ = failures(curve)
+            seeds = f"{len(finished)}" + (f" (+{len(diverged)} diverged)" if diverged else "")
+            if not finished:
+                lines.append(f"| {schedule} | {seeds} | no run finished | - | - | - | - |")
+                continue
+            acc = t_interval([100 * r.metrics[schema.FINAL_VAL_ACC] for r in finished], confidence)
+            time_s = t_interval([r.metrics[schema.TRAIN_TIME_S] for r in finished], confidence)
+            updates = f"{row['total_param_updates_mean']:,.0f}"
+            if schedule == base or base is None:
+                diff = ratio = "-" if base is None else "(baseline)"
+            else:
+                diff = "-" if row["acc_diff_points"] is None else (
+                    f"{row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} "
+                    f"**{arm_word(row['verdict'], curve)}**")
+                updates += f" ({row['total_param_updates_ratio']:.2f}x)"
+                paired = direction_word(paired_values(curve, group.curves[base], schema.TRAIN_TIME_S), 1.0,
+                                        confidence, min_seeds)
+                ratio = "-" if paired[1] is None else f"{paired[1]:.2f}x{_interval(paired[2], paired[3], '.2f')}"
+            lines.append(f"| {schedule} | {seeds} | {acc[0]:.2f}{_interval(acc[1], acc[2], '.2f')} | {diff} | "
+                         f"{updates} | {time_s[0]:.1f}{_interval(time_s[1], time_s[2], '.1f')} | {ratio} |")
+        lines.append("")
+    return lines
+
+
 # --- the report --------------------------------------------------------------------------------
 
 
@@ -532,7 +577,20 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
     for row in rows:
         links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
         md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
-    md += ["", "## Claim A: the ablation", "",
+    md += ["", "## The studies side by side", "",
+           f"Every schedule of {', '.join(plan['tables']['studies'])}, against {plan['tables']['baseline']}: the "
+           "numbers behind claims 1b and 5-7b, with the interval of each mean over seeds. Training time counts "
+           "the training steps (train_time_s); parallel jobs shared the machine, so the paired ratio is the "
+           "number to read.", ""]
+    for name in plan["tables"]["studies"]:
+        runs = runs_by_study.get(name, [])
+        md += [f"### {name}", "", plan["studies"][name].about, ""]
+        if not runs:
+            md += [f"{NOT_RUN}: `python -m src.reproduce run {name}`", ""]
+            continue
+        md += [f"`{_distinct([_command(r.tags.get('command')) for r in runs])}`", ""]
+        md += study_table(runs, plan["tables"]["baseline"], options)
+    md += ["## Claim A: the ablation", "",
            f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
            f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only "
            "(deterministic per seed on a CPU; times from these runs are not results). Accuracies are listed seed "
@@ -563,7 +621,10 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
     return "\n".join(md + ["", *cannot_show()]) + "\n"
 
 
-README_BEGIN, README_END = "<!-- reproduction:summary -->", "<!-- /reproduction:summary -->"
+# README.md's blocks that `report --write-readme` fills: the claims' summary, and the side-by-side
+# table of the first study of conf/reproduction.yaml's `tables`.
+README_SUMMARY = "reproduction:summary"
+README_TABLE = "reproduction:table"
 
 
 def readme_summary(rows: list[Row], provisional: str | None, doc: str) -> str:
@@ -576,13 +637,36 @@ def readme_summary(rows: list[Row], provisional: str | None, doc: str) -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path, summary: str) -> None:
+def readme_table(plan: dict, runs_by_study: dict, options: dict) -> str:
+    """README's side-by-side tables: those of conf/reproduction.yaml's `tables`, each with the
+    command that made it."""
+    from src.figures import _command, _distinct, environment
+
+    lines = []
+    for name in plan["tables"]["studies"]:
+        runs = runs_by_study.get(name, [])
+        lines += [f"**{name}**: {NOT_RUN} (`python -m src.reproduce run {name}`)", ""] if not runs else [
+            f"**{name}** (`{_distinct([_command(r.tags.get('command')) for r in runs])}`):", "",
+            *study_table(runs, plan["tables"]["baseline"], options)]
+    every_run = [run for name in plan["tables"]["studies"] for run in runs_by_study.get(name, [])]
+    if every_run:
+        env = environment(every_run)
+        lines.append(f"Commit {env['commit']}; torch {env['torch']}, {env['device']}, {env['threads']}; "
+                     f"{env['time']}.")
+    return "\n".join(lines).rstrip()
+
+
+def write_readme(readme: Path, blocks: dict[str, str]) -> None:
+    """Replace each `<!-- name -->` ... `<!-- /name -->` block of README.md with its text."""
     text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"error: {readme} has no {README_BEGIN} ... {README_END} block to fill")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_BEGIN}\n{summary}\n{README_END}{tail}")
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"error: {readme} has no {begin} ... {end} block to fill")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{body}\n{end}{tail}"
+    readme.write_text(text)
 
 
 def report(args: argparse.Namespace, plan: dict) -> int:
@@ -617,9 +701,10 @@ def report(args: argparse.Namespace, plan: dict) -> int:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render(plan, runs_by_study, rows, ablation_lines, options, provisional))
     if args.write_readme:
-        write_readme(ROOT / "README.md", readme_summary(rows, provisional, os.path.relpath(doc, ROOT)))
+        write_readme(ROOT / "README.md", {README_SUMMARY: readme_summary(rows, provisional, os.path.relpath(doc, ROOT)),
+                                          README_TABLE: readme_table(plan, runs_by_study, options)})
     print(f"wrote {doc} ({len(rows)} rows; figures under {doc.parent / doc.stem}; every study's figures and "
-          f"report.md under {study_root})" + ("; README.md's summary" if args.write_readme else ""))
+          f"report.md under {study_root})" + ("; README.md's summary and table" if args.write_readme else ""))
     return 0
 
 
@@ -690,8 +775,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     report_parser.add_argument("--provisional", metavar="WHY", help="mark the report provisional, saying why "
                                "(it is, unaided, when a study has fewer than 3 seeds)")
     report_parser.add_argument("--write-readme", action="store_true",
-                               help="also fill README.md's 'Does the claim hold?' table (the output must be under "
-                               "the repository)")
+                               help="also fill README.md's 'Does the claim hold?' table and the default study's "
+                               "side-by-side table (the output must be under the repository)")
     for sub in (run_parser, report_parser):
         sub.add_argument("--config", type=Path, default=CONFIG, help="the studies and claims")
     return parser.parse_args(argv)

@@ -160,6 +160,9 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     written = reproduce("report", "--output", str(doc), "--output-dir", str(out))
     assert written.returncode == 0, written.stderr[-3000:]
     text = doc.read_text()
+    side_by_side = text.split("## The studies side by side")[1].split("## Claim A")[0]
+    assert "### default\n" in side_by_side and "| decay_lr | 1 | " in side_by_side
+    assert "### default_large\n" in side_by_side and f"{NOT_RUN}: `python -m src.reproduce run default_large`" in side_by_side
     provisional = text.split("\n\n")[1]
     assert provisional.startswith("> **Provisional**: fewer than 3 seeds in default (1), ")
     listed = [name for name, study in PLAN["studies"].items() if "reproduction" in study["lists"]]
@@ -191,6 +194,22 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     again = reproduce(*args)
     assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == 3
     assert len(load_study(client, "reproduction/default", "default")) == len(counted)
+
+
+def test_side_by_side_table_gives_each_schedule_with_intervals_and_paired_ratios():
+    from src.reproduce import study_table
+
+    runs = arms([0.1, 0.2, -0.1], times=(0.5, 0.6, 0.7))
+    lines = study_table(runs, "decay_lr", OPTIONS)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:] if line.startswith("| ")}
+    assert rows["decay_lr"][1:5] == ["3", "85.00 [72.58, 97.42]", "(baseline)", "300"]
+    assert rows["increase_bs"][1] == "3"
+    assert rows["increase_bs"][3].startswith("+0.07 [") and rows["increase_bs"][3].endswith("**matched**")
+    assert rows["increase_bs"][4] == "100 (0.33x)"
+    assert rows["increase_bs"][6].startswith("0.60x [")  # the mean of the per-seed ratios 0.5, 0.6, 0.7
+    runs[-1].status, runs[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
+    rows = {line.split(" | ")[0][2:]: line for line in study_table(runs, "decay_lr", OPTIONS)[2:]}
+    assert "| 2 (+1 diverged) |" in rows["increase_bs"] and "**differs (1 of 3 seeds diverged)**" in rows["increase_bs"]
 
 
 def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
