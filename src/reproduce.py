@@ -651,8 +651,8 @@ def readme_table(plan: dict, runs_by_study: dict, options: dict) -> str:
     every_run = [run for name in plan["tables"]["studies"] for run in runs_by_study.get(name, [])]
     if every_run:
         env = environment(every_run)
-        lines.append(f"Commit {env['commit']}; torch {env['torch']}, {env['device']}, {env['threads']}; "
-                     f"{env['time']}.")
+        lines.append(f"Runs made at commit {env['commit'][:12]}; torch {env['torch']}; device: {env['device']}; "
+                     f"threads: {env['threads']}; {env['time']}.")
     return "\n".join(lines).rstrip()
 
 

@@ -70,8 +70,7 @@ def test_blog_quick_reaches_the_blogs_regime(tmp_path, data_dir):
                      "trainer.threads=1", output_dir=tmp_path, data_dir=data_dir, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     client = client_for(tmp_path)
-    runs = {r.data.tags["schedule"]: r for r in
-            client.search_runs([client.get_experiment_by_name("batch-size-study").experiment_id])}
+    runs = {r.data.tags["schedule"]: r for r in runs_in(tmp_path)}  # the training runs, not the sweep's parent
     assert set(runs) == {"plateau_increase_bs", "plateau_decay_lr"}
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     arm, base = runs["plateau_increase_bs"], runs["plateau_decay_lr"]

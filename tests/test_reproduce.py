@@ -165,7 +165,7 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     assert "### default_large\n" in side_by_side and f"{NOT_RUN}: `python -m src.reproduce run default_large`" in side_by_side
     provisional = text.split("\n\n")[1]
     assert provisional.startswith("> **Provisional**: fewer than 3 seeds in default (1), ")
-    listed = [name for name, study in PLAN["studies"].items() if "reproduction" in study["lists"]]
+    listed = [name for name, study in PLAN["studies"].items() if "reproduction" in study.lists]
     for name in listed:  # every study of the reproduction, with the seeds it has
         assert f"{name} ({1 if name in ('default', 'blog_covtype_quick') else 0})" in provisional, name
     table = [line for line in text.splitlines() if re.match(r"\| (\w+) \| ", line) and "---" not in line]
@@ -189,8 +189,9 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
 
     client = client_for(out)
     counted = load_study(client, "reproduction/default", "default")
-    assert sorted(r.schedule for r in counted) == sorted(
-        ["decay_lr", "increase_bs", "hybrid", "large_batch_scaled", "adaptive_gns", "constant"])
+    swept = [item.split("=", 1)[1] for sweep in PLAN["studies"]["default"].sweeps for job in jobs_of(sweep)
+             for item in job if item.startswith("schedule=")]
+    assert sorted(r.schedule for r in counted) == sorted(swept) and "critical_bs" in swept  # one run per job
     again = reproduce(*args)
     assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == 3
     assert len(load_study(client, "reproduction/default", "default")) == len(counted)
