@@ -233,7 +233,11 @@ def stop_after_the_first_checkpoint(output_dir: Path, data_dir: Path, signum: in
     """A real `python -m src.run` sent `signum` once its first checkpoint is written: (exit status, stderr)."""
     command = [sys.executable, "-m", "src.run", *STOPPABLE, f"paths.output_dir={output_dir}",
                f"paths.data_dir={data_dir}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background (CI's runner may) sets SIGINT to ignored, and a
+    # child inherits that, so Python would never see Ctrl-C: the run gets the default back, as a
+    # program started from a terminal has it.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoints = output_dir / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("*.pt"))):
