@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: the machine, timing, medians, tables, and composing and
-building a run as src.train does (build: src.train.build_run).
+building a run as src.train does (build: src.train.build_run) and training it an epoch at a time as
+the loop does (run_epoch: src.train.train_epoch).
 
 Every number a benchmark reports is a ratio (or a rate) measured side by side in one process,
 with the arms interleaved (the order alternates each repetition) and reduced to a median, so a
@@ -55,6 +56,19 @@ def build(cfg, device):
     from src.train import build_run
 
     return build_run(cfg, device)
+
+
+def run_epoch(run, order, batch_size: int, *, model=None, optimizer=None, data=None, noise=None):
+    """src.train.train_epoch over `order` in batches of batch_size, as the loop calls it: with the
+    run's batch stream (trainer.last_batch), its CPU generator for the augmentation and its step
+    settings (micro-batches, precision). `run` is a src.train.RunParts (build), or anything with
+    those three attributes (batches, batch_order, steps); model, optimizer and data are the run's
+    unless given (an arm's own copy). Returns what train_epoch returns."""
+    from src.train import train_epoch
+
+    return train_epoch(run.model if model is None else model, run.optimizer if optimizer is None else optimizer,
+                       run.data if data is None else data, order, batch_size=batch_size, batches=run.batches,
+                       generator=run.batch_order, settings=run.steps, noise=noise)
 
 
 def device_from(name: str):

@@ -38,7 +38,7 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from src.schedules import planned_updates  # noqa: E402
-from src.train import make_schedule, train_epoch  # noqa: E402
+from src.train import make_schedule  # noqa: E402
 
 SCHEDULES = ("decay_lr", "increase_bs")
 TOLERANCE = 0.10
@@ -64,9 +64,7 @@ class StepTimer:
         def run():
             order = torch.randperm(n, generator=self.order_rng).to(self.device)
             order = order.repeat(math.ceil(steps * b / n))[: steps * b]  # `steps` whole batches
-            run = self.run
-            train_epoch(run.model, run.optimizer, run.data, order, batch_size=b, batches=run.batches,
-                        generator=run.batch_order, settings=run.steps)
+            c.run_epoch(self.run, order, b)
         return run
 
     def session(self, reps: int) -> None:

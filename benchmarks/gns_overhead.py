@@ -19,7 +19,6 @@ import _common as c  # noqa: E402  (puts the repo on sys.path)
 import torch  # noqa: E402
 
 from src.gns import NoiseScaleEstimator  # noqa: E402
-from src.train import train_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +44,7 @@ def main() -> None:
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)
 
                 def epoch(arm_model=arm_model, optimizer=optimizer, order=order, noise=noise):
-                    train_epoch(arm_model, optimizer, data, order, batch_size=batch_size, batches=run.batches,
-                                generator=run.batch_order, settings=run.steps, noise=noise)
+                    c.run_epoch(run, order, batch_size, model=arm_model, optimizer=optimizer, noise=noise)
                     c.synchronize(device)
 
                 arms[name] = epoch

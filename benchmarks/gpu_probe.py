@@ -2,7 +2,7 @@
 run in its own process (so a section that crashes or runs out of time takes nothing else with it).
 Every subcommand prints markdown for the report, row by row as it measures (a killed run keeps
 what it printed). Each uses the project's real pieces: the composed config, src.train's loop
-(through one_epoch: src.train.train_epoch), src.data's augmentation, the MLflow store train() wrote.
+(through one_epoch: _common.run_epoch, src.train.train_epoch), src.data's augmentation, the MLflow store train() wrote.
 
     header                       machine, versions (the report's top)
     prepare-data                 synthetic CIFAR-10 files in the real format; the MNIST-1D cache
@@ -19,9 +19,7 @@ PeakMemory is a Hydra callback that gpu_checks.sh adds on the command line of re
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -34,6 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when Hydra imports this as a callback
 import _common as c  # noqa: E402
@@ -104,29 +103,12 @@ def read_peaks(path: str | None) -> list[dict]:
 # --- shared pieces ----------------------------------------------------------------------------
 
 def cifar10_writer():
-    """The project's writer of random images in CIFAR-10's on-disk format (write_cifar10_files):
-    in src.data, or wherever under tests/ it has moved (tests/helpers/ first)."""
-    try:
-        from src.data import write_cifar10_files
+    """The tests' writer of random images in CIFAR-10's on-disk format (tests/helpers/data_files.py).
+    tests/ has no __init__.py: it imports as a namespace package from the repository root, which is
+    on sys.path however this runs (_common puts it there; gpu_checks.sh also sets PYTHONPATH)."""
+    from tests.helpers.data_files import write_cifar10_files
 
-        return write_cifar10_files
-    except ImportError:
-        pass
-    tests = c.REPO / "tests"
-    paths = sorted(tests.rglob("*.py"), key=lambda p: ("helpers" not in p.parts and p.stem != "helpers", str(p)))
-    for path in paths:
-        if "def write_cifar10_files" not in path.read_text():
-            continue
-        parts = path.relative_to(c.REPO).with_suffix("").parts
-        dotted = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        try:
-            module = importlib.import_module(dotted)
-        except ImportError:  # not importable as a package path: load the file itself
-            spec = importlib.util.spec_from_file_location(f"_cifar10_writer_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        return module.write_cifar10_files
-    raise SystemExit("error: write_cifar10_files found neither in src.data nor under tests/")
+    return write_cifar10_files
 
 
 def preset_cfg(overrides, preset: str = "smith2018_cifar10", output_dir=None):
@@ -143,18 +125,19 @@ def synthetic_cifar(n_train: int, n_val: int, device, seed: int = 0):
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(n_train + n_val, *CIFAR_SHAPE, generator=generator, device=device)
     y = torch.randint(0, 10, (n_train + n_val,), generator=generator, device=device)
-    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, augment=augment_crop_flip)
+    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, name="synthetic_cifar10",
+                   source="torch.randn (no file)", augment=augment_crop_flip)
 
 
-def build_wrn(cfg, device, precision):
-    """WRN-16-4 (cfg.model) and its optimizer, built as src.train.train builds them."""
-    from hydra.utils import instantiate
-
-    from src.train import build_optimizer, seed_everything
+def build_wrn(cfg, data, device, precision):
+    """WRN-16-4 (cfg.model) for `data` and its optimizer, with src.train's builders as build_run
+    calls them: seeded by trainer.seed, the optimizer starting from the schedule's first lr."""
+    from src.train import build_model, build_optimizer, make_schedule, seed_everything
 
     seed_everything(cfg.trainer.seed)
-    model = precision.prepare(instantiate(cfg.model, input_shape=CIFAR_SHAPE, n_classes=10).to(device))
-    return model, build_optimizer(cfg.optimizer, model.parameters(), cfg.schedule.lr)
+    model = build_model(cfg, data, device, precision)
+    first = make_schedule(cfg, data.n_train)(0)
+    return model, build_optimizer(cfg.optimizer, model.parameters(), first.lr)
 
 
 def micro_for(cfg, batch_size: int) -> int | None:
@@ -181,11 +164,11 @@ def one_epoch(model, optimizer, data, order, batch_size, precision, micro_batch_
     import torch
 
     from src.data import BatchStream
-    from src.train import StepSettings, train_epoch
+    from src.train import StepSettings
 
-    return train_epoch(model, optimizer, data, order, batch_size=batch_size, batches=BatchStream("keep"),
-                       generator=generator or torch.Generator(),
-                       settings=StepSettings(micro_batch_size=micro_batch_size, precision=precision))
+    pieces = SimpleNamespace(batches=BatchStream("keep"), batch_order=generator or torch.Generator(),
+                             steps=StepSettings(micro_batch_size=micro_batch_size, precision=precision))
+    return c.run_epoch(pieces, order, batch_size, model=model, optimizer=optimizer, data=data)
 
 
 def timed_steps(model, optimizer, data, batch_size, micro, precision, steps, device, seed=0, generator=None):
@@ -402,7 +385,7 @@ def cmd_throughput(args) -> None:
     rate = {}
     for bf16, channels_last in combos:
         precision = Precision(device, bf16, channels_last)
-        model, optimizer = build_wrn(cfg, device, precision)
+        model, optimizer = build_wrn(cfg, data, device, precision)
         sizes = args.sizes if (bf16, channels_last) == combos[0] else args.combo_sizes
         runs = [(b, micro_for(cfg, b)) for b in sizes]
         if (bf16, channels_last) == combos[0] and args.whole_batch:
@@ -484,7 +467,7 @@ def cmd_sync(args) -> None:
     cfg = preset_cfg(args.overrides)
     precision = Precision(device, cfg.trainer.bf16, cfg.trainer.channels_last)
     data = synthetic_cifar(args.n_train, 500, device)
-    model, optimizer = build_wrn(cfg, device, precision)
+    model, optimizer = build_wrn(cfg, data, device, precision)
     if device.type != "cuda":
         say("No CUDA device: synchronisations cannot be counted (torch.cuda.set_sync_debug_mode needs one); "
             "the rest of this section runs for its code paths only.\n")
@@ -596,7 +579,7 @@ def cmd_ddp1(args) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for wrapped in (False, True):
-                model, optimizer = build_wrn(cfg, device, precision)
+                model, optimizer = build_wrn(cfg, data, device, precision)
                 if wrapped:
                     model = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
                 b = args.batch

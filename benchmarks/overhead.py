@@ -35,7 +35,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset  # noqa: E402
 
 from src.data import batch_indices  # noqa: E402
-from src.train import train_epoch  # noqa: E402
 
 TARGET_OVERHEAD = 1.05
 
@@ -65,8 +64,7 @@ def overhead_table(model_name: str, args, device) -> list[list[object]]:
     data, model, optimizer = run.data, run.model, run.optimizer
 
     def project_epoch(order, batch_size):
-        train_epoch(model, optimizer, data, order, batch_size=batch_size, batches=run.batches,
-                    generator=run.batch_order, settings=run.steps)
+        c.run_epoch(run, order, batch_size)
 
     bare_model = copy.deepcopy(model)
     group = optimizer.param_groups[0]
