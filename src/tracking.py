@@ -242,18 +242,20 @@ def hash_config(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def runs_with_config(cfg: DictConfig, config_hash: str, status: str | None = None):
-    """Training runs of this experiment logged with `config_hash`, newest first."""
-    experiment_id = prepare_store(cfg.tracking)  # never the first, unlocked, writer of a store
+def runs_with_config(cfg: DictConfig, config_hash: str, status: str | None = None, experiment_id: str | None = None):
+    """Training runs of this experiment logged with `config_hash`, newest first. `experiment_id`:
+    the experiment's, from prepare_store; None: prepared here."""
+    if experiment_id is None:
+        experiment_id = prepare_store(cfg.tracking)  # never the first, unlocked, writer of a store
     query = f"tags.{CONFIG_HASH_TAG} = '{config_hash}'" + (f" and attributes.status = '{status}'" if status else "")
     return MlflowClient(cfg.tracking.uri).search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
 
 
-def run_is_in_store(cfg: DictConfig, run_id: str | None) -> bool:
-    """Whether MLflow run `run_id` is in this config's store and experiment, not deleted."""
+def run_is_in_store(cfg: DictConfig, run_id: str | None, experiment_id: str) -> bool:
+    """Whether MLflow run `run_id` is in this config's store and experiment (`experiment_id`, from
+    prepare_store), not deleted."""
     if run_id is None:
         return False
-    experiment_id = prepare_store(cfg.tracking)
     try:
         run = MlflowClient(cfg.tracking.uri).get_run(run_id)
     except MlflowException as error:
@@ -340,21 +342,22 @@ class Untracked:
         pass
 
 
-def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> None:
+def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> dict[str, str]:
     """Add a re-run sweep that skips or resumes a run to the run's SWEEPS_TAG, so the newest sweep
     holds every run of its command (the figures read one sweep at a time) while its sweep_id
-    keeps the sweep that trained it."""
+    keeps the sweep that trained it. Returns the run's tags as they were read."""
     client = MlflowClient(cfg.tracking.uri)
     tags = client.get_run(run_id).data.tags
     sweeps = tags.get(SWEEPS_TAG, tags.get(SWEEP_TAG, "")).split()
     if sweep_id not in sweeps:
         client.set_tag(run_id, SWEEPS_TAG, " ".join([*sweeps, sweep_id]))
+    return tags
 
 
-def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, keep: str) -> None:
+def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, keep: str, experiment_id: str) -> None:
     """Runs of this config left RUNNING by a process killed before its first checkpoint: nothing
     can resume them, so they are marked KILLED and point at the run that replaces them."""
-    for stale in runs_with_config(cfg, config_hash, status="RUNNING"):
+    for stale in runs_with_config(cfg, config_hash, status="RUNNING", experiment_id=experiment_id):
         if stale.info.run_id != keep:
             client.set_tag(stale.info.run_id, SUPERSEDED_BY_TAG, keep)
             client.set_terminated(stale.info.run_id, "KILLED")
@@ -369,7 +372,7 @@ def _launch_tags(client: MlflowClient, tracking: DictConfig) -> tuple[dict[str, 
         parent = client.get_run(tracking.parent_run_id).data.tags
         launch = {k: v for k, v in parent.items() if k.startswith(CONTEXT_PREFIXES) or k == COMMAND_TAG}
         launch[MLFLOW_PARENT_RUN_ID] = tracking.parent_run_id
-        jobs = int(parent[JOBS_TAG])
+        jobs = int(parent[JOBS_TAG]) if JOBS_TAG in parent else None  # a parent that is not a sweep's: no count
     else:
         launch, jobs = resolve_tags(), None
     if tracking.note:
@@ -392,12 +395,16 @@ def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
 
 @contextmanager
 def tracked_run(
-    cfg: DictConfig, tags: Mapping[str, str], run_name: str, resume_run_id: str | None = None
+    cfg: DictConfig, tags: Mapping[str, str], run_name: str, resume_run_id: str | None = None,
+    experiment_id: str | None = None,
 ) -> Iterator[TrackedRun]:
     """Start an MLflow run for one job (or reopen `resume_run_id`): its tags, MLflow's context
     tags, tracking.tags and tracking.note, the parent of a sweep's job; log the resolved config
-    (as params and as config.yaml) and its hash, and close the run whatever happens in the block."""
-    experiment_id = prepare_store(cfg.tracking)
+    (as params and as config.yaml) and its hash, and close the run whatever happens in the block.
+    `experiment_id`: from prepare_store; None: prepared here. Nothing in the block prepares the
+    store again, so the short patience of opening it never applies to a run that exists."""
+    if experiment_id is None:
+        experiment_id = prepare_store(cfg.tracking)
     client = MlflowClient(cfg.tracking.uri)
     config_hash = hash_config(cfg)
     launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
@@ -414,8 +421,7 @@ def tracked_run(
     try:  # from here on, whatever fails, the run is closed in `finally`
         monitor = _system_metrics(cfg.tracking, run_id, resumed=bool(resume_run_id))
         if resume_run_id:
-            join_sweep(cfg, run_id, tags[SWEEP_TAG])
-            if ERROR_TAG in client.get_run(run_id).data.tags:  # from the attempt that failed
+            if ERROR_TAG in join_sweep(cfg, run_id, tags[SWEEP_TAG]):  # from the attempt that failed
                 client.delete_tag(run_id, ERROR_TAG)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -423,7 +429,7 @@ def tracked_run(
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
-        _close_stale_runs(client, cfg, config_hash, keep=run_id)
+        _close_stale_runs(client, cfg, config_hash, keep=run_id, experiment_id=experiment_id)
         yield TrackedRun(client, run_id, experiment_id, sweep_jobs)
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,7 +281,7 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> 
     seed_everything(trainer.seed)  # before anything is built
     with _built_from(cfg, "dataset", "cannot make its data"):
         data: Dataset = instantiate(cfg.dataset).to(device)
-    validate_against_data(cfg, data.n_train, len(data.y_val))
+    validate_against_data(cfg, data.n_train, data.n_val)
     precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = build_model(cfg, data, device, precision)
     with _built_from(cfg, "schedule", "cannot be built"):
@@ -324,8 +325,17 @@ class Progress:
     earlier_attempts_s: float = 0.0  # wall seconds of the attempts before this one (a resumed run)
     history: dict[str, list[float]] = field(default_factory=dict)  # every per-epoch metric so far
 
+    def record(self, metrics: Mapping[str, float]) -> None:
+        """Add the next epoch's metrics to the history, one value per epoch in every list: a
+        metric an epoch did not have (gpu_peak_memory_mib of a run resumed on a CPU after a GPU)
+        is nan there, so epoch_metrics and the schedules index every list by epoch."""
+        epoch = self.epochs_done
+        for name in [*self.history, *(name for name in metrics if name not in self.history)]:
+            self.history.setdefault(name, [math.nan] * epoch).append(metrics.get(name, math.nan))
+        self.epochs_done = epoch + 1
+
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
-        """Every metric logged for `epoch` (0-based), as it was logged."""
+        """Every metric recorded for `epoch` (0-based), as it was logged (nan: not measured)."""
         return {name: values[epoch] for name, values in self.history.items()}
 
 
@@ -381,9 +391,10 @@ def restore_state(parts: RunParts, state: dict) -> Progress:
 
 # --- skip or resume ------------------------------------------------------------------------------
 
-def _finished_before(cfg: DictConfig, config_hash: str, sweep_id: str, label: str, world: World) -> dict | None:
+def _finished_before(cfg: DictConfig, experiment_id: str, config_hash: str, sweep_id: str, label: str,
+                     world: World) -> dict | None:
     """The final metrics of this config's FINISHED run, which then joins this sweep; None if none."""
-    for done in tracking.runs_with_config(cfg, config_hash, status="FINISHED")[:1]:
+    for done in tracking.runs_with_config(cfg, config_hash, status="FINISHED", experiment_id=experiment_id)[:1]:
         log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, config_hash)
         if world.is_main:
             tracking.join_sweep(cfg, done.info.run_id, sweep_id)
@@ -391,7 +402,7 @@ def _finished_before(cfg: DictConfig, config_hash: str, sweep_id: str, label: st
     return None
 
 
-def _checkpoint_to_resume(cfg: DictConfig, path: Path, label: str) -> dict | None:
+def _checkpoint_to_resume(cfg: DictConfig, experiment_id: str, path: Path, label: str) -> dict | None:
     """The newest readable checkpoint at `path`; None: start over.
 
     When its MLflow run is not in this config's store and experiment (the store was deleted or
@@ -400,7 +411,7 @@ def _checkpoint_to_resume(cfg: DictConfig, path: Path, label: str) -> dict | Non
     history. The checkpoint holds every per-epoch metric as it was logged, so the new run is
     whole and has the same numbers; starting over would throw its epochs away for nothing."""
     saved_state = checkpoint.load(path, CHECKPOINT_KEYS)
-    if saved_state is not None and not tracking.run_is_in_store(cfg, saved_state["run_id"]):
+    if saved_state is not None and not tracking.run_is_in_store(cfg, saved_state["run_id"], experiment_id):
         log.warning("[%s] checkpoint %s continues MLflow run %s, which is not in %s (experiment %s): resuming it "
                     "into a new run, with its %d epochs re-logged", label, path, saved_state["run_id"],
                     cfg.tracking.uri, cfg.tracking.experiment, saved_state["epoch"] + 1)
@@ -502,12 +513,13 @@ def _train(cfg: DictConfig, world: World) -> dict:
     label = run_name(cfg)
     config_hash = tracking.hash_config(cfg)
     sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
+    experiment_id = tracking.prepare_store(cfg.tracking)  # once: every later call is given it
     if trainer.resume:
-        finished = _finished_before(cfg, config_hash, sweep_id, label, world)
+        finished = _finished_before(cfg, experiment_id, config_hash, sweep_id, label, world)
         if finished is not None:
             return {"outcome": "skipped", **finished}
     checkpoint_path = Path(cfg.paths.output_dir) / "checkpoints" / f"{config_hash}.pt"
-    saved_state = _checkpoint_to_resume(cfg, checkpoint_path, label) if trainer.resume else None
+    saved_state = _checkpoint_to_resume(cfg, experiment_id, checkpoint_path, label) if trainer.resume else None
     if saved_state is None:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
@@ -531,7 +543,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             schema.COMMAND_TAG: shlex.join(sys.argv)}
     resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
     tracked = (
-        tracking.tracked_run(cfg, tags, label, resume_run_id=resume_run_id)
+        tracking.tracked_run(cfg, tags, label, resume_run_id=resume_run_id, experiment_id=experiment_id)
         if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
     )
     with tracked as run, _stopped_here(label, run, progress, checkpoint_path, trainer.epochs):
@@ -589,9 +601,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
                 metrics.update(parts.noise.metrics())
             metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
-            for name, value in metrics.items():
-                progress.history.setdefault(name, []).append(value)
-            progress.epochs_done = epoch + 1
+            progress.record(metrics)
             # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
             if world.is_main:
                 elapsed = progress.earlier_attempts_s + time.perf_counter() - started

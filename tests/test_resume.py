@@ -193,3 +193,20 @@ def test_checkpoint_state_and_restore_state_keep_the_contract(make_cfg, tmp_path
     # last_batch=carry (the default): the 1437 mod 64 = 29 samples left over open the next epoch
     assert len(parts.batches.leftover) == 29
     assert torch.equal(fresh.batches.leftover, parts.batches.leftover)
+
+
+def test_every_history_list_holds_one_value_per_epoch_whatever_the_device():
+    """A metric only some epochs have (GPU peak memory, for a run checkpointed on a GPU and
+    resumed on a CPU, or the reverse) is nan in the others, so an epoch is re-logged from the
+    checkpoint with its own values."""
+    from src.train import Progress
+
+    progress = Progress()
+    progress.record({schema.VAL_LOSS: 1.0})  # epoch 0 on a CPU
+    progress.record({schema.VAL_LOSS: 0.9, schema.GPU_PEAK_MEMORY_MIB: 512.0})  # resumed on a GPU
+    progress.record({schema.VAL_LOSS: 0.8})  # and on a CPU again
+    assert progress.epochs_done == 3
+    assert progress.history[schema.VAL_LOSS] == [1.0, 0.9, 0.8]
+    assert progress.epoch_metrics(1) == {schema.VAL_LOSS: 0.9, schema.GPU_PEAK_MEMORY_MIB: 512.0}
+    assert progress.epoch_metrics(2)[schema.VAL_LOSS] == 0.8
+    assert all(len(values) == 3 for values in progress.history.values())

@@ -24,6 +24,18 @@ def test_a_raising_job_ends_failed_with_the_error(make_cfg, shared_store):
     assert failed.data.metrics[schema.VAL_LOSS] == 1.0  # what was logged before the error is kept
 
 
+def test_a_parent_run_that_is_not_a_sweeps_gives_no_job_count(make_cfg, shared_store):
+    """tracking.parent_run_id set by hand to a plain run (no jobs tag): the run nests under it."""
+    client = client_for(shared_store)
+    parent_cfg = make_cfg(*TINY, "tracking.sweep_id=plain-parent")
+    with tracked_run(parent_cfg, {schema.SWEEP_TAG: "plain-parent"}, run_name="plain parent") as parent:
+        pass
+    cfg = make_cfg(*TINY, "tracking.sweep_id=nested", f"tracking.parent_run_id={parent.run_id}")
+    with tracked_run(cfg, {schema.SWEEP_TAG: "nested"}, run_name="nested") as run:
+        assert run.sweep_jobs is None
+    assert client.get_run(run.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
 
