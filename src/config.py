@@ -158,11 +158,17 @@ def _check_plain_group(group: str, node: Any) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(structured), node)
     except (ConfigKeyError, ConfigAttributeError) as error:
-        keys = ", ".join(f.name for f in fields(structured))
-        raise ConfigError(f"{group}.{error.key}: unknown key; {group} has: {keys}") from None
+        *parents, _ = str(error.full_key or error.key).split(".")  # a nested key: its parents' names
+        holder = structured
+        for parent in parents:
+            holder = typing.get_type_hints(holder)[parent]
+        keys = ", ".join(f.name for f in fields(holder))
+        raise ConfigError(f"{group}.{error.full_key or error.key}: unknown key; "
+                          f"{'.'.join([group, *parents])} has: {keys}") from None
     except OmegaConfBaseException as error:
-        value = node.get(error.key) if isinstance(node, Mapping) else node
-        raise ConfigError(f"{group}.{error.key}={value!r}: {str(error).splitlines()[0]}") from None
+        key = str(error.full_key or error.key)
+        value = OmegaConf.select(OmegaConf.create(node), key) if isinstance(node, Mapping) else node
+        raise ConfigError(f"{group}.{key}={value!r}: {str(error).splitlines()[0]}") from None
 
 
 def _check_present(group: str, node: Mapping, needed: Sequence[str]) -> None:
@@ -259,17 +265,15 @@ def _check_ranges(cfg: Mapping) -> None:
                 f"trainer.micro_batch_size={micro}: must be a multiple of model.ghost_batch_size={ghost}, "
                 "or ghost batches straddle micro-batches"
             )
+        if cfg["model"].get("batch_norm"):
+            raise ConfigError(f"trainer.micro_batch_size={micro}: not with model.batch_norm=true, whose statistics "
+                              "would be per micro-batch and change the update (micro-batches must not)")
     if cfg["model"].get("init", "torch") not in MLP_INIT:
         raise ConfigError(f"model.init={cfg['model']['init']!r}: allowed: {', '.join(MLP_INIT)}")
     if trainer["last_batch"] not in LAST_BATCH:
         raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
-    # MLflow's other refusals (an experiment name over its length limit, a URI it cannot open)
-    # are told where the store is opened: src.tracking.prepare_store.
-    for key in ("uri", "experiment"):
-        if not cfg["tracking"][key].strip():
-            raise ConfigError(f"tracking.{key}={cfg['tracking'][key]!r}: must not be empty")
 
     if "momentum" in optimizer:
         _check_type("optimizer.momentum", optimizer["momentum"], float)
@@ -326,7 +330,13 @@ def _check_ranges(cfg: Mapping) -> None:
 
 
 def _check_tracking(tracking: Mapping) -> None:
-    """What tracking switches need: MLflow's system metrics need psutil, an optional extra."""
+    """The store's address and experiment are given (MLflow's other refusals, an experiment name
+    over its length limit, a URI it cannot open, are told where the store is opened:
+    src.tracking.prepare_store); what tracking switches need: MLflow's system metrics need
+    psutil, an optional extra."""
+    for key in ("uri", "experiment"):
+        if not tracking[key].strip():
+            raise ConfigError(f"tracking.{key}={tracking[key]!r}: must not be empty")
     if tracking["system_metrics"] and importlib.util.find_spec("psutil") is None:
         raise ConfigError("tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'")
     _positive("tracking.system_metrics_every_s", tracking["system_metrics_every_s"])

@@ -55,9 +55,12 @@ class CNN1d(nn.Module):
     """A small 1-D convnet for MNIST-1D: strided conv blocks, then a linear classifier on the
     flattened feature map. A flat input is one channel; (C, L) inputs keep their channels.
 
-    batch_norm: a BatchNorm1d between each conv and its ReLU (statistics over the whole batch),
-    off by default; on, it makes the conv weights scale-invariant, as the paper's WRN is (an
-    ablation of docs/reproduction.md asks whether that is what lets it take the figure-5 lr)."""
+    batch_norm: a BatchNorm1d between each conv and its ReLU, off by default; on, it makes the
+    conv weights scale-invariant, as the paper's WRN is (an ablation of docs/reproduction.md asks
+    whether that is what lets it take the figure-5 lr). Its statistics are over what one forward
+    pass sees: the whole batch in one process, but a DDP rank's share under torchrun and each half
+    of a step measured for the noise scale (trainer.gns, one step in trainer.gns_every), which
+    then trains a little differently; micro-batches are refused with it (src/config.py)."""
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 names the key and the exit status 2. (tests/test_bad_input.py runs a few of them end to end.)"""
 
 import pytest
+from omegaconf import OmegaConf
 from helpers.configs import DIGITS_N_TRAIN, DIGITS_N_VAL, TINY, compose_config
 
 from src.config import validate, validate_against_data
@@ -43,6 +44,7 @@ BAD_CONFIGS = [
     ("trainer.seed=-1", "trainer.seed"),
     ("trainer.seed=4294967296", "trainer.seed"),  # 2**32: numpy refuses it
     ("tracking.progress.refresh_s=0", "tracking.progress.refresh_s"),
+    ("+tracking.progress.every_s=1", "tracking.progress.every_s: unknown key; tracking.progress has: after_s"),
     # infinite and nan numbers, wherever they are
     ("schedule.factor=inf", "schedule.factor"),
     ("schedule.lr=inf", "schedule.lr"),
@@ -87,6 +89,20 @@ def test_the_defaults_and_the_edges_of_each_range_are_accepted():
     for edge in ("trainer.seed=0", "trainer.seed=4294967295", "schedule.factor=1.01", "optimizer.momentum=0",
                  "schedule.batch_size=1437", "tracking.experiment=x"):
         assert refusal(edge) is None, edge
+
+
+def test_micro_batches_are_refused_with_plain_batch_norm_only():
+    message, code = refusal("model=cnn1d", "model.batch_norm=true", "trainer.micro_batch_size=8")
+    assert code == 2 and message.startswith("trainer.micro_batch_size=8: not with model.batch_norm=true"), message
+    assert refusal("model=cnn1d", "model.batch_norm=true") is None
+    assert refusal("model=cnn1d", "trainer.micro_batch_size=8") is None
+
+
+def test_a_config_built_by_hand_names_a_nested_keys_whole_path_and_value():
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_config(*TINY)))  # no structured types left
+    cfg.tracking.progress.after_s = "soon"
+    with pytest.raises(ConfigError, match=r"^tracking\.progress\.after_s='soon': "):
+        validate(cfg)
 
 
 def test_every_signature_problem_is_named_at_once():
