@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -21,25 +23,33 @@ def _previous(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def save(path: Path, state: dict) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], previous: Path | None = None) -> None:
+    """Write `path` through `write(file)` so that a reader sees a whole old or a whole new file:
+    a temporary file, fsynced, renamed over it (the old one first renamed to `previous`, if
+    given), the renames made durable. Whatever stops it (a full disk, a signal) leaves no
+    temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:  # a full disk, a signal: no half-written file left behind
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if path.exists():
-        os.replace(path, _previous(path))
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)  # make the renames themselves durable
+    directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def save(path: Path, state: dict) -> None:
+    write_atomically(path, lambda f: torch.save(state, f), previous=_previous(path))
 
 
 def load(path: Path, required_keys: set[str]) -> dict | None:

@@ -16,7 +16,6 @@ import hashlib
 import importlib.metadata
 import logging
 import math
-import os
 import pickle
 import random
 import zipfile
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.checkpoint import write_atomically
 from src.errors import DatasetUnavailable
 from src.schedules import LAST_BATCH
 
@@ -67,7 +67,7 @@ class Dataset:
         sha = hashlib.sha256()
         for tensor in (self.x_train, self.y_train, self.x_val, self.y_val):
             sha.update(str(tuple(tensor.shape)).encode())
-            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            sha.update(tensor.detach().cpu().contiguous().numpy())  # the buffer itself: no second copy
         return sha.hexdigest()[:12]
 
     @property
@@ -158,16 +158,6 @@ def _global_rng_untouched():
         random.setstate(py_state)
 
 
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # parallel jobs generating the same cache never see a torn file
-
-
 def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(x, y) from a cache file; None when it is missing, or unreadable (written by something
     else, cut short): then the data are generated again and the file replaced."""
@@ -201,7 +191,8 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
         with _global_rng_untouched():
             generated = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(args))
         x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int64)
-        _save_atomically(path, x=x, y=y)
+        # parallel jobs generating the same cache never see a torn file
+        write_atomically(path, lambda f: np.savez(f, x=x, y=y))
     # make_dataset already shuffled and standardised the whole set: split head/tail.
     return _from_arrays(x, y, n_val, n_classes=10, name="mnist1d", source=path.resolve().as_uri())
 

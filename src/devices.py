@@ -99,7 +99,7 @@ def this_job() -> tuple[int | None, int]:
     """(the running job's number in its sweep, None for a single run; how many jobs of its sweep
     run at once on this machine, 1 for a single run)."""
     number, launcher = _hydra_job()
-    return number, 1 if launcher is None else parallel_jobs(launcher, available_cores())
+    return number, parallel_jobs(launcher, available_cores())
 
 
 def job_device(requested: str) -> str:
@@ -109,8 +109,8 @@ def job_device(requested: str) -> str:
         return requested
     import torch
 
-    number, launcher = _hydra_job()
-    return device_for_job(requested, number, torch.cuda.device_count(), parallel_jobs(launcher, available_cores()))
+    number, parallel = this_job()
+    return device_for_job(requested, number, torch.cuda.device_count(), parallel)
 
 
 def pick_device(requested: str, world: World | None = None) -> torch.device:

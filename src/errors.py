@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import signal
 
-from src.schema import CONF_DIR
-
 
 class ConfigError(ValueError):
     """A bad config value, or a folder, store or device a key names that cannot be used here;
@@ -42,13 +40,14 @@ def _one_line(text: str) -> str:
 
 def _default_keys(parent: str) -> list[str]:
     """The keys under `parent` in the default config (for error messages)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import DictConfig, OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        node = OmegaConf.select(compose("config"), parent) if parent else compose("config")
+    from src.config import compose  # here: src.config imports this module
+
+    GlobalHydra.instance().clear()  # called where Hydra may already be initialised (a failing job)
+    config = compose()
+    node = OmegaConf.select(config, parent) if parent else config
     return [str(k) for k in node] if isinstance(node, DictConfig) else []
 
 

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from src.config import check_folder, validate
-from src.errors import ConfigError, Stopped, needs_traceback, one_line_error
+from src.errors import Stopped, needs_traceback, one_line_error
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,8 @@ def _terminated(signum, frame):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    try:
-        validate(cfg)  # before src.train brings in torch and mlflow: a typo fails in a second
-    except ConfigError as error:
-        exit_with_one_line(error)
+    # Validated already, before anything was written: by Preflight (a single run) or the study
+    # sweeper (a multirun); train() validates again for any other caller.
     from src.train import train
 
     if threading.current_thread() is threading.main_thread():

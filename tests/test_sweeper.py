@@ -15,6 +15,9 @@ def test_a_diverging_job_fails_alone(tmp_path, data_dir):
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert "1 of 3 jobs failed" in last_line, result.stderr[-2000:]
+    [told] = [line for line in result.stderr.splitlines() if ") failed: " in line]
+    assert "job 1 (schedule.lr=1000000.0 " in told and "Diverged" in told, told
+    assert "tracking." not in told.split(") failed: ")[0], told  # the user's overrides, not the sweeper's
     runs = runs_in(tmp_path)
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
     [failed] = [r for r in runs if r.info.status == "FAILED"]

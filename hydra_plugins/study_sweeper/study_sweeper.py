@@ -74,13 +74,13 @@ class StudySweeper(BasicSweeper):
         with self._refused(None, ()):  # the store opened in the preflight; one line if it fails now
             parent = start_sweep(tracking, tracking.sweep_id or sweep_dir.name, f"{' '.join(sweeping) or 'sweep'}"
                                  f" ({len(jobs)} jobs)", len(jobs), shlex.join(sys.argv))
-        jobs = [[*job, *_tracking_overrides(job, cfg, varying, parent, tracking)] for job, cfg in zip(jobs, configs)]
+        launched = [[*job, *_tracking_overrides(job, cfg, varying, parent, tracking)] for job, cfg in zip(jobs, configs)]
         try:
-            batch_size = self.max_batch_size or len(jobs)
+            batch_size = self.max_batch_size or len(launched)
             results = []
-            for start in range(0, len(jobs), batch_size):
-                results.extend(self.launcher.launch(jobs[start : start + batch_size], initial_job_idx=start))
-            failed, result = self._report(sweep_dir.name, results)
+            for start in range(0, len(launched), batch_size):
+                results.extend(self.launcher.launch(launched[start : start + batch_size], initial_job_idx=start))
+            failed, result = self._report(sweep_dir.name, results, jobs)
             status = "FAILED" if failed else "FINISHED"
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where src.run turns it into one
             status, result = "KILLED", "interrupted"
@@ -109,8 +109,9 @@ class StudySweeper(BasicSweeper):
             sys.exit(2)
 
     @staticmethod
-    def _report(sweep_id: str, results) -> tuple[int, str]:
-        """Print each failed job and the summary line; returns (failed jobs, the summary line)."""
+    def _report(sweep_id: str, results, jobs: list[list[str]]) -> tuple[int, str]:
+        """Print each failed job, by the overrides the user's command gave it (`jobs`), and the
+        summary line; returns (failed jobs, the summary line)."""
         from src.errors import one_line_error
 
         outcomes: dict[str, int] = {}
@@ -122,7 +123,7 @@ class StudySweeper(BasicSweeper):
             else:
                 failed += 1
                 message, _ = one_line_error(result._return_value)
-                print(f"sweep {sweep_id}: job {number} ({' '.join(result.overrides)}) failed: {message}", file=sys.stderr)
+                print(f"sweep {sweep_id}: job {number} ({' '.join(jobs[number])}) failed: {message}", file=sys.stderr)
         done = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
         note = " - already FINISHED, nothing trained" if not failed and set(outcomes) == {"skipped"} else ""
         result = f"{failed} of {len(results)} jobs failed ({done or 'none done'}{note})"
