@@ -181,6 +181,12 @@ class Curve:
     def n_failed(self) -> int:
         return sum(not run.finished for run in self.runs)
 
+    def paired_with(self, base: Curve) -> list[tuple[RunData, RunData]]:
+        """(this curve's run, the base's run) for each seed both finished, by seed: the same seed,
+        the same initial weights."""
+        theirs = base.by_seed
+        return [(run, theirs[seed]) for seed, run in self.by_seed.items() if seed in theirs]
+
 
 @dataclass
 class Group:
@@ -219,6 +225,12 @@ def _run_data(client: MlflowClient, run) -> RunData:
                    dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history)
 
 
+def is_training_run(tags: dict[str, str]) -> bool:
+    """A training run by its tags: not one with a kind (a sweep's parent; the summary runs of
+    older versions), not one superseded by a retrained run (killed before its first checkpoint)."""
+    return KIND_TAG not in tags and SUPERSEDED_BY_TAG not in tags
+
+
 def sweeps_of(tags: dict[str, str]) -> list[str]:
     """The sweeps a training run belongs to: its SWEEPS_TAG; its sweep_id for a run logged
     before runs had one."""
@@ -240,8 +252,7 @@ def load_sweep(client: MlflowClient, experiment: str, sweep_id: str | None = Non
     every_run = _all_runs(client, found.experiment_id)
     runs = [
         run for run in every_run
-        if SWEEP_TAG in run.data.tags and KIND_TAG not in run.data.tags
-        and SUPERSEDED_BY_TAG not in run.data.tags  # killed before its first checkpoint, retrained
+        if SWEEP_TAG in run.data.tags and is_training_run(run.data.tags)
         and all(run.data.tags.get(key) == value for key, value in tags.items())
     ]
     started: dict[str, int] = {}
@@ -398,8 +409,7 @@ def compare(curve: Curve, base: Curve, margin: float, confidence: float, min_see
     """The curve against the baseline, paired by seed (the same seed: the same initial weights):
     the final accuracy difference in points with its t interval, the largest per-epoch gap of
     the validation accuracy from the first milestone on, and the verdict."""
-    mine, theirs = curve.by_seed, base.by_seed
-    pairs = [(mine[seed], theirs[seed]) for seed in mine if seed in theirs]
+    pairs = curve.paired_with(base)
     row = {"n_paired": len(pairs), "acc_diff_points": None, "acc_diff_low": None, "acc_diff_high": None,
            "first_milestone_epoch": None, "max_gap_points": None, "max_gap_epoch": None}
     if not pairs:
@@ -861,6 +871,11 @@ def _command(text: str | None) -> str | None:
     return shlex.join(words)
 
 
+def logged_commands(runs: Sequence[RunData]) -> str:
+    """The command lines the runs logged, as typed: one, or each with its number of runs."""
+    return _distinct([_command(run.tags.get(COMMAND_TAG)) for run in runs])
+
+
 def _utc(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else "?"
 
@@ -873,7 +888,7 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
 
     env = {
         "commit": tag("mlflow.source.git.commit"),
-        "command": _distinct([_command(run.tags.get(COMMAND_TAG)) for run in runs]),
+        "command": logged_commands(runs),
         "torch": tag(TORCH_VERSION_TAG),
         "device": tag(DEVICE_TAG),
         "threads": tag(THREADS_TAG),
@@ -1074,6 +1089,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def open_existing_store(uri: str, key: str = "--tracking-uri", hint: str = "") -> MlflowClient:
+    """open_store for reading runs back: a SQLite file that does not exist is a StoreError (MLflow
+    would create an empty one), its message one line ending with `hint` in brackets if given."""
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
+        raise StoreError(f"no MLflow store at {uri[len(SQLITE_PREFIX):]}" + (f" ({hint})" if hint else ""))
+    return open_store(uri, key)  # one line if it cannot be opened, a server that does not answer
+
+
 def record_run(client: MlflowClient, experiment_id: str, sweep_id: str, runs: Sequence[RunData]) -> str | None:
     """The run the files are logged to: the sweep's parent run; for the sweep of a single run
     (python -m src.run without -m), that run; None when there is neither (a sweep_id given by
@@ -1088,11 +1111,8 @@ def record_run(client: MlflowClient, experiment_id: str, sweep_id: str, runs: Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    uri = args.tracking_uri
     try:
-        if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
-            raise StoreError(f"no MLflow store at {uri[len(SQLITE_PREFIX):]}")  # MLflow would create one
-        client = open_store(uri, "--tracking-uri")  # one line if it cannot be opened, a server that does not answer
+        client = open_existing_store(args.tracking_uri, "--tracking-uri")
         sweep_id, runs = load_sweep(client, args.experiment, args.sweep_id, dict(args.tag))
         if args.baseline and args.baseline not in {run.schedule for run in runs}:
             ran = ", ".join(sorted({run.schedule for run in runs}))

@@ -35,6 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from src import schema
+from src.errors import Diverged
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "reproduction.yaml"
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace, plan: dict) -> int:
 def load_study(client, experiment: str, preset: str) -> list:
     """The study's runs as src.figures.RunData: in `experiment`, tagged preset=`preset`, per
     config hash the newest FINISHED run (else the newest, which then counts as failed)."""
-    from src.figures import _all_runs, _run_data
+    from src.figures import _all_runs, _run_data, is_training_run
 
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -155,8 +156,7 @@ def load_study(client, experiment: str, preset: str) -> list:
     rank = lambda run: (run.info.status == "FINISHED", run.info.start_time)  # noqa: E731
     for run in _all_runs(client, found.experiment_id):
         tags = run.data.tags
-        # a sweep's parent (kind=sweep) is not a training run; a superseded run was trained again
-        if schema.KIND_TAG in tags or schema.SUPERSEDED_BY_TAG in tags or tags.get(schema.PRESET_TAG) != preset:
+        if not is_training_run(tags) or tags.get(schema.PRESET_TAG) != preset:
             continue
         key = tags.get(schema.CONFIG_HASH_TAG, run.info.run_id)
         if key not in chosen or rank(run) > rank(chosen[key]):
@@ -170,8 +170,7 @@ def load_study(client, experiment: str, preset: str) -> list:
 def paired_values(curve, base, metric: str) -> list[float]:
     """Per seed run by both: the arm's metric over the baseline's (train_time_s: a ratio) or
     minus it (anything else: a difference)."""
-    mine, theirs = curve.by_seed, base.by_seed
-    pairs = [(mine[seed], theirs[seed]) for seed in mine if seed in theirs]
+    pairs = curve.paired_with(base)
     if metric == schema.TRAIN_TIME_S:
         return [a.reported(metric) / b.reported(metric) for a, b in pairs]
     return [a.reported(metric) - b.reported(metric) for a, b in pairs]
@@ -192,6 +191,11 @@ def direction_word(values: Sequence[float], reference: float, confidence: float,
     if low > reference:
         return "higher", mean, low, high
     return "inconclusive", mean, low, high
+
+
+def _percent(confidence: float) -> str:
+    """The level of an interval as a header writes it: 0.95 -> 95%."""
+    return f"{100 * confidence:g}%"
 
 
 def _interval(low: float | None, high: float | None, fmt: str) -> str:
@@ -226,6 +230,12 @@ def _holds(words: list[tuple[str, str]], expect: str) -> str:
     return "undecided"
 
 
+def has_diverged(run) -> bool:
+    """Whether a run ended because its loss stopped being finite: src.errors.Diverged, by the error
+    tag src.tracking writes (`<exception class>: <message>`)."""
+    return run.tags.get(schema.ERROR_TAG, "").startswith(Diverged.__name__)
+
+
 def failures(curve) -> tuple[list[str], list[str]]:
     """(seeds whose loss diverged, one line per other failure) among a curve's seeds with no
     FINISHED run. A divergence is a result of the schedule; any other failure is not."""
@@ -234,8 +244,8 @@ def failures(curve) -> tuple[list[str], list[str]]:
     for run in curve.runs:
         if run.finished or run.seed in done:
             continue
-        error = run.tags.get("error", "")
-        if error.startswith("Diverged"):
+        error = run.tags.get(schema.ERROR_TAG, "")
+        if has_diverged(run):
             diverged.add(run.seed)
         elif run.status == "RUNNING":
             other.append(f"seed {run.seed} still RUNNING")
@@ -282,7 +292,7 @@ def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str, st
             short.append(f"{prefix}{baseline}: {state}")
             words += [(NOT_RUN, expect)] * len(arms)
             continue
-        measured.append(f"{prefix}{baseline}: {_fmt('final_val_acc', base['final_val_acc_mean'])}%, "
+        measured.append(f"{prefix}{baseline}: {_fmt(schema.FINAL_VAL_ACC, base[f'{schema.FINAL_VAL_ACC}_mean'])}%, "
                         f"{_fmt('total_param_updates', base['total_param_updates_mean'])} updates, "
                         f"train time {base['train_time_s_mean']:.0f} s ({_seeds_phrase(base['n_finished'])})"
                         + _failure_note(group.curves[baseline]))
@@ -295,14 +305,15 @@ def evaluate_claim(claim: dict, runs: list, options: dict) -> tuple[str, str, st
                 words.append((NOT_RUN, expect))
                 continue
             curve, base_curve = group.curves[arm], group.curves[baseline]
-            if not row["n_finished"]:
-                word = arm_word("no run finished", curve)
-                measured.append(f"{prefix}{arm}: no run finished{_failure_note(curve)}")
-                short.append(f"{prefix}{arm}: no run finished")
+            if not row["n_paired"]:  # no run finished, or none in a seed the baseline finished: nothing to compare
+                state = f"no seed finished in both {arm} and {baseline}" if row["n_finished"] else "no run finished"
+                word = arm_word(row["verdict"] if row["n_finished"] else "no run finished", curve)
+                measured.append(f"{prefix}{arm}: {state}{_failure_note(curve)}")
+                short.append(f"{prefix}{arm}: {state}")
                 verdicts.append(f"{prefix}{arm} **{word}**")
                 words.append((word, expect))
                 continue
-            text = (f"{prefix}{arm}: {_fmt('final_val_acc', row['final_val_acc_mean'])}% "
+            text = (f"{prefix}{arm}: {_fmt(schema.FINAL_VAL_ACC, row[f'{schema.FINAL_VAL_ACC}_mean'])}% "
                     f"({row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} "
                     f"points), {_fmt('total_param_updates', row['total_param_updates_mean'])} updates "
                     f"({row['total_param_updates_ratio']:.2f}x)")
@@ -342,7 +353,7 @@ def _per_seed(curve) -> str:
     done = curve.by_seed
     diverged, _ = failures(curve)
     seeds = sorted(set(done) | set(diverged), key=int)
-    return " / ".join(f"{100 * done[seed].metrics['final_val_acc']:.1f}" if seed in done else "div."
+    return " / ".join(f"{100 * done[seed].metrics[schema.FINAL_VAL_ACC]:.1f}" if seed in done else "div."
                       for seed in seeds) or "-"
 
 
@@ -378,8 +389,9 @@ def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list
             if curve.finished:
                 row = compare(curve, base, options["margin_points"], options["confidence"], options["min_seeds"])
                 word = arm_word(row["verdict"], curve)
-                cells.append(f"{row['acc_diff_points']:+.1f}"
-                             f"{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} **{word}**"
+                diff = (f"{row['acc_diff_points']:+.1f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')}"
+                        if row["n_paired"] else f"no seed finished in both {arm} and {spec['baseline']}")
+                cells.append(f"{diff} **{word}**"
                              + ("" if own.finished or study.name == spec["reference"] else " (reference's)"))
             else:
                 word = arm_word("no run finished", curve)
@@ -410,7 +422,7 @@ def study_table(runs: list, baseline: str, options: dict) -> list[str]:
     from src.figures import group_runs, report_rows, t_interval
 
     confidence, margin, min_seeds = options["confidence"], options["margin_points"], options["min_seeds"]
-    pct = f"{100 * confidence:g}%"
+    pct = _percent(confidence)
     lines = []
     for group in group_runs(runs, [baseline]):
         if group.label:
@@ -533,16 +545,17 @@ def provisional_reason(runs_by_study: dict, min_seeds: int, given: str | None) -
     if given:
         return given
     def seeds(runs: list) -> int:  # with a result: FINISHED, or diverged (also a result)
-        return len({r.seed for r in runs if r.finished or r.tags.get("error", "").startswith("Diverged")})
+        return len({r.seed for r in runs if r.finished or has_diverged(r)})
 
     short = [f"{name} ({seeds(runs)})" for name, runs in runs_by_study.items() if seeds(runs) < min_seeds]
     return f"fewer than {min_seeds} seeds in " + ", ".join(short) if short else None
 
 
 def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: list[str], options: dict,
-           provisional: str | None) -> str:
-    """docs/reproduction.md."""
-    from src.figures import _command, _distinct, environment
+           provisional: str | None, tables: dict[str, list[str]]) -> str:
+    """docs/reproduction.md; `tables`: the side-by-side table (study_table) of each study of
+    conf/reproduction.yaml's `tables` that ran."""
+    from src.figures import environment, logged_commands
 
     every_run = [run for runs in runs_by_study.values() for run in runs]
     env = environment(every_run) if every_run else {}
@@ -559,7 +572,7 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
         f"- {env.get('load', 'load: -')}; {env.get('time', '')}",
         "",
         f"Verdict (the rule of `python -m src.figures`, conf/figures.yaml): each arm's final validation accuracy "
-        f"minus the baseline's, paired by seed, with a {100 * options['confidence']:g}% Student-t interval, in "
+        f"minus the baseline's, paired by seed, with a {_percent(options['confidence'])} Student-t interval, in "
         f"points. **matched**: the whole interval within ±{options['margin_points']:g} point; **differs**: wholly "
         f"outside it; else **inconclusive**, and always with fewer than {options['min_seeds']} seeds. A seed "
         "whose loss diverged (not finite) did not reach the baseline's accuracy: its arm **differs**. Times: "
@@ -571,25 +584,28 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
         "",
         "## Does each claim hold?",
         "",
-        "| # | claim | the paper / blog reports | measured here (mean [95% interval] over seeds) | verdict | figure |",
+        f"| # | claim | the paper / blog reports | measured here (mean [{_percent(options['confidence'])} interval] "
+        "over seeds) | verdict | figure |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
         links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
         md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
+    side_by_side = plan["tables"]["studies"]
+    behind = ", ".join(str(claim["id"]) for claim in plan["claims"] if claim["study"] in side_by_side)
     md += ["", "## The studies side by side", "",
-           f"Every schedule of {', '.join(plan['tables']['studies'])}, against {plan['tables']['baseline']}: the "
-           "numbers behind claims 1b and 5-7b, with the interval of each mean over seeds. Training time counts "
+           f"Every schedule of {', '.join(side_by_side)}, against {plan['tables']['baseline']}: the numbers behind "
+           f"claims {behind}, with the interval of each mean over seeds. Training time counts "
            "the training steps (train_time_s); parallel jobs shared the machine, so the paired ratio is the "
            "number to read.", ""]
-    for name in plan["tables"]["studies"]:
+    for name in side_by_side:
         runs = runs_by_study.get(name, [])
         md += [f"### {name}", "", plan["studies"][name].about, ""]
         if not runs:
             md += [f"{NOT_RUN}: `python -m src.reproduce run {name}`", ""]
             continue
-        md += [f"`{_distinct([_command(r.tags.get('command')) for r in runs])}`", ""]
-        md += study_table(runs, plan["tables"]["baseline"], options)
+        md += [f"`{logged_commands(runs)}`", ""]
+        md += tables[name]
     md += ["## Claim A: the ablation", "",
            f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
            f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only "
@@ -616,7 +632,7 @@ def render(plan: dict, runs_by_study: dict, rows: list[Row], ablation_lines: lis
                   f"~{study.minutes * len(study.seeds):.0f} min |")
     md += ["", "Each study's sweep commands, as its runs logged them:", ""]
     for name, runs in runs_by_study.items():
-        md.append(f"- {name}: `{_distinct([_command(r.tags.get('command')) for r in runs])}`" if runs
+        md.append(f"- {name}: `{logged_commands(runs)}`" if runs
                   else f"- {name}: {NOT_RUN}")
     return "\n".join(md + ["", *cannot_show()]) + "\n"
 
@@ -627,27 +643,27 @@ README_SUMMARY = "reproduction:summary"
 README_TABLE = "reproduction:table"
 
 
-def readme_summary(rows: list[Row], provisional: str | None, doc: str) -> str:
+def readme_summary(rows: list[Row], provisional: str | None, doc: str, confidence: float) -> str:
     """README's "Does the claim hold?" table: each claim's verdict and, in short, its numbers."""
     lines = [f"*Provisional: {provisional}.*", ""] if provisional else []
-    lines += ["| # | claim | measured here: accuracy minus baseline (points, 95% interval), updates, time | verdict |",
+    lines += [f"| # | claim | measured here: accuracy minus baseline (points, {_percent(confidence)} interval), "
+              "updates, time | verdict |",
               "|---|---|---|---|"]
     lines += [f"| {row.id} | {row.claim} | {row.short} | {row.verdict.replace('(#', f'({doc}#')} |" for row in rows]
     lines += ["", f"The paper's and the blog's numbers beside these, the figures and the ablation: [{doc}]({doc})."]
     return "\n".join(lines)
 
 
-def readme_table(plan: dict, runs_by_study: dict, options: dict) -> str:
-    """README's side-by-side tables: those of conf/reproduction.yaml's `tables`, each with the
-    command that made it."""
-    from src.figures import _command, _distinct, environment
+def readme_table(plan: dict, runs_by_study: dict, tables: dict[str, list[str]]) -> str:
+    """README's side-by-side tables: those of conf/reproduction.yaml's `tables` (`tables`: each
+    study's that ran, as render gets them), each with the command that made it."""
+    from src.figures import environment, logged_commands
 
     lines = []
     for name in plan["tables"]["studies"]:
         runs = runs_by_study.get(name, [])
         lines += [f"**{name}**: {NOT_RUN} (`python -m src.reproduce run {name}`)", ""] if not runs else [
-            f"**{name}** (`{_distinct([_command(r.tags.get('command')) for r in runs])}`):", "",
-            *study_table(runs, plan["tables"]["baseline"], options)]
+            f"**{name}** (`{logged_commands(runs)}`):", "", *tables[name]]
     every_run = [run for name in plan["tables"]["studies"] for run in runs_by_study.get(name, [])]
     if every_run:
         env = environment(every_run)
@@ -671,17 +687,13 @@ def write_readme(readme: Path, blocks: dict[str, str]) -> None:
 
 def report(args: argparse.Namespace, plan: dict) -> int:
     from src.errors import ConfigError
-    from src.figures import _folder_name, load_options, write_all
-    from src.tracking import SQLITE_PREFIX, open_store
+    from src.figures import StoreError, _folder_name, load_options, open_existing_store, write_all
+    from src.tracking import SQLITE_PREFIX
 
     uri = args.tracking_uri or f"{SQLITE_PREFIX}{Path(args.output_dir) / 'mlflow.db'}"
-    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
-        print(f"error: no MLflow store at {uri[len(SQLITE_PREFIX):]} (run `python -m src.reproduce run` first)",
-              file=sys.stderr)
-        return 2
     try:
-        client = open_store(uri, "--tracking-uri")  # one line if it cannot be opened, a server that does not answer
-    except ConfigError as error:
+        client = open_existing_store(uri, "--tracking-uri", "run `python -m src.reproduce run` first")
+    except (StoreError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     options = load_options()
@@ -694,15 +706,19 @@ def report(args: argparse.Namespace, plan: dict) -> int:
     (doc.parent / doc.stem / plan["ablation"]["figure"]).unlink(missing_ok=True)
     study_root = Path(args.output_dir) / "reproduction"  # each study's src.figures output, in full
     for name, runs in runs_by_study.items():
+        shutil.rmtree(study_root / _folder_name(name), ignore_errors=True)  # no group left from an earlier report
         if runs:
-            write_all(study_root / _folder_name(name), name, experiment_name(prefix, name), runs)
+            write_all(study_root / _folder_name(name), name, experiment_name(prefix, name), runs, options=options)
     rows, ablation_lines = claim_rows(plan, runs_by_study, options, study_root, doc)
     provisional = provisional_reason(runs_by_study, options["min_seeds"], args.provisional)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render(plan, runs_by_study, rows, ablation_lines, options, provisional))
+    tables = {name: study_table(runs_by_study[name], plan["tables"]["baseline"], options)
+              for name in plan["tables"]["studies"] if runs_by_study.get(name)}
+    doc.write_text(render(plan, runs_by_study, rows, ablation_lines, options, provisional, tables))
     if args.write_readme:
-        write_readme(ROOT / "README.md", {README_SUMMARY: readme_summary(rows, provisional, os.path.relpath(doc, ROOT)),
-                                          README_TABLE: readme_table(plan, runs_by_study, options)})
+        write_readme(ROOT / "README.md", {
+            README_SUMMARY: readme_summary(rows, provisional, os.path.relpath(doc, ROOT), options["confidence"]),
+            README_TABLE: readme_table(plan, runs_by_study, tables)})
     print(f"wrote {doc} ({len(rows)} rows; figures under {doc.parent / doc.stem}; every study's figures and "
           f"report.md under {study_root})" + ("; README.md's summary and table" if args.write_readme else ""))
     return 0

@@ -20,9 +20,9 @@ from matplotlib.image import imread
 from scipy import stats
 
 from src import schema
-from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group_runs, load_sweep,
-                         minus_one_spread, pick_baseline, plot_totals, report_rows, series, styles_for,
-                         sweep_axes, sweeps_of, write_all)
+from src.figures import (HISTORIES, Curve, RunData, StoreError, change_steps, compare, group_runs, is_training_run,
+                         load_sweep, minus_one_spread, open_existing_store, pick_baseline, plot_totals, report_rows,
+                         series, styles_for, sweep_axes, sweeps_of, write_all)
 from src.tracking import tracked_run
 
 # The tiny config with a model that learns digits in 3 epochs (~85%, not the 8% of the default
@@ -374,6 +374,37 @@ def test_fewer_than_three_paired_seeds_is_always_inconclusive():
     row = rows_by_schedule(runs)["increase_bs"]
     assert row["n_paired"] == 2 and row["acc_diff_points"] == 0 and row["verdict"] == "inconclusive (2 seeds)"
     assert rows_by_schedule(runs, min_seeds=2)["increase_bs"]["verdict"] == "matched"
+
+
+def test_seeds_pair_by_seed_with_the_newest_finished_run_of_each():
+    base = Curve("decay_lr", [fake_run("decay_lr", s, 0.8) for s in (0, 1, 2)])
+    again = fake_run("increase_bs", 1, 0.7)
+    again.start_time = 10  # seed 1 ran twice: the newer run counts
+    failed = fake_run("increase_bs", 2, 0.7)
+    failed.status = "FAILED"
+    curve = Curve("increase_bs", [fake_run("increase_bs", s, 0.8) for s in (0, 1, 7)] + [again, failed])
+    assert [(run.run_id, run.start_time, other.run_id) for run, other in curve.paired_with(base)] == [
+        ("increase_bs-0", 0, "decay_lr-0"), ("increase_bs-1", 10, "decay_lr-1")]  # seed 7: no partner
+    assert compare(curve, base, 1.0, 0.95, 3)["n_paired"] == 2
+
+
+def test_training_runs_are_those_with_no_kind_and_not_superseded():
+    assert is_training_run({schema.SWEEP_TAG: "s", schema.SCHEDULE_TAG: "decay_lr"})
+    assert not is_training_run({schema.KIND_TAG: schema.SWEEP_KIND})  # a sweep's parent
+    assert not is_training_run({schema.SUPERSEDED_BY_TAG: "run id"})  # trained again
+
+
+def test_a_store_file_that_does_not_exist_is_not_created_but_one_line(tmp_path):
+    missing = tmp_path / "mlflow.db"
+    with pytest.raises(StoreError, match=f"^no MLflow store at {missing}$"):
+        open_existing_store(f"sqlite:///{missing}")
+    with pytest.raises(StoreError, match=rf"^no MLflow store at {missing} \(run it first\)$"):
+        open_existing_store(f"sqlite:///{missing}", hint="run it first")
+    assert not missing.exists()
+    result = subprocess.run([sys.executable, "-m", "src.figures", f"--tracking-uri=sqlite:///{missing}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == f"error: no MLflow store at {missing}\n", result.stderr
+    assert not missing.exists()
 
 
 def test_largest_gap_counts_from_the_first_milestone():

@@ -14,6 +14,7 @@ from helpers.runs import fake_run
 from helpers.store import client_for
 from hydra import compose, initialize_config_dir
 
+from src import schema
 from src.config import validate
 from src.reproduce import NOT_RUN, evaluate_claim, load_plan, load_study, select_studies
 from src.schema import CONF_DIR
@@ -132,6 +133,29 @@ def test_a_seed_that_diverged_makes_the_arm_differ():
     assert "seed 2 FAILED: RuntimeError: out of memory" in measured
 
 
+def test_an_arm_with_no_seed_in_common_with_the_baseline_is_inconclusive_not_a_crash():
+    """Both finished runs, but in different seeds: nothing to pair, so no difference to print."""
+    runs = [fake_run("decay_lr", seed, 0.8) for seed in (0, 1, 2)]
+    runs += [fake_run("increase_bs", seed, 0.8) for seed in (3, 4, 5)]
+    measured, verdict, short = evaluate_claim({**CLAIM, "checks": {"train_time_s": "lower"}}, runs, OPTIONS)
+    assert "increase_bs: no seed finished in both increase_bs and decay_lr" in measured
+    assert short.endswith("increase_bs: no seed finished in both increase_bs and decay_lr")
+    assert verdict == "increase_bs **inconclusive (0 seeds)**: undecided"
+
+
+def test_a_divergence_is_read_from_the_error_tag_as_tracking_writes_it():
+    from src.errors import Diverged
+    from src.reproduce import has_diverged, provisional_reason
+
+    run = fake_run("increase_bs", 0, 0.1)
+    run.status = "FAILED"
+    error = Diverged("loss is nan (train) / nan (val) after epoch 2: diverged")
+    run.tags[schema.ERROR_TAG] = f"{type(error).__name__}: {error}"  # src.tracking's tag of a run that raised
+    assert has_diverged(run) and provisional_reason({"s": [run]}, 1, None) is None  # a diverged seed is a result
+    run.tags[schema.ERROR_TAG] = "RuntimeError: out of memory"
+    assert not has_diverged(run) and provisional_reason({"s": [run]}, 1, None) == "fewer than 1 seeds in s (0)"
+
+
 def test_a_time_check_reads_the_paired_ratio():
     claim = {**CLAIM, "checks": {"train_time_s": "lower"}}
     faster = arms([0.1, 0.2, -0.1], times=(0.5, 0.55, 0.6))
@@ -235,6 +259,12 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
     _, measured, verdict = ablation_table(plan, {"own": own}, OPTIONS)
     assert measured == NOT_RUN and NOT_RUN in verdict
+    # its own decay_lr ran, but in no seed of its increase_lr: nothing to pair, never recovered
+    apart = [fake_run("decay_lr", s, 0.5) for s in range(3)] + [fake_run("increase_lr", s, 0.5) for s in (3, 4, 5)]
+    lines, _, verdict = ablation_table(plan, {"ref": ref, "own": apart}, OPTIONS)
+    own_row = next(line for line in lines if line.startswith("| own |"))
+    assert own_row.endswith("| no seed finished in both increase_lr and decay_lr **inconclusive (0 seeds)** |")
+    assert verdict.startswith("increase_lr: not recovered")
 
 
 def test_a_study_is_its_experiments_runs_with_its_preset_newest_finished_per_config(tmp_path):
@@ -255,6 +285,51 @@ def test_a_study_is_its_experiments_runs_with_its_preset_newest_finished_per_con
     only_failed = made("b", "FAILED")
     made("c", "FINISHED", preset="other")
     made("d", "FINISHED", kind="summary")
+    made("e", "KILLED", superseded_by="another run")  # closed as stale, trained again
     chosen = {run.run_id for run in load_study(client, "reproduction/s", "p")}
     assert chosen == {newest_a, only_failed}
     assert load_study(client, "reproduction/missing", "p") == []
+
+
+def test_report_without_a_store_is_one_line_and_exit_2(tmp_path, capsys):
+    from src.reproduce import main
+
+    assert main(["report", "--output", str(tmp_path / "r.md"), "--output-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: no MLflow store at {tmp_path}/mlflow.db (run `python -m "
+                                       "src.reproduce run` first)\n")
+    assert not (tmp_path / "mlflow.db").exists()  # looking creates no store
+
+
+def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(tmp_path, monkeypatch):
+    """A group folder an earlier report drew (the runs then varied the model) is gone, from the
+    study's src.figures output and from the figures the claims copy beside the report; the
+    intervals' level is conf/figures.yaml's; each side-by-side table is computed once."""
+    from src import figures, reproduce
+    from src.tracking import open_store
+
+    out, doc = tmp_path / "outputs", tmp_path / "docs" / "reproduction.md"
+    open_store(f"sqlite:///{out}/mlflow.db")  # an empty store: the runs come from load_study below
+    runs = arms([0.1, 0.2, -0.1])
+    monkeypatch.setattr(reproduce, "load_study",
+                        lambda client, experiment, preset: runs if experiment == "reproduction/default" else [])
+    monkeypatch.setattr(figures, "load_options", lambda: {**OPTIONS, "baselines": ["decay_lr"], "confidence": 0.9})
+    tables, study_table = [], reproduce.study_table
+    monkeypatch.setattr(reproduce, "study_table", lambda *args: tables.append(args[0]) or study_table(*args))
+    stale = out / "reproduction" / "default" / "model=old"
+    stale.mkdir(parents=True)
+    (stale / "fig5_val_acc_updates.png").write_bytes(b"")
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    (tmp_path / "README.md").write_text("<!-- reproduction:summary -->\n<!-- /reproduction:summary -->\n"
+                                        "<!-- reproduction:table -->\n<!-- /reproduction:table -->\n")
+    args = ["report", "--output", str(doc), "--output-dir", str(out), "--write-readme"]
+    assert reproduce.report(reproduce.parse_args(args), PLAN) == 0
+    assert not stale.exists() and (out / "reproduction" / "default" / "fig5_val_acc_updates.png").is_file()
+    assert not list(doc.parent.rglob("model=old"))
+    text = doc.read_text()
+    [row] = [line for line in text.splitlines() if line.startswith("| 1b | ")]
+    assert "model=old" not in row and "](reproduction/default/fig5_val_acc_updates.png)" in row
+    assert "measured here (mean [90% interval] over seeds)" in text and "[95% interval]" not in text
+    assert "| schedule | seeds | final val acc (%, mean [90% interval]) |" in text
+    readme = (tmp_path / "README.md").read_text()
+    assert "accuracy minus baseline (points, 90% interval)" in readme and "**default** (`" in readme
+    assert len(tables) == 1 and tables[0] is runs  # default, the one study of `tables` that ran: once
