@@ -191,9 +191,7 @@ class StepSchedule:
             if epoch < milestone:
                 break
             if step < self.batch_growth_steps:
-                target = batch_size * self.factor
-                batch_size = max(batch_size, min(int(round(target)), self.max_batch_size))
-                lr /= target / batch_size  # 1 unless the cap cut the growth short
+                batch_size, lr = drop_by_growing(batch_size, lr, self.factor, self.max_batch_size)
             else:
                 lr /= self.factor
         return Plan(lr=lr, batch_size=batch_size, momentum=self.momentum)
@@ -510,10 +508,9 @@ class CriticalBatchSchedule:
             ceiling = batch_size  # nothing measured: no growth
         else:
             ceiling = self.max_batch_size if cap >= self.max_batch_size else math.floor(cap)
-        target = batch_size * self.factor
-        grown = max(batch_size, min(int(round(target)), ceiling))
+        grown, lr = drop_by_growing(batch_size, lr, self.factor, ceiling)
         state.batch_sizes.append(grown)
-        state.lrs.append(lr / (target / grown))  # the rest of the factor; all of it when B is kept
+        state.lrs.append(lr)
         state.caps.append(None if math.isnan(cap) else float(cap))
 
     def metrics(self) -> dict[str, float]:
@@ -525,6 +522,15 @@ class CriticalBatchSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self._state = _CriticalState(**state)
+
+
+def drop_by_growing(batch_size: int, lr: float, factor: float, ceiling: int) -> tuple[int, float]:
+    """One drop of the noise scale g ~ lr N / B by `factor`, by growing B as far as `ceiling`
+    allows (never shrinking it) and dividing lr by the rest of the factor: (new B, new lr). lr is
+    kept when B grows by the whole factor, divided by all of it when B cannot grow."""
+    target = batch_size * factor
+    grown = max(batch_size, min(int(round(target)), ceiling))
+    return grown, lr / (target / grown)
 
 
 def updates_in_epoch(n_train: int, batch_size: int, last_batch: str, leftover: int = 0) -> int:
