@@ -18,51 +18,17 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.config import check_folder, validate
-from src.errors import Stopped, needs_traceback, one_line_error
+from src.cli import exit_with_one_line, needs_traceback, one_line_error
+from src.errors import Stopped
 
 log = logging.getLogger(__name__)
-
-
-def preflight(cfg: DictConfig) -> None:
-    """What a command makes sure of once, in the process that launches it, before anything is
-    written: its folders can be created (paths.data_dir) and written (paths.output_dir), and its
-    MLflow store opens, with its experiment (created if missing: parallel first writers of a fresh
-    SQLite store would crash MLflow's table creation). Each failure is a ConfigError naming the
-    key. A multirun calls it from the study sweeper once every job is validated."""
-    check_folder("paths.output_dir", cfg.paths.output_dir)
-    check_folder("paths.data_dir", cfg.paths.data_dir, writable=False)  # read-only data are fine
-    from src.tracking import prepare_store
-
-    prepare_store(cfg.tracking)
-
-
-class Preflight(Callback):
-    """A single run's config validated and its preflight done before Hydra creates the run's
-    folder under paths.output_dir. Hydra turns an exception of a callback into a warning and
-    goes on, so a refusal ends the command here (SystemExit passes). (Hydra calls
-    on_multirun_start before the sweeper has composed the jobs, so a multirun's preflight is the
-    study sweeper's.)"""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            validate(config)
-            preflight(config)
-            # The run folder's own name holds the time, resolved again when Hydra creates it:
-            # its parent is what can be checked.
-            run_dir = Path(config.hydra.run.dir)
-            check_folder("hydra.run.dir", run_dir.parent, value=run_dir)
-        except Exception as error:
-            exit_with_one_line(error)
 
 
 def sweep_id() -> str:
@@ -96,14 +62,6 @@ def main(cfg: DictConfig) -> dict:
             log.error("failed: %s", one_line_error(error)[0], exc_info=needs_traceback(error))
             raise  # the sweeper reports it and lets the other jobs run
         exit_with_one_line(error)
-
-
-def exit_with_one_line(error: Exception) -> None:
-    message, code = one_line_error(error)
-    if needs_traceback(error):
-        traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def cli() -> None:

@@ -35,14 +35,14 @@ from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_ALRE
                                           ErrorCode)
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import check_folder
-from src.errors import ConfigError, _one_line
+from src.errors import ConfigError
 from src.schema import (
-    COMMAND_TAG, CONFIG_HASH_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG,
-    SWEEPS_TAG, VAL_LOSS,
+    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, HOST_TAG, JOBS_TAG, KIND_TAG, PID_TAG,
+    RESULT_TAG, RUN_NAME_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _opening(uri: str, key: str) -> Iterator[None]:
         cause = getattr(error, "orig", None) or error  # SQLAlchemy's wrapper: the driver's own message
         detail = cause.message if isinstance(cause, MlflowException) else str(cause)
         raise ConfigError(f"{key}={uri}: MLflow cannot open this store ({type(cause).__name__}: "
-                          f"{_one_line(detail)[:300]})") from None
+                          f"{detail[:300]})") from None
     finally:
         retries.setLevel(saved_level)
         for name, value in saved.items():
@@ -187,7 +187,7 @@ def prepare_store(tracking: DictConfig) -> str:
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     if error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):  # too long, for one
                         raise ConfigError(f"tracking.experiment={_shown(tracking.experiment)}: MLflow refuses "
-                                          f"this name ({_one_line(error.message)})") from None
+                                          f"this name ({error.message})") from None
                     raise
                 experiment = client.get_experiment_by_name(tracking.experiment)  # another process made it first
         if experiment.lifecycle_stage == LifecycleStage.DELETED:
@@ -413,7 +413,7 @@ def tracked_run(
         client.update_run(run_id, status="RUNNING")
     else:
         # the user's tags first: they may add tags, not change the study's
-        all_tags = {**cfg.tracking.tags, **tags, **launch_tags, MLFLOW_RUN_NAME: run_name,
+        all_tags = {**cfg.tracking.tags, **tags, **launch_tags, RUN_NAME_TAG: run_name,
                     CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG]}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
@@ -428,7 +428,7 @@ def tracked_run(
             params = [Param(k, v) for k, v in flatten(resolved).items()]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
-            client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+            client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
         _close_stale_runs(client, cfg, config_hash, keep=run_id, experiment_id=experiment_id)
         yield TrackedRun(client, run_id, experiment_id, sweep_jobs)
         status = "FINISHED"
@@ -451,7 +451,7 @@ def start_sweep(tracking: DictConfig, sweep_id: str, name: str, jobs: int, comma
     tracking.tags and tracking.note, and the number of jobs."""
     experiment_id = prepare_store(tracking)
     tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
-            MLFLOW_RUN_NAME: name}
+            RUN_NAME_TAG: name}
     if tracking.note:
         tags[MLFLOW_RUN_NOTE] = tracking.note
     return MlflowClient(tracking.uri).create_run(experiment_id, tags=resolve_tags(tags)).info.run_id
