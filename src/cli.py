@@ -20,6 +20,10 @@ from omegaconf import DictConfig
 from src.config import check_folder, validate
 from src.errors import ConfigError, DatasetUnavailable, Diverged
 
+# "<host>:<pid>" of a study sweep's launching process, in the environment its jobs inherit: a job
+# on that host stops when that process is gone (src/run.py; set by hydra_plugins/study_sweeper).
+SWEEP_PROCESS_ENV = "STUDY_SWEEP_PROCESS"
+
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())

@@ -16,8 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -25,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.cli import exit_with_one_line, needs_traceback, one_line_error
+from src.cli import SWEEP_PROCESS_ENV, exit_with_one_line, needs_traceback, one_line_error
 from src.errors import Stopped
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,41 @@ def _terminated(signum, frame):
     raise Stopped(signal.Signals(signum))
 
 
+SWEEP_CHECK_S = 1.0  # how often a job of a sweep checks that the sweep's process is alive, seconds
+# How long a job whose sweep died may take to close its run after its own SIGTERM before it exits
+# anyway, seconds: a launcher's worker would otherwise idle on (loky's for 5 minutes per job).
+ORPHAN_GRACE_S = 60.0
+
+
+@contextmanager
+def _stops_with_its_sweep() -> Iterator[None]:
+    """In a job that a study sweep launched in another process of this host (a joblib worker, a
+    local submitit job), a thread that ends the job when the sweep's process is gone (kill -9 or
+    SIGTERM of the sweep): SIGTERM to itself, so the run ends KILLED with its checkpoint kept as on
+    any SIGTERM, then the process exits. Without it the orphaned workers train on unseen."""
+    from src.tracking import process_is_gone
+
+    host, _, pid = os.environ.get(SWEEP_PROCESS_ENV, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        yield  # a single run, a job in the sweep's own process, or on another host
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(SWEEP_CHECK_S):
+            if process_is_gone(int(pid)):
+                log.warning("the sweep's process %s is gone: stopping this job", pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.wait(ORPHAN_GRACE_S)
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sweep-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     # Validated already, before anything was written: by Preflight (a single run) or the study
@@ -56,7 +94,8 @@ def main(cfg: DictConfig) -> dict:
         with open_dict(cfg):
             cfg.tracking.sweep_id = sweep_id()
     try:
-        return train(cfg)
+        with _stops_with_its_sweep():
+            return train(cfg)
     except Exception as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("failed: %s", one_line_error(error)[0], exc_info=needs_traceback(error))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
+SEARCH_PAGE = 1000  # runs one search returns (MLflow's default page); RUNNING ones of one host are far fewer
 # Keys that say where and how a run is recorded or how fast it goes, not what it computes:
 # left out of the config hash that identifies a run for skipping and resuming.
 NOT_IDENTITY = ("paths", "tracking", "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
@@ -408,13 +410,15 @@ def tracked_run(
     client = MlflowClient(cfg.tracking.uri)
     config_hash = hash_config(cfg)
     launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
+    close_dead_runs(client, experiment_id)
     if resume_run_id:
         run_id = resume_run_id
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _process_tags().items()])
         client.update_run(run_id, status="RUNNING")
     else:
         # the user's tags first: they may add tags, not change the study's
         all_tags = {**cfg.tracking.tags, **tags, **launch_tags, RUN_NAME_TAG: run_name,
-                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG]}
+                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG], **_process_tags()}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     monitor = None
@@ -444,22 +448,76 @@ def tracked_run(
         client.set_terminated(run_id, status)
 
 
-def start_sweep(tracking: DictConfig, sweep_id: str, name: str, jobs: int, command: str) -> str:
+def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:
     """Create the parent run of a multirun, in the launching process, before its jobs start;
-    returns its id, which each job gets as tracking.parent_run_id. It carries the sweep's
-    sweep_id, MLflow's context tags (resolved here, where sys.argv is the command), the command,
-    tracking.tags and tracking.note, and the number of jobs."""
+    returns (its id, the sweep's id), which each job gets as tracking.parent_run_id and
+    tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
+    (`<folder>-2`, `-3` ...) when an earlier sweep was given the same hydra.sweep.dir: the figures
+    read a sweep by its id, and two sweeps must not merge there. The run carries the id, MLflow's
+    context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
+    tracking.note, the number of jobs, and this process (pid, host)."""
     experiment_id = prepare_store(tracking)
-    tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
-            RUN_NAME_TAG: name}
-    if tracking.note:
-        tags[MLFLOW_RUN_NOTE] = tracking.note
-    return MlflowClient(tracking.uri).create_run(experiment_id, tags=resolve_tags(tags)).info.run_id
-
-
-def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> None:
-    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
-    last line as its RESULT_TAG."""
     client = MlflowClient(tracking.uri)
+    with _store_lock(tracking.uri, "tracking.uri"):  # two sweeps started at once in one folder get two ids
+        close_dead_runs(client, experiment_id)
+        sweep_id, number = folder, 1
+        while client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}' and tags.{KIND_TAG} = "
+                                 f"'{SWEEP_KIND}'", max_results=1):
+            number += 1
+            sweep_id = f"{folder}-{number}"
+        tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
+                RUN_NAME_TAG: name, **_process_tags()}
+        if tracking.note:
+            tags[MLFLOW_RUN_NOTE] = tracking.note
+        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id
+
+
+def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> list[str]:
+    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
+    last line as its RESULT_TAG; first close the runs its stopped or killed workers left RUNNING
+    (close_dead_runs), whose ids it returns."""
+    client = MlflowClient(tracking.uri)
+    closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
     client.set_tag(run_id, RESULT_TAG, result)
     client.set_terminated(run_id, status)
+    return closed
+
+
+def _process_tags() -> dict[str, str]:
+    """The tags that say which process runs a run: PID_TAG and HOST_TAG."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def process_is_gone(pid: int) -> bool:
+    """Whether process `pid` of this host has ended. A zombie (ended, not yet reaped by its
+    parent: a killed worker its launcher has not waited for) has."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    try:  # Linux: the state letter follows the command name in parentheses
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
+def close_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Close the runs of the experiment left RUNNING by a process of this host that is gone (kill
+    -9, an out-of-memory kill, a sweep or worker stopped without closing them): KILLED, with why
+    in ENDED_BY_TAG. Their checkpoints are kept, so the same config resumes. Runs of other hosts
+    are left alone (their processes cannot be seen from here), as are runs logged without a pid.
+    Returns their ids."""
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
+    closed = []
+    for run in client.search_runs([experiment_id], query, max_results=SEARCH_PAGE):
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and process_is_gone(int(pid)):
+            client.set_tag(run.info.run_id, ENDED_BY_TAG, f"its process {pid} on {host} ended without closing it "
+                           "(killed: kill -9, out of memory, or its sweep stopped)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
