@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -19,6 +21,7 @@ from omegaconf import DictConfig
 
 from src.config import check_folder, validate
 from src.errors import ConfigError, DatasetUnavailable, Diverged
+from src.schema import CONF_DIR
 
 # "<host>:<pid>" of a study sweep's launching process, in the environment its jobs inherit: a job
 # on that host stops when that process is gone (src/run.py; set by hydra_plugins/study_sweeper).
@@ -61,6 +64,23 @@ def _yaml_error(error: BaseException):
     return None
 
 
+def _null_group_override(error: BaseException) -> str | None:
+    """`group=null` on the command line (schedule=null): Hydra's ValueError does not name the
+    override; the frame that raised it holds it (Overrides.__init__'s `override`). Its text, or
+    None for any other error."""
+    from hydra.core.override_parser.types import Override
+
+    if not (isinstance(error, ValueError) and str(error).startswith("Config group override must be")):
+        return None
+    tb, found = error.__traceback__, "a config group override"
+    while tb is not None:
+        override = tb.tb_frame.f_locals.get("override")
+        if isinstance(override, Override):
+            found = override.input_line or found
+        tb = tb.tb_next
+    return found
+
+
 def needs_traceback(error: BaseException) -> bool:
     """True for a bug, whose traceback helps; False for a bad input or a diverged run, which
     one line tells."""
@@ -69,7 +89,8 @@ def needs_traceback(error: BaseException) -> bool:
 
     # an OSError names its file (a disk full, a folder removed under a running job)
     told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, OSError, HydraException, OmegaConfBaseException)
-    return not isinstance(_cause(error), told_in_one_line) and _yaml_error(error) is None
+    return (not isinstance(_cause(error), told_in_one_line) and _yaml_error(error) is None
+            and _null_group_override(error) is None)
 
 
 def one_line_error(error: BaseException) -> tuple[str, int]:
@@ -91,6 +112,12 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
         where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark else "a config file"
         problem = getattr(yaml_error, "problem", None) or str(yaml_error).splitlines()[0]
         return f"{where}: not valid YAML ({_one_line(problem)})", 2
+    null_group = _null_group_override(error)
+    if null_group is not None:
+        group = null_group.split("=", 1)[0].lstrip("+~")
+        options = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+        allowed = f"; allowed: {', '.join(options)}" if options else ""
+        return f"{null_group}: a config group takes one of its options, not null{allowed}", 2
     if isinstance(error, OverrideParseException):
         return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
     if isinstance(error, (HydraException, OmegaConfBaseException)):
@@ -124,17 +151,43 @@ def exit_with_one_line(error: BaseException) -> None:
     sys.exit(code)
 
 
+@contextmanager
+def hydra_config_of(cfg: DictConfig) -> Iterator[None]:
+    """Hydra's ${hydra:...} resolver answers from `cfg`'s own hydra node in the block, as it does
+    inside the job (`paths.output_dir=${hydra:runtime.cwd}/out` validates as it will run); a
+    config composed without it (the tests' compose) is left as it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if "hydra" not in cfg:
+        yield
+        return
+    holder = HydraConfig.instance()
+    saved = holder.cfg
+    holder.set_config(cfg)
+    try:
+        yield
+    finally:
+        holder.cfg = saved
+
+
+def check_config(cfg: DictConfig) -> None:
+    """validate(cfg) where ${hydra:...} interpolations resolve as they will in the job."""
+    with hydra_config_of(cfg):
+        validate(cfg)
+
+
 def preflight(cfg: DictConfig) -> None:
     """What a command makes sure of once, in the process that launches it, before anything is
     written: its folders can be created (paths.data_dir) and written (paths.output_dir), and its
     MLflow store opens, with its experiment (created if missing: parallel first writers of a fresh
     SQLite store would crash MLflow's table creation). Each failure is a ConfigError naming the
     key. A multirun calls it from the study sweeper once every job is validated."""
-    check_folder("paths.output_dir", cfg.paths.output_dir)
-    check_folder("paths.data_dir", cfg.paths.data_dir, writable=False)  # read-only data are fine
     from src.tracking import prepare_store
 
-    prepare_store(cfg.tracking)
+    with hydra_config_of(cfg):
+        check_folder("paths.output_dir", cfg.paths.output_dir)
+        check_folder("paths.data_dir", cfg.paths.data_dir, writable=False)  # read-only data are fine
+        prepare_store(cfg.tracking)
 
 
 class Preflight(Callback):
@@ -146,11 +199,12 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            validate(config)
-            preflight(config)
-            # The run folder's own name holds the time, resolved again when Hydra creates it:
-            # its parent is what can be checked.
-            run_dir = Path(config.hydra.run.dir)
-            check_folder("hydra.run.dir", run_dir.parent, value=run_dir)
+            with hydra_config_of(config):
+                check_config(config)
+                preflight(config)
+                # The run folder's own name holds the time, resolved again when Hydra creates it:
+                # its parent is what can be checked.
+                run_dir = Path(config.hydra.run.dir)
+                check_folder("hydra.run.dir", run_dir.parent, value=run_dir)
         except Exception as error:
             exit_with_one_line(error)

@@ -87,6 +87,9 @@ def _store_lock(uri: str, key: str) -> Iterator[None]:
         return
     db = Path(uri[len(SQLITE_PREFIX) :])
     check_folder(key, db.parent, value=uri)
+    if db.exists() and not db.is_file():  # MLflow would retry opening it for ~2 minutes
+        raise ConfigError(f"{key}={uri}: {db} is a folder (or another non-file), not an SQLite store; "
+                          "move it away or point tracking.uri elsewhere")
     with FileLock(db.with_name(db.name + ".lock")):
         yield
 

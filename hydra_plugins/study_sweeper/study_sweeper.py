@@ -72,6 +72,14 @@ class StudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
+        from src.cli import hydra_config_of
+
+        # ${hydra:...} in the config (paths.output_dir=${hydra:runtime.cwd}/out) resolves here as
+        # in a job: Hydra sets its runtime config only once a job starts
+        with hydra_config_of(self.config):
+            return self._sweep(arguments)
+
+    def _sweep(self, arguments: List[str]) -> Any:
         from src.cli import preflight
         from src.config import check_folder
 
@@ -136,13 +144,13 @@ class StudySweeper(Sweeper):
     def _validated(self, jobs: list[list[str]]) -> list[DictConfig]:
         """Every job composed and validated, in order; the first bad one ends the sweep (exit 2).
         A long sweep says how far validation has got every VALIDATION_NEWS_S seconds."""
-        from src.config import validate
+        from src.cli import check_config
 
         configs, news = [], time.monotonic() + VALIDATION_NEWS_S
         for number, job in enumerate(jobs):
             with self._refused(number, job):
                 configs.append(self.hydra_context.config_loader.load_sweep_config(self.config, list(job)))
-                validate(configs[-1])
+                check_config(configs[-1])
             if time.monotonic() > news:
                 print(f"sweep: validated {number + 1} of {len(jobs)} jobs before starting any", file=sys.stderr)
                 news = time.monotonic() + VALIDATION_NEWS_S
@@ -231,7 +239,8 @@ def _check_launcher(launcher) -> None:
     try:
         Parallel(**{**settings, "backend": "loky"})._effective_n_jobs()  # the launcher forces loky
     except (TypeError, ValueError) as error:
-        key = next((k for k in settings if re.search(rf"\b{k}\b", str(error))), None)
+        named = {k: re.search(rf"\b{k}\b", str(error)) for k in settings}  # the key named first is the culprit
+        key = min((k for k in named if named[k]), key=lambda k: named[k].start(), default=None)
         told = f"hydra.launcher.{key}={settings[key]!r}" if key else "hydra.launcher"
         raise ConfigError(f"{told}: {error}") from None
 
