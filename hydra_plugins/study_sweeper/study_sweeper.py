@@ -166,7 +166,7 @@ class StudySweeper(Sweeper):
             yield
         except Exception as error:
             message, _ = one_line_error(error)
-            which = "" if number is None else f"job {number} ({' '.join(job)}): "
+            which = "" if number is None else f"job {number} ({_shown(job)}): "
             print(f"error: {which}{message}", file=sys.stderr)
             sys.exit(2)
 
@@ -188,7 +188,7 @@ class StudySweeper(Sweeper):
                 result.return_value  # JobReturn's public way to the job's exception: it raises it
             except BaseException as error:  # noqa: BLE001 - reported, not handled
                 message, _ = one_line_error(error)
-            print(f"sweep {sweep_id}: job {number} ({' '.join(jobs[number])}) failed: {message}", file=sys.stderr)
+            print(f"sweep {sweep_id}: job {number} ({_shown(jobs[number])}) failed: {message}", file=sys.stderr)
         done = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
         note = " - already FINISHED, nothing trained" if not failed and set(outcomes) == {"skipped"} else ""
         result = f"{failed} of {len(results)} jobs failed ({done or 'none done'}{note})"
@@ -319,10 +319,23 @@ def _tracking_overrides(job: list[str], cfg: DictConfig, varying: set[str], pare
     if (cfg.tracking.uri, cfg.tracking.experiment) == (parent_tracking.uri, parent_tracking.experiment):
         overrides.append(f"tracking.parent_run_id={parent}")
     if cfg.tracking.run_name is None:
-        varies = [o.lstrip("+~") for o in job if _key(o) in varying and _key(o) not in (SEED_KEY, SCHEDULE_KEY)]
+        varies = [_as_typed(o).lstrip("+~") for o in job if _key(o) in varying and _key(o) not in (SEED_KEY, SCHEDULE_KEY)]
         name = " ".join([cfg.schedule.name, *varies, f"seed={cfg.trainer.seed}"])
         overrides.append(f"tracking.run_name={_quoted(name)}")
     return overrides
+
+
+def _as_typed(override: str) -> str:
+    """A job's override as the user typed it: Hydra hands the sweeper each value re-escaped for
+    its own parser (\\${a} comes back as \\\\$\\{a\\}); a string value is shown parsed back."""
+    parsed = OverridesParser.create().parse_override(override)
+    value = parsed.value()
+    return f"{override.split('=', 1)[0]}={value}" if isinstance(value, str) else override
+
+
+def _shown(job: list[str]) -> str:
+    """A job's overrides as messages show them."""
+    return " ".join(map(_as_typed, job))
 
 
 def _quoted(text: str) -> str:
