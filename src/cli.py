@@ -81,6 +81,16 @@ def _null_group_override(error: BaseException) -> str | None:
     return found
 
 
+def _is_store_error(error: BaseException) -> bool:
+    """src.tracking.is_store_error, without loading MLflow for an error raised before it was
+    (a bad config fails in about a second: src/run.py)."""
+    if "src.tracking" not in sys.modules:
+        return False
+    from src.tracking import is_store_error
+
+    return is_store_error(error)
+
+
 def needs_traceback(error: BaseException) -> bool:
     """True for a bug, whose traceback helps; False for a bad input or a diverged run, which
     one line tells."""
@@ -90,7 +100,7 @@ def needs_traceback(error: BaseException) -> bool:
     # an OSError names its file (a disk full, a folder removed under a running job)
     told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, OSError, HydraException, OmegaConfBaseException)
     return (not isinstance(_cause(error), told_in_one_line) and _yaml_error(error) is None
-            and _null_group_override(error) is None)
+            and _null_group_override(error) is None and not _is_store_error(_cause(error)))
 
 
 def one_line_error(error: BaseException) -> tuple[str, int]:
@@ -139,7 +149,11 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
             allowed = f"{parent or 'the config'} has: {', '.join(known)}; " if known else ""
             return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
         return _one_line(text), 2
-    return f"{type(error).__name__}: {_one_line(text)[:500]}", 1
+    if _is_store_error(error):  # the store failed under a running job: full, read-only, locked
+        from src.tracking import store_error_text
+
+        return f"the MLflow store failed: {type(error).__name__}: {store_error_text(error)[:500]}", 1
+    return f"{type(error).__name__}: {_one_line(text)}", 1
 
 
 def exit_with_one_line(error: BaseException) -> None:

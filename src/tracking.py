@@ -61,8 +61,12 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
 
 # MLflow announces a fresh SQLite store's table creation at INFO on stderr: two lines before any
-# run's output or error; a store being created is no news (the README says where it is).
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+# run's output or error; a store being created is no news (the README says where it is). And it
+# logs every database error it re-raises at ERROR, with the SQL statement and a traceback (a
+# screen per failed write on a full or locked store): the error itself is told in one line
+# (store_error_text), so only what it never raises gets through.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
@@ -162,6 +166,18 @@ def _opening(uri: str, key: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def is_store_error(error: BaseException) -> bool:
+    """Whether MLflow's store failed (a full disk, a read-only or locked file, a server gone):
+    MLflow's own exception or SQLAlchemy's, which a run cannot do anything about."""
+    return type(error).__module__.split(".")[0] in ("mlflow", "sqlalchemy")
+
+
+def store_error_text(error: BaseException) -> str:
+    """A store's error in one line: SQLAlchemy's text without the statement and parameters it
+    appends (screens of SQL that say nothing more)."""
+    return " ".join(str(error).split("[SQL:")[0].split("(Background on this error")[0].split())
 
 
 def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:
@@ -443,12 +459,28 @@ def tracked_run(
         status = "KILLED"
         raise
     except BaseException as error:
-        client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])])
+        told = store_error_text(error) if is_store_error(error) else str(error)
+        _closing(lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
+                 run_id, cfg.tracking.uri)
         raise
     finally:
         if monitor is not None:
             monitor.finish()
-        client.set_terminated(run_id, status)
+        _closing(lambda: client.set_terminated(run_id, status), run_id, cfg.tracking.uri)
+
+
+def _closing(write, run_id: str, uri: str) -> None:
+    """A last write to a run on its way out. When the store itself is what failed (full, read-only,
+    locked), it says so in one line and lets the error that ended the run be the one reported:
+    the run stays RUNNING in the store, and the next run or sweep of its experiment on this host
+    closes it (close_dead_runs: its process is gone by then); its checkpoint is kept."""
+    try:
+        write()
+    except Exception as error:
+        if not is_store_error(error):
+            raise
+        log.warning("could not close MLflow run %s in %s (%s); the next run of its experiment on this host closes it",
+                    run_id, uri, store_error_text(error))
 
 
 def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:

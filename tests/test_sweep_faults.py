@@ -227,3 +227,36 @@ def test_a_sweep_killed_hard_stops_its_workers_and_the_next_run_closes_its_paren
     assert result.returncode == 0, result.stderr[-3000:]
     [parent] = sweep_runs_in(tmp_path / "out")  # ... until the next run of its experiment on this host
     assert parent.info.status == "KILLED" and str(sweep.pid) in parent.data.tags[schema.ENDED_BY_TAG]
+
+
+@pytest.mark.slow  # ~60 s: a run waits out SQLite's busy timeout on a locked store
+def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_running(tmp_path, data_dir):
+    """The store locked by another process mid-run (as a full disk or a read-only file fails every
+    write): one line without SQL, the checkpoint kept; a run that could not be closed then is
+    closed by the next run on this host."""
+    import sqlite3
+
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    command = [sys.executable, "-m", "src.run", "dataset=digits", "trainer.epochs=200", "schedule.milestones=[50,100]",
+               "trainer.threads=1", f"paths.output_dir={out}", f"paths.data_dir={data_dir}"]
+    with log.open("w") as sink:
+        job = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while "epoch 3/200 " not in log.read_text():
+        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    lock = sqlite3.connect(out / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        assert job.wait(timeout=180) == 1
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    output = log.read_text()
+    assert "[SQL:" not in output and "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last == "error: the MLflow store failed: MlflowException: (sqlite3.OperationalError) database is locked"
+    assert list((out / "checkpoints").glob("*.pt"))  # kept, to resume from
+    assert run_cli(*TINY, output_dir=out, data_dir=data_dir).returncode == 0
+    assert "RUNNING" not in {r.info.status for r in runs_in(out)}
