@@ -8,7 +8,8 @@ program with one line on stderr (`error: <key>=<value>: <what is allowed>`) and 
 exit: 2 for a bad config or command line, or a folder, store or device it names that cannot be
 used (refused before any MLflow run exists); 1 for a run that failed. A run stopped by SIGTERM
 or Ctrl-C ends KILLED with one line saying where its checkpoint is, exit 128 + the signal's
-number (143, 130), as shells report a process a signal ended.
+number (143, 130), as shells report a process a signal ended. A job of a study sweep running in
+another process (a joblib worker) stops the same way when the sweep's process is gone.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ One MLflow run per job; a multirun is one parent run (created by the study sweep
 launching process) with its jobs as child runs (MLflow's mlflow.parentRunId tag, which the UI
 groups by). Metrics go in one batched call per epoch (a SQLite write costs ~10 ms here, so
 per-metric calls would add up). A run is closed in `finally`: FINISHED when the body returns,
-FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C; never left RUNNING.
+FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C. A process killed
+hard (kill -9, out of memory) cannot close its run: every run records its pid and host, and the
+next run or sweep of the experiment on that host closes the runs whose process is gone
+(close_dead_runs), so none stays RUNNING.
 """
 
 from __future__ import annotations
@@ -444,8 +447,10 @@ def tracked_run(
     try:  # from here on, whatever fails, the run is closed in `finally`
         monitor = _system_metrics(cfg.tracking, run_id, resumed=bool(resume_run_id))
         if resume_run_id:
-            if ERROR_TAG in join_sweep(cfg, run_id, tags[SWEEP_TAG]):  # from the attempt that failed
-                client.delete_tag(run_id, ERROR_TAG)
+            earlier = join_sweep(cfg, run_id, tags[SWEEP_TAG])
+            for stale in (ERROR_TAG, ENDED_BY_TAG):  # why the attempt before this one ended
+                if stale in earlier:
+                    client.delete_tag(run_id, stale)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = [Param(k, v) for k, v in flatten(resolved).items()]
