@@ -59,7 +59,7 @@ def _stops_with_its_sweep() -> Iterator[None]:
     local submitit job), a thread that ends the job when the sweep's process is gone (kill -9 or
     SIGTERM of the sweep): SIGTERM to itself, so the run ends KILLED with its checkpoint kept as on
     any SIGTERM, then the process exits. Without it the orphaned workers train on unseen."""
-    from src.tracking import process_is_gone
+    from src.processes import process_is_gone
 
     host, _, pid = os.environ.get(SWEEP_PROCESS_ENV, "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():

@@ -92,7 +92,7 @@ CPUS_TAG = "cpus"  # CPUs of the machine (os.cpu_count)
 TORCH_VERSION_TAG = "torch_version"
 # The process that runs it, for as long as it is RUNNING: a run RUNNING whose process is gone from
 # its host (kill -9, an out-of-memory kill, a dead sweep) is closed KILLED by the next run or sweep
-# of its experiment on that host (src.tracking.close_dead_runs).
+# of its experiment on that host (src.processes.close_dead_runs).
 PID_TAG = "pid"
 HOST_TAG = "host"
 ENDED_BY_TAG = "ended_by"  # on a run closed for its process: why, one line

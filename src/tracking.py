@@ -13,7 +13,7 @@ per-metric calls would add up). A run is closed in `finally`: FINISHED when the 
 FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C. A process killed
 hard (kill -9, out of memory) cannot close its run: every run records its pid and host, and the
 next run or sweep of the experiment on that host closes the runs whose process is gone
-(close_dead_runs), so none stays RUNNING.
+(src.processes.close_dead_runs), so none stays RUNNING.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,9 +43,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import check_folder
 from src.errors import ConfigError
+from src.processes import close_dead_runs, process_tags
 from src.schema import (
-    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, HOST_TAG, JOBS_TAG, KIND_TAG, PID_TAG,
-    RESULT_TAG, RUN_NAME_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
+    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, RUN_NAME_TAG,
+    SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
-SEARCH_PAGE = 1000  # runs one search returns (MLflow's default page); RUNNING ones of one host are far fewer
 # Keys that say where and how a run is recorded or how fast it goes, not what it computes:
 # left out of the config hash that identifies a run for skipping and resuming.
 NOT_IDENTITY = ("paths", "tracking", "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
@@ -435,12 +434,12 @@ def tracked_run(
     close_dead_runs(client, experiment_id)
     if resume_run_id:
         run_id = resume_run_id
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _process_tags().items()])
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
         client.update_run(run_id, status="RUNNING")
     else:
         # the user's tags first: they may add tags, not change the study's
         all_tags = {**cfg.tracking.tags, **tags, **launch_tags, RUN_NAME_TAG: run_name,
-                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG], **_process_tags()}
+                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG], **process_tags()}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     monitor = None
@@ -506,7 +505,7 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
             number += 1
             sweep_id = f"{folder}-{number}"
         tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
-                RUN_NAME_TAG: name, **_process_tags()}
+                RUN_NAME_TAG: name, **process_tags()}
         if tracking.note:
             tags[MLFLOW_RUN_NOTE] = tracking.note
         return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id
@@ -520,44 +519,4 @@ def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> li
     closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
     client.set_tag(run_id, RESULT_TAG, result)
     client.set_terminated(run_id, status)
-    return closed
-
-
-def _process_tags() -> dict[str, str]:
-    """The tags that say which process runs a run: PID_TAG and HOST_TAG."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-
-
-def process_is_gone(pid: int) -> bool:
-    """Whether process `pid` of this host has ended. A zombie (ended, not yet reaped by its
-    parent: a killed worker its launcher has not waited for) has."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: alive
-        return False
-    try:  # Linux: the state letter follows the command name in parentheses
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X")
-
-
-def close_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
-    """Close the runs of the experiment left RUNNING by a process of this host that is gone (kill
-    -9, an out-of-memory kill, a sweep or worker stopped without closing them): KILLED, with why
-    in ENDED_BY_TAG. Their checkpoints are kept, so the same config resumes. Runs of other hosts
-    are left alone (their processes cannot be seen from here), as are runs logged without a pid.
-    Returns their ids."""
-    host = socket.gethostname()
-    query = f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
-    closed = []
-    for run in client.search_runs([experiment_id], query, max_results=SEARCH_PAGE):
-        pid = run.data.tags.get(PID_TAG, "")
-        if pid.isdigit() and int(pid) != os.getpid() and process_is_gone(int(pid)):
-            client.set_tag(run.info.run_id, ENDED_BY_TAG, f"its process {pid} on {host} ended without closing it "
-                           "(killed: kill -9, out of memory, or its sweep stopped)")
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed.append(run.info.run_id)
     return closed

@@ -19,7 +19,7 @@ basic sweeper makes it, plus what the basic one does not do.
    with the summary line as its `result` tag.
 5. A sweep that stops (SIGTERM, Ctrl-C, a worker process killed: kill -9, out of memory) stops
    its launcher's workers, closes every run its dead processes left RUNNING as KILLED
-   (src.tracking.close_dead_runs) and ends with one line; re-running the same command resumes
+   (src.processes.close_dead_runs) and ends with one line; re-running the same command resumes
    them from their checkpoints and skips the FINISHED ones. Jobs watch this process
    (src.cli.SWEEP_PROCESS_ENV, src/run.py): when it dies, kill -9 included, they stop as on SIGTERM.
 
