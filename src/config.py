@@ -32,7 +32,7 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from src.errors import ConfigError, _one_line
+from src.errors import ConfigError
 from src.schedules import LAST_BATCH, milestone_epochs
 
 
@@ -355,7 +355,7 @@ def validate(cfg: DictConfig) -> None:
     except MissingMandatoryValue as error:  # a ??? of a structured config that no YAML set
         raise ConfigError(f"{error.full_key}: missing; set it in its YAML or on the command line") from None
     except Exception as error:  # an interpolation that does not resolve
-        raise ConfigError(_one_line(str(error))) from None
+        raise ConfigError(str(error)) from None
     expected = set(PLAIN_GROUPS) | set(BUILT_GROUPS)
     for key in plain:
         if key not in expected:

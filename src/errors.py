@@ -1,14 +1,19 @@
-"""The errors that end a run or a sweep on purpose, and how each is told in one line."""
+"""The errors that end a run or a sweep on purpose. Exception classes only, importing nothing of
+the project, so that any module can raise them without an import cycle; how each is told on the
+command line (one line, an exit status) is src/cli.py's."""
 
 from __future__ import annotations
 
-import re
 import signal
 
 
 class ConfigError(ValueError):
     """A bad config value, or a folder, store or device a key names that cannot be used here;
-    the message is one line naming the key, the value and what is allowed or what went wrong."""
+    the message is one line naming the key, the value and what is allowed or what went wrong
+    (whitespace runs, a driver's multi-line text included, are joined into one line here)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 class DatasetUnavailable(RuntimeError):
@@ -32,75 +37,3 @@ class Stopped(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return f"{self.signal.name}: {self.where or 'before any MLflow run started; run the same command again'}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _default_keys(parent: str) -> list[str]:
-    """The keys under `parent` in the default config (for error messages)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import DictConfig, OmegaConf
-
-    from src.config import compose  # here: src.config imports this module
-
-    GlobalHydra.instance().clear()  # called where Hydra may already be initialised (a failing job)
-    config = compose()
-    node = OmegaConf.select(config, parent) if parent else config
-    return [str(k) for k in node] if isinstance(node, DictConfig) else []
-
-
-def needs_traceback(error: BaseException) -> bool:
-    """True for a bug, whose traceback helps; False for a bad input or a diverged run, which
-    one line tells."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    # an OSError names its file (a disk full, a folder removed under a running job)
-    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, OSError, HydraException, OmegaConfBaseException)
-    return not isinstance(_cause(error), told_in_one_line)
-
-
-def _cause(error: BaseException) -> BaseException:
-    """Hydra's instantiate wraps what the built object raised; the inner error is the story."""
-    from hydra.errors import InstantiationException
-
-    return error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-
-
-def one_line_error(error: BaseException) -> tuple[str, int]:
-    """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
-    config or command line, or a folder, store, device or data set it names that cannot be
-    used (refused before any MLflow run exists); 1 for a run that failed."""
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
-
-    error = _cause(error)
-    text = str(error)
-    if isinstance(error, ConfigError):
-        return text, 2
-    if isinstance(error, DatasetUnavailable):  # raised while the data load, before the run exists
-        return f"{type(error).__name__}: {_one_line(text)}", 2
-    if isinstance(error, OverrideParseException):
-        return f"{error.override}: cannot parse ({text.splitlines()[0]})", 2
-    if isinstance(error, (HydraException, OmegaConfBaseException)):
-        typed = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
-        if isinstance(typed, (ValidationError, ConfigTypeError)) and getattr(typed, "full_key", None):
-            # a value OmegaConf refused for a structured config (src/config.py) while composing
-            override = re.search(r"Error merging override (\S+)", text)
-            return f"{override.group(1) if override else typed.full_key}: {str(typed).splitlines()[0]}", 2
-        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
-        if missing:
-            group, option = missing.groups()
-            options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
-            return f"{group}={option}: no such option; allowed: {', '.join(options)}", 2
-        unknown = re.search(r"Could not override '([^']+)'", text)
-        if unknown:
-            key = unknown.group(1)
-            parent, _, leaf = key.rpartition(".")
-            known = _default_keys(parent)
-            allowed = f"{parent or 'the config'} has: {', '.join(known)}; " if known else ""
-            return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
-        return _one_line(text), 2
-    return f"{type(error).__name__}: {_one_line(text)}", 1

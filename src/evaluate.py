@@ -62,7 +62,7 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
             raise EvaluationError(f"run_id={run_id}: no {schema.WEIGHTS_ARTIFACT} (logged with tracking.log_weights=false,"
                                   " or not FINISHED)") from None
         weights = torch.load(weights_path, map_location="cpu", weights_only=True)
-        cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+        cfg = OmegaConf.load(client.download_artifacts(run_id, schema.CONFIG_ARTIFACT, folder))
     cfg.merge_with_dotlist([o for o in overrides if o.startswith(MACHINE_KEYS)])
 
     device = devices.pick_device(cfg.trainer.device)
@@ -80,7 +80,7 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from src.errors import one_line_error
+    from src.cli import one_line_error
     from src.schema import FINAL_VAL_ACC, FINAL_VAL_LOSS
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -77,13 +77,14 @@ from scipy import stats
 
 from src.schema import (
     BATCH_SIZE, COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_VAL_ACC, FINAL_VAL_LOSS,
-    KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES,
+    KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, RUN_NAME_TAG,
     SCHEDULE_TAG, SEED_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, THREADS_TAG,
     TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
     VAL_LOSS, WALL_TIME_S,
 )
 from src.config import check_folder, compose
-from src.errors import ConfigError, one_line_error
+from src.cli import one_line_error
+from src.errors import ConfigError
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"
@@ -977,7 +978,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
     md += ["## Failed runs", ""]
     if failed:
         md += ["| run | schedule | seed | status | error |", "|---|---|---|---|---|"]
-        md += [f"| {r.tags.get('mlflow.runName', r.run_id)} | {r.schedule} | {r.seed} | "
+        md += [f"| {r.tags.get(RUN_NAME_TAG, r.run_id)} | {r.schedule} | {r.seed} | "
                f"{r.status} | {_cell(r.tags.get(ERROR_TAG, '-'))} |" for r in failed]
     else:
         md.append("None.")
@@ -992,7 +993,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         "sweep_id": sweep_id, "experiment": experiment, "environment": env,
         "margin_points": margin, "confidence": confidence, "interval": "Student t over paired seeds",
         "min_seeds": min_seeds, "axes": sweep_axes(runs), "baselines": baselines, "rows": flat,
-        "failed_runs": [{"run_id": r.run_id, "name": r.tags.get("mlflow.runName"), "schedule": r.schedule,
+        "failed_runs": [{"run_id": r.run_id, "name": r.tags.get(RUN_NAME_TAG), "schedule": r.schedule,
                          "seed": r.tags.get(SEED_TAG), "status": r.status, "error": r.tags.get(ERROR_TAG)}
                         for r in failed],
     }

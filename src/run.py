@@ -8,7 +8,8 @@ program with one line on stderr (`error: <key>=<value>: <what is allowed>`) and 
 exit: 2 for a bad config or command line, or a folder, store or device it names that cannot be
 used (refused before any MLflow run exists); 1 for a run that failed. A run stopped by SIGTERM
 or Ctrl-C ends KILLED with one line saying where its checkpoint is, exit 128 + the signal's
-number (143, 130), as shells report a process a signal ended.
+number (143, 130), as shells report a process a signal ended. A job of a study sweep running in
+another process (a joblib worker) stops the same way when the sweep's process is gone.
 """
 
 from __future__ import annotations
@@ -16,53 +17,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.config import check_folder, validate
-from src.errors import Stopped, needs_traceback, one_line_error
+from src.cli import SWEEP_PROCESS_ENV, exit_with_one_line, needs_traceback, one_line_error
+from src.errors import Stopped
 
 log = logging.getLogger(__name__)
-
-
-def preflight(cfg: DictConfig) -> None:
-    """What a command makes sure of once, in the process that launches it, before anything is
-    written: its folders can be created (paths.data_dir) and written (paths.output_dir), and its
-    MLflow store opens, with its experiment (created if missing: parallel first writers of a fresh
-    SQLite store would crash MLflow's table creation). Each failure is a ConfigError naming the
-    key. A multirun calls it from the study sweeper once every job is validated."""
-    check_folder("paths.output_dir", cfg.paths.output_dir)
-    check_folder("paths.data_dir", cfg.paths.data_dir, writable=False)  # read-only data are fine
-    from src.tracking import prepare_store
-
-    prepare_store(cfg.tracking)
-
-
-class Preflight(Callback):
-    """A single run's config validated and its preflight done before Hydra creates the run's
-    folder under paths.output_dir. Hydra turns an exception of a callback into a warning and
-    goes on, so a refusal ends the command here (SystemExit passes). (Hydra calls
-    on_multirun_start before the sweeper has composed the jobs, so a multirun's preflight is the
-    study sweeper's.)"""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            validate(config)
-            preflight(config)
-            # The run folder's own name holds the time, resolved again when Hydra creates it:
-            # its parent is what can be checked.
-            run_dir = Path(config.hydra.run.dir)
-            check_folder("hydra.run.dir", run_dir.parent, value=run_dir)
-        except Exception as error:
-            exit_with_one_line(error)
 
 
 def sweep_id() -> str:
@@ -75,6 +45,41 @@ def sweep_id() -> str:
 
 def _terminated(signum, frame):
     raise Stopped(signal.Signals(signum))
+
+
+SWEEP_CHECK_S = 1.0  # how often a job of a sweep checks that the sweep's process is alive, seconds
+# How long a job whose sweep died may take to close its run after its own SIGTERM before it exits
+# anyway, seconds: a launcher's worker would otherwise idle on (loky's for 5 minutes per job).
+ORPHAN_GRACE_S = 60.0
+
+
+@contextmanager
+def _stops_with_its_sweep() -> Iterator[None]:
+    """In a job that a study sweep launched in another process of this host (a joblib worker, a
+    local submitit job), a thread that ends the job when the sweep's process is gone (kill -9 or
+    SIGTERM of the sweep): SIGTERM to itself, so the run ends KILLED with its checkpoint kept as on
+    any SIGTERM, then the process exits. Without it the orphaned workers train on unseen."""
+    from src.processes import process_is_gone
+
+    host, _, pid = os.environ.get(SWEEP_PROCESS_ENV, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        yield  # a single run, a job in the sweep's own process, or on another host
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(SWEEP_CHECK_S):
+            if process_is_gone(int(pid)):
+                log.warning("the sweep's process %s is gone: stopping this job", pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.wait(ORPHAN_GRACE_S)
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sweep-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -90,20 +95,13 @@ def main(cfg: DictConfig) -> dict:
         with open_dict(cfg):
             cfg.tracking.sweep_id = sweep_id()
     try:
-        return train(cfg)
+        with _stops_with_its_sweep():
+            return train(cfg)
     except Exception as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("failed: %s", one_line_error(error)[0], exc_info=needs_traceback(error))
             raise  # the sweeper reports it and lets the other jobs run
         exit_with_one_line(error)
-
-
-def exit_with_one_line(error: Exception) -> None:
-    message, code = one_line_error(error)
-    if needs_traceback(error):
-        traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def cli() -> None:

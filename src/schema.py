@@ -63,6 +63,8 @@ FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_
 # The artifact a FINISHED run keeps its final weights in (tracking.log_weights): the model's
 # state_dict, torch.save'd; `python -m src.evaluate` reads it back.
 WEIGHTS_ARTIFACT = "model/state_dict.pt"
+# The artifact every run keeps its resolved config in (YAML); src.evaluate rebuilds the run from it.
+CONFIG_ARTIFACT = "config.yaml"
 
 # Logged twice: right after the run opens (START) and with the final metrics (END). The machine's
 # 1-, 5- and 15-minute load averages (runnable processes, all users; os.getloadavg's order): the
@@ -72,6 +74,7 @@ LOAD_AVERAGE_START = {span: f"load_{span}_start" for span in LOAD_SPANS}
 LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
 
 # Tags of a training run.
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: the name the UI shows (tracking.run_name, or the sweeper's)
 SCHEDULE_TAG = "schedule"  # schedule.name
 SEED_TAG = "seed"  # trainer.seed
 SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
@@ -87,6 +90,12 @@ DEVICE_TAG = "device"  # the torch device, with the GPU's name on CUDA
 THREADS_TAG = "threads"  # torch intra-op threads of the run
 CPUS_TAG = "cpus"  # CPUs of the machine (os.cpu_count)
 TORCH_VERSION_TAG = "torch_version"
+# The process that runs it, for as long as it is RUNNING: a run RUNNING whose process is gone from
+# its host (kill -9, an out-of-memory kill, a dead sweep) is closed KILLED by the next run or sweep
+# of its experiment on that host (src.processes.close_dead_runs).
+PID_TAG = "pid"
+HOST_TAG = "host"
+ENDED_BY_TAG = "ended_by"  # on a run closed for its process: why, one line
 COMMAND_TAG = "command"  # the command line that started the run (shlex-joined sys.argv)
 # What the run trained, by the option names of the command line (dataset=digits, model=mlp ...):
 # columns to filter and group the UI's runs table by.

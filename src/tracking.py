@@ -10,7 +10,10 @@ One MLflow run per job; a multirun is one parent run (created by the study sweep
 launching process) with its jobs as child runs (MLflow's mlflow.parentRunId tag, which the UI
 groups by). Metrics go in one batched call per epoch (a SQLite write costs ~10 ms here, so
 per-metric calls would add up). A run is closed in `finally`: FINISHED when the body returns,
-FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C; never left RUNNING.
+FAILED (with the error in the `error` tag) when it raises, KILLED on Ctrl-C. A process killed
+hard (kill -9, out of memory) cannot close its run: every run records its pid and host, and the
+next run or sweep of the experiment on that host closes the runs whose process is gone
+(src.processes.close_dead_runs), so none stays RUNNING.
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_ALRE
                                           ErrorCode)
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import check_folder
-from src.errors import ConfigError, _one_line
+from src.errors import ConfigError
+from src.processes import close_dead_runs, process_tags
 from src.schema import (
-    COMMAND_TAG, CONFIG_HASH_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG,
-    SWEEPS_TAG, VAL_LOSS,
+    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, RUN_NAME_TAG,
+    SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
 )
 
 if TYPE_CHECKING:
@@ -60,8 +64,12 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
 
 # MLflow announces a fresh SQLite store's table creation at INFO on stderr: two lines before any
-# run's output or error; a store being created is no news (the README says where it is).
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+# run's output or error; a store being created is no news (the README says where it is). And it
+# logs every database error it re-raises at ERROR, with the SQL statement and a traceback (a
+# screen per failed write on a full or locked store): the error itself is told in one line
+# (store_error_text), so only what it never raises gets through.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
@@ -85,6 +93,9 @@ def _store_lock(uri: str, key: str) -> Iterator[None]:
         return
     db = Path(uri[len(SQLITE_PREFIX) :])
     check_folder(key, db.parent, value=uri)
+    if db.exists() and not db.is_file():  # MLflow would retry opening it for ~2 minutes
+        raise ConfigError(f"{key}={uri}: {db} is a folder (or another non-file), not an SQLite store; "
+                          "move it away or point tracking.uri elsewhere")
     with FileLock(db.with_name(db.name + ".lock")):
         yield
 
@@ -149,7 +160,7 @@ def _opening(uri: str, key: str) -> Iterator[None]:
         cause = getattr(error, "orig", None) or error  # SQLAlchemy's wrapper: the driver's own message
         detail = cause.message if isinstance(cause, MlflowException) else str(cause)
         raise ConfigError(f"{key}={uri}: MLflow cannot open this store ({type(cause).__name__}: "
-                          f"{_one_line(detail)[:300]})") from None
+                          f"{detail[:300]})") from None
     finally:
         retries.setLevel(saved_level)
         for name, value in saved.items():
@@ -157,6 +168,18 @@ def _opening(uri: str, key: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def is_store_error(error: BaseException) -> bool:
+    """Whether MLflow's store failed (a full disk, a read-only or locked file, a server gone):
+    MLflow's own exception or SQLAlchemy's, which a run cannot do anything about."""
+    return type(error).__module__.split(".")[0] in ("mlflow", "sqlalchemy")
+
+
+def store_error_text(error: BaseException) -> str:
+    """A store's error in one line: SQLAlchemy's text without the statement and parameters it
+    appends (screens of SQL that say nothing more)."""
+    return " ".join(str(error).split("[SQL:")[0].split("(Background on this error")[0].split())
 
 
 def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:
@@ -187,7 +210,7 @@ def prepare_store(tracking: DictConfig) -> str:
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     if error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):  # too long, for one
                         raise ConfigError(f"tracking.experiment={_shown(tracking.experiment)}: MLflow refuses "
-                                          f"this name ({_one_line(error.message)})") from None
+                                          f"this name ({error.message})") from None
                     raise
                 experiment = client.get_experiment_by_name(tracking.experiment)  # another process made it first
         if experiment.lifecycle_stage == LifecycleStage.DELETED:
@@ -408,27 +431,31 @@ def tracked_run(
     client = MlflowClient(cfg.tracking.uri)
     config_hash = hash_config(cfg)
     launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
+    close_dead_runs(client, experiment_id)
     if resume_run_id:
         run_id = resume_run_id
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
         client.update_run(run_id, status="RUNNING")
     else:
         # the user's tags first: they may add tags, not change the study's
-        all_tags = {**cfg.tracking.tags, **tags, **launch_tags, MLFLOW_RUN_NAME: run_name,
-                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG]}
+        all_tags = {**cfg.tracking.tags, **tags, **launch_tags, RUN_NAME_TAG: run_name,
+                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG], **process_tags()}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     monitor = None
     try:  # from here on, whatever fails, the run is closed in `finally`
         monitor = _system_metrics(cfg.tracking, run_id, resumed=bool(resume_run_id))
         if resume_run_id:
-            if ERROR_TAG in join_sweep(cfg, run_id, tags[SWEEP_TAG]):  # from the attempt that failed
-                client.delete_tag(run_id, ERROR_TAG)
+            earlier = join_sweep(cfg, run_id, tags[SWEEP_TAG])
+            for stale in (ERROR_TAG, ENDED_BY_TAG):  # why the attempt before this one ended
+                if stale in earlier:
+                    client.delete_tag(run_id, stale)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             params = [Param(k, v) for k, v in flatten(resolved).items()]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
-            client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+            client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
         _close_stale_runs(client, cfg, config_hash, keep=run_id, experiment_id=experiment_id)
         yield TrackedRun(client, run_id, experiment_id, sweep_jobs)
         status = "FINISHED"
@@ -436,30 +463,60 @@ def tracked_run(
         status = "KILLED"
         raise
     except BaseException as error:
-        client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])])
+        told = store_error_text(error) if is_store_error(error) else str(error)
+        _closing(lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
+                 run_id, cfg.tracking.uri)
         raise
     finally:
         if monitor is not None:
             monitor.finish()
-        client.set_terminated(run_id, status)
+        _closing(lambda: client.set_terminated(run_id, status), run_id, cfg.tracking.uri)
 
 
-def start_sweep(tracking: DictConfig, sweep_id: str, name: str, jobs: int, command: str) -> str:
+def _closing(write, run_id: str, uri: str) -> None:
+    """A last write to a run on its way out. When the store itself is what failed (full, read-only,
+    locked), it says so in one line and lets the error that ended the run be the one reported:
+    the run stays RUNNING in the store, and the next run or sweep of its experiment on this host
+    closes it (close_dead_runs: its process is gone by then); its checkpoint is kept."""
+    try:
+        write()
+    except Exception as error:
+        if not is_store_error(error):
+            raise
+        log.warning("could not close MLflow run %s in %s (%s); the next run of its experiment on this host closes it",
+                    run_id, uri, store_error_text(error))
+
+
+def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:
     """Create the parent run of a multirun, in the launching process, before its jobs start;
-    returns its id, which each job gets as tracking.parent_run_id. It carries the sweep's
-    sweep_id, MLflow's context tags (resolved here, where sys.argv is the command), the command,
-    tracking.tags and tracking.note, and the number of jobs."""
+    returns (its id, the sweep's id), which each job gets as tracking.parent_run_id and
+    tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
+    (`<folder>-2`, `-3` ...) when an earlier sweep was given the same hydra.sweep.dir: the figures
+    read a sweep by its id, and two sweeps must not merge there. The run carries the id, MLflow's
+    context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
+    tracking.note, the number of jobs, and this process (pid, host)."""
     experiment_id = prepare_store(tracking)
-    tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
-            MLFLOW_RUN_NAME: name}
-    if tracking.note:
-        tags[MLFLOW_RUN_NOTE] = tracking.note
-    return MlflowClient(tracking.uri).create_run(experiment_id, tags=resolve_tags(tags)).info.run_id
-
-
-def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> None:
-    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
-    last line as its RESULT_TAG."""
     client = MlflowClient(tracking.uri)
+    with _store_lock(tracking.uri, "tracking.uri"):  # two sweeps started at once in one folder get two ids
+        close_dead_runs(client, experiment_id)
+        sweep_id, number = folder, 1
+        while client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}' and tags.{KIND_TAG} = "
+                                 f"'{SWEEP_KIND}'", max_results=1):
+            number += 1
+            sweep_id = f"{folder}-{number}"
+        tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
+                RUN_NAME_TAG: name, **process_tags()}
+        if tracking.note:
+            tags[MLFLOW_RUN_NOTE] = tracking.note
+        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id
+
+
+def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> list[str]:
+    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
+    last line as its RESULT_TAG; first close the runs its stopped or killed workers left RUNNING
+    (close_dead_runs), whose ids it returns."""
+    client = MlflowClient(tracking.uri)
+    closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
     client.set_tag(run_id, RESULT_TAG, result)
     client.set_terminated(run_id, status)
+    return closed

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from helpers.configs import DIGITS_N_TRAIN, DIGITS_N_VAL, TINY, compose_config
 
 from src.config import validate, validate_against_data
-from src.errors import ConfigError, one_line_error
+from src.cli import one_line_error
+from src.errors import ConfigError
 
 # (override, key the message must name). TINY runs 3 epochs on digits' 1,437 training samples.
 BAD_CONFIGS = [

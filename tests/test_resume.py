@@ -45,6 +45,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     assert f"resuming MLflow run {interrupted.info.run_id} from epoch" in resumed.stdout  # Hydra logs to stdout
     [after] = runs_in(copy)  # the same MLflow run, now FINISHED
     assert after.info.run_id == interrupted.info.run_id and after.info.status == "FINISHED"
+    assert schema.ENDED_BY_TAG not in after.data.tags  # closed as dead by the re-run, then resumed
     # it keeps the sweep (here: the run folder) it started in, and lists the one that resumed it
     started_in = interrupted.data.tags[schema.SWEEP_TAG]
     assert after.data.tags[schema.SWEEP_TAG] == started_in

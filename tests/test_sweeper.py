@@ -41,7 +41,8 @@ def test_a_job_whose_composition_fails_stops_the_sweep_too(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("name", ["decay_lr model.hidden=[64,32] seed=0", "it's", "a ${oc.env:HOME} b",
-                                  "back\\slash", "ends in \\", "q\\'", "two\\\\ x"])
+                                  "back\\slash", "ends in \\", "q\\'", "two\\\\ x", "tag=\\${literal}",
+                                  "a \\\\${x} b"])
 def test_a_run_name_reaches_the_job_as_given(name):
     """The sweeper hands each job its name as an override: quotes, backslashes and ${...} come
     through Hydra's parser and OmegaConf's interpolation unchanged."""
@@ -57,11 +58,12 @@ def test_each_job_is_named_by_what_varies_and_joins_the_parent_in_its_store():
     parent_store = compose_config().tracking
     named = []
     for job in jobs:
-        extra = _tracking_overrides(job, compose_config(*job), varying, "abc123", parent_store)
-        assert extra[0] == "tracking.parent_run_id=abc123"
-        named.append(compose_config(*job, extra[1]).tracking.run_name)
+        extra = _tracking_overrides(job, compose_config(*job), varying, "abc123", parent_store, "s-2")
+        assert extra[:2] == ["tracking.sweep_id='s-2'", "tracking.parent_run_id=abc123"]
+        named.append(compose_config(*job, extra[2]).tracking.run_name)
     assert named[0] == "decay_lr optimizer=momentum seed=0"
     assert named[-1] == "hybrid optimizer=adam tracking.tags.extra=1 seed=1"
     assert len(set(named)) == len(jobs)
     elsewhere = compose_config("tracking.experiment=other")  # a job logging to another experiment
-    assert _tracking_overrides(jobs[0], elsewhere, varying, "abc123", parent_store)[0].startswith("tracking.run_name=")
+    assert _tracking_overrides(jobs[0], elsewhere, varying, "abc123", parent_store, "s")[1].startswith(
+        "tracking.run_name=")

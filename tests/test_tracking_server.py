@@ -122,6 +122,6 @@ def test_server_keeps_the_artifacts(mlflow_server, server_sweep):
     base = mlflow_server["uri"]
     experiment = rest(base, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={schema.default_experiment()}")["experiment"]
     assert experiment["artifact_location"].startswith("mlflow-artifacts:")
-    stored = list((mlflow_server["root"] / "artifacts").rglob("config.yaml"))
+    stored = list((mlflow_server["root"] / "artifacts").rglob(schema.CONFIG_ARTIFACT))
     assert len(stored) == 2
     assert not (server_sweep["output_dir"] / "mlartifacts").exists()

@@ -62,7 +62,7 @@ def test_every_metric_every_epoch_and_exact_counters(make_cfg, shared_store):
         assert name in run.data.metrics
     assert run.data.tags[schema.SCHEDULE_TAG] == "increase_bs" and run.data.tags[schema.SEED_TAG] == "0"
     assert run.data.params["schedule.factor"] == "2"
-    config_yaml = client.download_artifacts(run.info.run_id, "config.yaml")
+    config_yaml = client.download_artifacts(run.info.run_id, schema.CONFIG_ARTIFACT)
     assert "increase_bs" in open(config_yaml).read()
 
 
