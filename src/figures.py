@@ -82,7 +82,8 @@ from src.schema import (
     TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
     VAL_LOSS, WALL_TIME_S,
 )
-from src.config import check_folder, compose
+from src.config import compose
+from src.files import check_folder
 from src.errors import ConfigError, one_line_error
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
 

@@ -27,7 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.config import check_folder, validate
+from src.config import validate
+from src.files import check_folder
 from src.errors import Stopped, needs_traceback, one_line_error
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ SCHEDULE_KEY = "schedule"  # first in a run's name, as the schedule's name
 
 class StudySweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
-        from src.config import check_folder, validate
+        from src.config import validate
+        from src.files import check_folder
         from src.errors import one_line_error
         from src.run import preflight
 
