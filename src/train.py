@@ -59,8 +59,9 @@ def train(cfg: DictConfig) -> dict:
     """Train one run; returns {"outcome": finished | resumed | skipped, <schema.FINAL_METRICS>}.
     Launched by torchrun, the processes train it together (src/distributed.py).
 
-    One function on purpose (~75 lines): lock, skip or resume, build, the epoch loop and the
-    end of the run read in the order they happen; each step is a call whose name says it."""
+    One function on purpose (~75 lines, over the ~60 of the rest): lock, skip or resume, build,
+    the epoch loop and the end of the run read in the order they happen, each step a call whose
+    name says what it does; cut further, the order would be spread over functions again."""
     world = join()
     try:
         validate(cfg)  # before anything is built or logged
@@ -82,16 +83,8 @@ def train(cfg: DictConfig) -> dict:
             if saved_state is None:
                 checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
 
-            threads = devices.job_threads(trainer.threads)  # trainer.threads, else cores // jobs at once
-            if threads:
-                torch.set_num_threads(threads)
             device = devices.pick_device(trainer.device, world)
-            parts = build_run(cfg, device, world)
-            loop = checkpoint.restore(parts, saved_state) if saved_state else LoopState()
-            # DDP after restoring: every rank then starts from the same weights. parts.model stays
-            # the unwrapped module, the one a checkpoint holds.
-            learner = replace(parts, model=DistributedDataParallel(parts.model)) if world.size > 1 else parts
-
+            parts, learner, loop = _built(cfg, device, world, saved_state)
             resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
             tracked = (
                 tracking.tracked_run(cfg, _tags(cfg, parts.data, device, sweep_id), label,
@@ -117,11 +110,8 @@ def train(cfg: DictConfig) -> dict:
                 for epoch in range(loop.epochs_done, trainer.epochs):
                     epoch_began = time.perf_counter()
                     plan = parts.schedule(epoch, loop.history)
-                    metrics = _train_and_validate(parts, learner, loop, plan, trainer.eval_batch_size,
+                    metrics = _train_and_validate(parts, learner, loop, epoch, plan, trainer.eval_batch_size,
                                                   console.epoch(epoch) if world.is_main else None)
-                    if not (math.isfinite(metrics[schema.TRAIN_LOSS]) and math.isfinite(metrics[schema.VAL_LOSS])):
-                        raise Diverged(f"loss is {metrics[schema.TRAIN_LOSS]} (train) / {metrics[schema.VAL_LOSS]} "
-                                       f"(val) after epoch {epoch}: diverged")
                     loop.record(metrics)
                     # Checkpoint before logging: a run killed in between re-logs this epoch on resume.
                     if world.is_main:
@@ -136,13 +126,7 @@ def train(cfg: DictConfig) -> dict:
                         console.epoch_done(epoch, _epoch_line(metrics, loop), metrics[schema.SAMPLES_PER_S],
                                            time.perf_counter() - epoch_began)
 
-                final = {
-                    schema.FINAL_VAL_LOSS: loop.history[schema.VAL_LOSS][-1],
-                    schema.FINAL_VAL_ACC: loop.history[schema.VAL_ACC][-1],
-                    schema.TOTAL_PARAM_UPDATES: loop.param_updates,
-                    schema.TRAIN_TIME_S: loop.train_time,
-                    schema.TOTAL_WALL_TIME_S: loop.earlier_attempts_s + time.perf_counter() - started,
-                }
+                final = _final_metrics(loop, started)
                 run.log({**final, **load_average(schema.LOAD_AVERAGE_END)})
                 if cfg.tracking.log_weights:
                     log_weights(run, parts.model)
@@ -154,13 +138,29 @@ def train(cfg: DictConfig) -> dict:
         leave(world)
 
 
+def _built(cfg: DictConfig, device: torch.device, world: World,
+           saved_state: dict | None) -> tuple[RunParts, Learner, LoopState]:
+    """The run built on `device` (src.build), put back where its checkpoint left it if there
+    is one; the Learner that steps (under torchrun, the model wrapped in DDP after restoring, so
+    every rank starts from the same weights; parts.model stays the unwrapped module, the one a
+    checkpoint holds); and the loop's state."""
+    threads = devices.job_threads(cfg.trainer.threads)  # trainer.threads, else cores // jobs at once
+    if threads:
+        torch.set_num_threads(threads)
+    parts = build_run(cfg, device, world)
+    loop = checkpoint.restore(parts, saved_state) if saved_state else LoopState()
+    learner = replace(parts, model=DistributedDataParallel(parts.model)) if world.size > 1 else parts
+    return parts, learner, loop
+
+
 # --- one epoch -----------------------------------------------------------------------------------
 
-def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, plan: Plan, eval_batch_size: int,
-                        progress: EpochProgress | None) -> dict[str, float]:
-    """One epoch at `plan`: its training steps (the loop's counters advanced), then the
+# 7 parameters: the run, as built and as it steps, the loop's counters, and what this epoch is.
+def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoch: int, plan: Plan,
+                        eval_batch_size: int, progress: EpochProgress | None) -> dict[str, float]:
+    """Epoch `epoch` at `plan`: its training steps (the loop's counters advanced), then the
     validation split; returns the epoch's metrics, as logged. `learner` is `parts` with the model
-    as it steps (DDP-wrapped under torchrun)."""
+    as it steps (DDP-wrapped under torchrun). A loss that is not finite ends the run (Diverged)."""
     data = parts.data
     device = data.x_train.device
     apply_plan(parts.optimizer, plan, parts.lr_scale)
@@ -177,6 +177,8 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, plan
 
     val_loss, val_acc = evaluate_split(learner.model, data.x_val, data.y_val, eval_batch_size,
                                        parts.settings.precision, parts.settings.world)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
     lr = plan.lr * parts.lr_scale
     metrics = {
         schema.TRAIN_LOSS: train_loss,
@@ -197,6 +199,18 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, plan
         metrics.update(parts.noise.metrics())
     metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
     return metrics
+
+
+def _final_metrics(loop: LoopState, started: float) -> dict[str, float]:
+    """What a run logs once, at its end (schema.FINAL_METRICS); `started`: this attempt's
+    perf_counter at its start."""
+    return {
+        schema.FINAL_VAL_LOSS: loop.history[schema.VAL_LOSS][-1],
+        schema.FINAL_VAL_ACC: loop.history[schema.VAL_ACC][-1],
+        schema.TOTAL_PARAM_UPDATES: loop.param_updates,
+        schema.TRAIN_TIME_S: loop.train_time,
+        schema.TOTAL_WALL_TIME_S: loop.earlier_attempts_s + time.perf_counter() - started,
+    }
 
 
 def _epoch_line(metrics: dict[str, float], loop: LoopState) -> str:
@@ -296,8 +310,8 @@ def option_tags(cfg: DictConfig, data: Dataset) -> dict[str, str]:
 
 
 def _tags(cfg: DictConfig, data: Dataset, device: torch.device, sweep_id: str) -> dict[str, str]:
-    """A training run's tags: what it trained, and where and how it ran (for the report's
-    environment block; not part of the config)."""
+    """A training run's tags: what it trained, and where and how it ran on `device` (for the
+    report's environment block; not part of the config)."""
     device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     return {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(cfg.trainer.seed), schema.SWEEP_TAG: sweep_id,
             **option_tags(cfg, data),
