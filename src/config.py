@@ -30,8 +30,8 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from src.errors import ConfigError, _one_line
 from src.batching import check_last_batch
+from src.errors import ConfigError, _one_line
 from src.schedules import milestone_epochs
 
 

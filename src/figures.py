@@ -83,8 +83,8 @@ from src.schema import (
     VAL_LOSS, WALL_TIME_S,
 )
 from src.config import compose
-from src.files import check_folder
 from src.errors import ConfigError, one_line_error
+from src.files import check_folder
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"

@@ -28,8 +28,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from src.config import validate
-from src.files import check_folder
 from src.errors import Stopped, needs_traceback, one_line_error
+from src.files import check_folder
 
 log = logging.getLogger(__name__)
 

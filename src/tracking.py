@@ -38,8 +38,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from src.files import check_folder
 from src.errors import ConfigError, _one_line
+from src.files import check_folder
 from src.schema import (
     COMMAND_TAG, CONFIG_HASH_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG,
     SWEEPS_TAG, VAL_LOSS,

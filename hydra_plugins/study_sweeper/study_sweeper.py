@@ -40,8 +40,8 @@ SCHEDULE_KEY = "schedule"  # first in a run's name, as the schedule's name
 class StudySweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from src.config import validate
-        from src.files import check_folder
         from src.errors import one_line_error
+        from src.files import check_folder
         from src.run import preflight
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
