@@ -1,6 +1,6 @@
 """Shared by the benchmark scripts: the machine, timing, medians, tables, and composing and
-building a run as src.train does (build: src.train.build_run) and training it an epoch at a time as
-the loop does (run_epoch: src.train.train_epoch).
+building a run as src.train does (build: src.build.build_run) and training it an epoch at a time as
+the loop does (run_epoch: src.step.train_epoch).
 
 Every number a benchmark reports is a ratio (or a rate) measured side by side in one process,
 with the arms interleaved (the order alternates each repetition) and reduced to a median, so a
@@ -49,26 +49,26 @@ def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None)
     return compose_config(*base, *overrides)
 
 
-def build(cfg, device):
-    """src.train.build_run: the data on `device`, model, schedule, optimizer and the settings of
-    each step (cfg.trainer's: every batch in one pass, float32), exactly as a run of cfg has them.
-    Imported here, not at the top: torch loads only when a benchmark builds."""
-    from src.train import build_run
+def build(cfg, device, data=None):
+    """src.build.build_run: the data on `device` (or `data`, already there: synthetic images),
+    model, schedule, optimizer and the settings of each step (cfg.trainer's), exactly as a run of
+    cfg has them. Imported here, not at the top: torch loads only when a benchmark builds."""
+    from src.build import build_run
 
-    return build_run(cfg, device)
+    return build_run(cfg, device, data=data)
 
 
-def run_epoch(run, order, batch_size: int, *, model=None, optimizer=None, data=None, noise=None):
-    """src.train.train_epoch over `order` in batches of batch_size, as the loop calls it: with the
+def run_epoch(run, order, batch_size: int, **arm):
+    """src.step.train_epoch over `order` in batches of batch_size, as the loop calls it: with the
     run's batch stream (trainer.last_batch), its CPU generator for the augmentation and its step
-    settings (micro-batches, precision). `run` is a src.train.RunParts (build), or anything with
-    those three attributes (batches, batch_order, steps); model, optimizer and data are the run's
-    unless given (an arm's own copy). Returns what train_epoch returns."""
-    from src.train import train_epoch
+    settings (micro-batches, precision). `run` is a src.build.RunParts (build); `arm` replaces
+    any of its Learner fields for this call (model, optimizer, data, noise ...: an arm's own
+    copy). Returns what train_epoch returns."""
+    from dataclasses import replace
 
-    return train_epoch(run.model if model is None else model, run.optimizer if optimizer is None else optimizer,
-                       run.data if data is None else data, order, batch_size=batch_size, batches=run.batches,
-                       generator=run.batch_order, settings=run.steps, noise=noise)
+    from src.step import train_epoch
+
+    return train_epoch(replace(run, **arm), order, batch_size)
 
 
 def device_from(name: str):

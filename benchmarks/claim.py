@@ -3,7 +3,7 @@ decay_lr here, against what this machine's throughput at each batch size allows?
 
 1. Throughput: the time of one training step at every batch size the two schedules use (their
    B per epoch, and the smaller last batch of an epoch when N is not a multiple of B), through
-   src.train.train_epoch on the default data and model: interleaved repetitions in one session
+   src.step.train_epoch on the default data and model: interleaved repetitions in one session
    right before each seed's pair of runs (so a drift in the machine's speed reaches both
    ratios), medians over all sessions (>= --reps). An epoch at B then costs floor(N/B) steps at
    B plus one at N mod B (the runs are pinned to trainer.last_batch=keep for that).
@@ -37,8 +37,8 @@ import _common as c  # noqa: E402
 
 import torch  # noqa: E402
 
-from src.schedules import planned_updates  # noqa: E402
-from src.train import make_schedule  # noqa: E402
+from src.batching import planned_updates  # noqa: E402
+from src.build import make_schedule  # noqa: E402
 
 SCHEDULES = ("decay_lr", "increase_bs")
 TOLERANCE = 0.10

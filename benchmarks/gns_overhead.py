@@ -1,6 +1,6 @@
 """The cost of measuring the gradient noise scale (trainer.gns, and adaptive_gns which needs it).
 
-Per batch size B, one epoch of src.train.train_epoch with the estimator off against on (the
+Per batch size B, one epoch of src.step.train_epoch with the estimator off against on (the
 same model and data, each arm its own copy), interleaved, medians of --reps rounds. With it on,
 a measured step trains a batch that is not split anyway as two halves, and after each half the
 flattened gradients are copied and their squared norms taken: the cost is the smaller halves'
@@ -38,7 +38,7 @@ def main() -> None:
     with c.Load():
         for every, batch_size in [(int(e), int(b)) for e in args.every.split(",") for b in args.sizes.split(",")]:
             arms = {}
-            for name, noise in (("off", None), ("on", NoiseScaleEstimator(every=every))):
+            for name, noise in (("off", None), ("on", NoiseScaleEstimator(cfg.trainer.gns_ema, every))):
                 arm_model = copy.deepcopy(model)
                 optimizer = torch.optim.SGD(arm_model.parameters(), lr=0.01, momentum=0.9)
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)

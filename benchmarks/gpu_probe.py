@@ -1,8 +1,9 @@
 """The parts of benchmarks/gpu_checks.sh that need code of their own, one subcommand per part, each
 run in its own process (so a section that crashes or runs out of time takes nothing else with it).
 Every subcommand prints markdown for the report, row by row as it measures (a killed run keeps
-what it printed). Each uses the project's real pieces: the composed config, src.train's loop
-(through one_epoch: _common.run_epoch, src.train.train_epoch), src.data's augmentation, the MLflow store train() wrote.
+what it printed). Each uses the project's real pieces: the composed config, src.build's builders
+(build_on: src.build.build_run on synthetic images), src.step's loop (through one_epoch:
+_common.run_epoch, src.step.train_epoch), src.data's augmentation, the MLflow store train() wrote.
 
     header                       machine, versions (the report's top)
     prepare-data                 synthetic CIFAR-10 files in the real format; the MNIST-1D cache
@@ -19,6 +20,7 @@ PeakMemory is a Hydra callback that gpu_checks.sh adds on the command line of re
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import json
 import math
@@ -32,7 +34,6 @@ import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when Hydra imports this as a callback
 import _common as c  # noqa: E402
@@ -129,15 +130,19 @@ def synthetic_cifar(n_train: int, n_val: int, device, seed: int = 0):
                    source="torch.randn (no file)", augment=augment_crop_flip)
 
 
-def build_wrn(cfg, data, device, precision):
-    """WRN-16-4 (cfg.model) for `data` and its optimizer, with src.train's builders as build_run
-    calls them: seeded by trainer.seed, the optimizer starting from the schedule's first lr."""
-    from src.train import build_model, build_optimizer, make_schedule, seed_everything
-
-    seed_everything(cfg.trainer.seed)
-    model = build_model(cfg, data, device, precision)
-    first = make_schedule(cfg, data.n_train)(0)
-    return model, build_optimizer(cfg.optimizer, model.parameters(), first.lr)
+def build_on(cfg, data, bf16=None, channels_last=None):
+    """A run of cfg (WRN-16-4, its optimizer and step settings) built by src.build.build_run on
+    the synthetic `data`, seeded by trainer.seed, the optimizer starting from the schedule's first
+    lr; bf16 / channels_last override the preset's when given. Each epoch is cut with its last
+    batch kept (trainer.last_batch=keep: the orders here are whole multiples of B), and the
+    schedule's cap is N/10 of these images (only its first epoch's lr is used; the preset's cap
+    may exceed the few images here)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.trainer.last_batch = "keep"
+    cfg.schedule.max_batch_size = None
+    cfg.trainer.bf16 = cfg.trainer.bf16 if bf16 is None else bf16
+    cfg.trainer.channels_last = cfg.trainer.channels_last if channels_last is None else channels_last
+    return c.build(cfg, data.x_train.device, data=data)
 
 
 def micro_for(cfg, batch_size: int) -> int | None:
@@ -157,25 +162,20 @@ def order_of(n: int, samples: int, device, seed: int):
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(samples / n))])[:samples].to(device)
 
 
-def one_epoch(model, optimizer, data, order, batch_size, precision, micro_batch_size=None, generator=None):
-    """src.train.train_epoch over `order` in batches of batch_size, the last partial batch kept (the
-    orders here are whole multiples of B), float32 unless `precision` says otherwise; a fresh CPU
-    generator for the augmentation unless given: what train() passes, one CPU stream."""
-    import torch
-
-    from src.data import BatchStream
-    from src.train import StepSettings
-
-    pieces = SimpleNamespace(batches=BatchStream("keep"), batch_order=generator or torch.Generator(),
-                             steps=StepSettings(micro_batch_size=micro_batch_size, precision=precision))
-    return c.run_epoch(pieces, order, batch_size, model=model, optimizer=optimizer, data=data)
+def one_epoch(run, order, batch_size, micro_batch_size=None, **arm):
+    """src.step.train_epoch of the run built by build_on over `order` in batches of batch_size, in
+    micro-batches of micro_batch_size (None: each batch in one pass); `arm` replaces what the run
+    steps with (its model wrapped in DDP, its generator, its data)."""
+    settings = replace(run.settings, micro_batch_size=micro_batch_size)
+    return c.run_epoch(run, order, batch_size, settings=settings, **arm)
 
 
-def timed_steps(model, optimizer, data, batch_size, micro, precision, steps, device, seed=0, generator=None):
+def timed_steps(run, batch_size, micro, steps, seed=0, **arm):
     """(wall seconds per step, device seconds per step or None): `steps` optimizer steps through
     the project's train_epoch, after a synchronisation; CUDA events around the same block."""
     import torch
 
+    data, device = arm.get("data", run.data), run.data.x_train.device
     order = order_of(data.n_train, batch_size * steps, device, seed)
     c.synchronize(device)
     events = None
@@ -183,7 +183,7 @@ def timed_steps(model, optimizer, data, batch_size, micro, precision, steps, dev
         events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         events[0].record()
     start = time.perf_counter()
-    one_epoch(model, optimizer, data, order, batch_size, precision, micro, generator)
+    one_epoch(run, order, batch_size, micro, **arm)
     if events:
         events[1].record()
     c.synchronize(device)  # train_epoch's closing .item() has waited already; this is for clarity
@@ -195,11 +195,11 @@ def steps_for(seconds_per_step: float, block_seconds: float, least: int = 3, mos
     return max(least, min(most, math.ceil(block_seconds / max(seconds_per_step, 1e-6))))
 
 
-def block_steps(model, optimizer, data, batch_size, micro, precision, device, block_seconds) -> int:
+def block_steps(run, batch_size, micro, block_seconds) -> int:
     """Warm up at this batch size (first shapes: cuDNN/cuBLAS choices, allocator growth), then
     time 2 steps to size a timed block of about block_seconds (at least 3 steps)."""
-    timed_steps(model, optimizer, data, batch_size, micro, precision, 1 if batch_size > 2048 else 2, device, seed=7)
-    probe, _ = timed_steps(model, optimizer, data, batch_size, micro, precision, 2, device, seed=8)
+    timed_steps(run, batch_size, micro, 1 if batch_size > 2048 else 2, seed=7)
+    probe, _ = timed_steps(run, batch_size, micro, 2, seed=8)
     return steps_for(probe, block_seconds)
 
 
@@ -222,7 +222,7 @@ def plan(preset: str, schedule: str, overrides, n_train: int) -> tuple[list[int]
     n_train training images and the preset's own number of epochs."""
     cfg = preset_cfg([f"schedule={schedule}", *overrides], preset)
     epochs = cfg.trainer.epochs
-    from src.train import make_schedule
+    from src.build import make_schedule
 
     schedule_obj = make_schedule(cfg, n_train, epochs)
     return [schedule_obj(epoch).batch_size for epoch in range(epochs)], epochs
@@ -367,8 +367,6 @@ def cmd_throughput(args) -> None:
     """(b): WRN-16-4 training steps through train_epoch for each batch size, precision and layout."""
     import torch
 
-    from src.train import Precision
-
     device = c.device_from(args.device)
     cfg = preset_cfg(args.overrides)
     data = synthetic_cifar(args.n_train, args.n_val, device)
@@ -384,8 +382,7 @@ def cmd_throughput(args) -> None:
                  "images/s", "peak GiB"], []), )
     rate = {}
     for bf16, channels_last in combos:
-        precision = Precision(device, bf16, channels_last)
-        model, optimizer = build_wrn(cfg, data, device, precision)
+        run = build_on(cfg, data, bf16, channels_last)
         sizes = args.sizes if (bf16, channels_last) == combos[0] else args.combo_sizes
         runs = [(b, micro_for(cfg, b)) for b in sizes]
         if (bf16, channels_last) == combos[0] and args.whole_batch:
@@ -395,8 +392,8 @@ def cmd_throughput(args) -> None:
                 continue
             reset_peak(device)
             try:
-                steps = block_steps(model, optimizer, data, b, micro, precision, device, args.block_seconds)
-                wall, gpu = timed_steps(model, optimizer, data, b, micro, precision, steps, device, seed=b + 1)
+                steps = block_steps(run, b, micro, args.block_seconds)
+                wall, gpu = timed_steps(run, b, micro, steps, seed=b + 1)
             except torch.OutOfMemoryError as error:
                 say(f"| {bf16} | {channels_last} | {b:,} | {n_micro(b, micro)} | | out of memory | {str(error)[:80]} | | |")
                 torch.cuda.empty_cache()
@@ -405,7 +402,7 @@ def cmd_throughput(args) -> None:
                 rate.setdefault((bf16, channels_last), {})[b] = b / wall
             say(f"| {bf16} | {channels_last} | {b:,} | {n_micro(b, micro)} | {steps} | {wall * 1e3:.1f} | "
                 + (f"{gpu * 1e3:.1f}" if gpu is not None else "n/a") + f" | {b / wall:,.0f} | {peak_gib(device)} |")
-        del model, optimizer
+        del run
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -461,20 +458,19 @@ def cmd_sync(args) -> None:
     what they cost, and per epoch of a whole src.train.train run."""
     import torch
 
-    from src.train import Precision, train
+    from src.train import train
 
     device = c.device_from(args.device)
     cfg = preset_cfg(args.overrides)
-    precision = Precision(device, cfg.trainer.bf16, cfg.trainer.channels_last)
     data = synthetic_cifar(args.n_train, 500, device)
-    model, optimizer = build_wrn(cfg, data, device, precision)
+    built = build_on(cfg, data)
     if device.type != "cuda":
         say("No CUDA device: synchronisations cannot be counted (torch.cuda.set_sync_debug_mode needs one); "
             "the rest of this section runs for its code paths only.\n")
 
     def run(b, steps, generator=None, on=data):
         order = order_of(on.n_train, b * steps, device, steps)
-        return one_epoch(model, optimizer, on, order, b, precision, micro_for(cfg, b), generator)
+        return one_epoch(built, order, b, micro_for(cfg, b), batch_order=generator or built.batch_order, data=on)
 
     rows, locations = [], Counter()
     for b in args.sizes:
@@ -518,7 +514,7 @@ def cmd_sync(args) -> None:
     arms = {"CPU generator (as train())": (torch.Generator(), data),
             "device generator": (torch.Generator(device=device), data),
             "no augmentation": (None, replace(data, augment=None))}
-    steps = block_steps(model, optimizer, data, b, micro_for(cfg, b), precision, device, args.block_seconds)
+    steps = block_steps(built, b, micro_for(cfg, b), args.block_seconds)
     times = c.interleaved({name: (lambda g=g, d=d: run(b, steps, g, d)) for name, (g, d) in arms.items()}, reps=args.reps)
     base = c.median(times["CPU generator (as train())"]) / steps
     say("", f"Cost of the augmentation's draws, B={b}: {steps} steps per block, median of {args.reps} "
@@ -563,11 +559,8 @@ def cmd_ddp1(args) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from src.train import Precision
-
     device = c.device_from(args.device)
     cfg = preset_cfg(args.overrides)
-    precision = Precision(device, cfg.trainer.bf16, cfg.trainer.channels_last)
     data = synthetic_cifar(args.n_train, 500, device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     started = time.perf_counter()
@@ -579,13 +572,14 @@ def cmd_ddp1(args) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for wrapped in (False, True):
-                model, optimizer = build_wrn(cfg, data, device, precision)
+                run = build_on(cfg, data)
+                model = run.model
                 if wrapped:
                     model = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
                 b = args.batch
                 micro = micro_for(cfg, b)
-                timed_steps(model, optimizer, data, b, micro, precision, 2, device)
-                wall, _ = timed_steps(model, optimizer, data, b, micro, precision, args.steps, device, seed=1)
+                timed_steps(run, b, micro, 2, model=model)
+                wall, _ = timed_steps(run, b, micro, args.steps, seed=1, model=model)
                 rows.append(["DDP, 1 rank" if wrapped else "plain", f"{b:,}", n_micro(b, micro), f"{wall * 1e3:.1f}"])
         say(f"- bf16={cfg.trainer.bf16}, channels_last={cfg.trainer.channels_last}, {args.steps} steps per block:\n",
             c.table(["model", "B", "micro-batches", "wall ms/step"], rows))

@@ -2,7 +2,7 @@
 project's batch assembly against torch's DataLoader.
 
 1. Harness overhead. Per model (mlp, cnn1d) and batch size B (32 up to N/10), the time of
-   src.train.train_epoch over a fresh seeded permutation (what train() gives it each epoch)
+   src.step.train_epoch over a fresh seeded permutation (what train() gives it each epoch)
    against a plain loop written out below: the same model (a copy with the same initial weights),
    the same optimizer settings, the same resident tensors and batch size, no loss bookkeeping.
    Each repetition times both back to back (order alternating) on the same number of samples
@@ -12,7 +12,7 @@ project's batch assembly against torch's DataLoader.
    ratios. Target: ratio <= 1.05 at every B.
 
 2. Data path. Samples/s of a whole epoch of batches, with no training: the project's assembly
-   (randperm, src.data.batch_indices, index the resident tensors) against torch.utils.data.
+   (randperm, src.batching.batch_indices, index the resident tensors) against torch.utils.data.
    DataLoader over a TensorDataset with shuffle=True: without workers, with 1 and 2 persistent
    workers, and with a batched sampler (sampler=BatchSampler(RandomSampler), batch_size=None:
    one tensor index per batch instead of one per sample). On a GPU the project's tensors live on
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset  # noqa: E402
 
-from src.data import batch_indices  # noqa: E402
+from src.batching import batch_indices  # noqa: E402
 
 TARGET_OVERHEAD = 1.05
 
@@ -170,7 +170,7 @@ def main() -> None:
     device = c.device_from(args.device)
 
     if not args.skip_overhead:
-        c.header("1. Harness overhead: src.train.train_epoch against a bare PyTorch loop", device)
+        c.header("1. Harness overhead: src.step.train_epoch against a bare PyTorch loop", device)
         print(f"Median of {args.reps} interleaved repetitions; each times both loops on the same samples "
               f"(>= {args.samples}, >= {args.min_batches} batches and >= ~{args.block_seconds} s). "
               "Times are microseconds per training sample. "

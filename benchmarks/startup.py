@@ -84,7 +84,7 @@ def first_step_child(argv: list[str]) -> None:
                 mark("MLflow run set up")
                 yield run
 
-        def train_epoch(model, optimizer, *args, **kwargs):
+        def train_epoch(learner, *args, **kwargs):
             mark("first train_epoch starts")
 
             def first_step(*_):
@@ -92,8 +92,8 @@ def first_step_child(argv: list[str]) -> None:
                 print(json.dumps(marks), flush=True)
                 os._exit(0)
 
-            optimizer.register_step_post_hook(first_step)
-            return real_train_epoch(model, optimizer, *args, **kwargs)
+            learner.optimizer.register_step_post_hook(first_step)
+            return real_train_epoch(learner, *args, **kwargs)
 
         train_module.train, train_module.train_epoch = train, train_epoch
         tracking.runs_with_config, tracking.tracked_run = runs_with_config, tracked_run

@@ -19,8 +19,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.config import check_folder, validate
+from src.config import validate
 from src.errors import ConfigError, DatasetUnavailable, Diverged
+from src.files import check_folder
 from src.schema import CONF_DIR
 
 # "<host>:<pid>" of a study sweep's launching process, in the environment its jobs inherit: a job

@@ -20,11 +20,9 @@ import importlib.util
 import inspect
 import math
 import re
-import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -32,8 +30,9 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from src.batching import check_last_batch
 from src.errors import ConfigError
-from src.schedules import LAST_BATCH, milestone_epochs
+from src.schedules import milestone_epochs
 
 
 # Fields in the order of their YAML, so `--cfg job` and the logged config.yaml read the same.
@@ -112,7 +111,6 @@ SUPPLIED_BY_LOOP = {
 LOOP_KEYS = {"optimizer": {"lr_scale"}}
 # Keys every option of a built group must set, because the loop or the range checks read them.
 REQUIRED_KEYS = {"optimizer": ("lr_scale",), "schedule": ("name", "lr", "batch_size")}
-MLP_INIT = ("torch", "keras")  # src.models.MLP's weight initialisations
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 SEED_RANGE = (0, 2**32 - 1)  # what every RNG seeded from trainer.seed accepts (numpy's is the narrowest)
 
@@ -120,6 +118,8 @@ SEED_RANGE = (0, 2**32 - 1)  # what every RNG seeded from trainer.seed accepts (
 def _type_problem(key: str, value: Any, hint: Any) -> str | None:
     """What is wrong when a value plainly does not fit a simple annotation; None otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:  # the values a constructor names (src.models.MLPInit)
+        return None if value in args else f"{key}={value!r}: allowed: {', '.join(map(str, args))}"
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
             return None
@@ -203,7 +203,8 @@ def _signature_problems(group: str, node: Any) -> list[str]:
     takes += sorted(LOOP_KEYS.get(group, ()))
     given = {k: v for k, v in node.items() if k != "_target_" and k not in LOOP_KEYS.get(group, ())}
     try:
-        hints = typing.get_type_hints(target)
+        # a class's own annotations are its attributes; its arguments' are __init__'s
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # annotations this Python cannot evaluate: skip the type checks
         hints = {}
     problems = []
@@ -268,10 +269,7 @@ def _check_ranges(cfg: Mapping) -> None:
         if cfg["model"].get("batch_norm"):
             raise ConfigError(f"trainer.micro_batch_size={micro}: not with model.batch_norm=true, whose statistics "
                               "would be per micro-batch and change the update (micro-batches must not)")
-    if cfg["model"].get("init", "torch") not in MLP_INIT:
-        raise ConfigError(f"model.init={cfg['model']['init']!r}: allowed: {', '.join(MLP_INIT)}")
-    if trainer["last_batch"] not in LAST_BATCH:
-        raise ConfigError(f"trainer.last_batch={trainer['last_batch']!r}: allowed: {', '.join(LAST_BATCH)}")
+    check_last_batch(trainer["last_batch"])
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
 
@@ -375,25 +373,6 @@ def validate(cfg: DictConfig) -> None:
     problems = [problem for group in BUILT_GROUPS for problem in _signature_problems(group, plain[group])]
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def check_folder(key: str, folder: str | Path, *, value: Any = None, writable: bool = True) -> None:
-    """Make a folder a config names usable before anything is written there: create it if
-    missing and, if `writable`, write in it once (a temporary file, gone at once). A folder that
-    cannot be created or written is a ConfigError naming `key` and its value (`value`, when that
-    is not the folder itself: a store's URI)."""
-    folder = Path(folder)
-    told = f"{key}={folder if value is None else value}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"{told}: cannot create the folder {folder} ({error.strerror or error})") from None
-    if writable:
-        try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as error:
-            raise ConfigError(f"{told}: cannot write in the folder {folder} ({error.strerror or error})") from None
 
 
 def validate_against_data(cfg: DictConfig, n_train: int, n_val: int) -> None:

@@ -1,9 +1,7 @@
 """Data: each loader returns a Dataset of whole tensors that then live on the training device.
 
-Batches are slices of a seeded permutation of the resident training tensors (batch_indices),
-cut by the trainer.last_batch policy (BatchStream), so the batch size can change at any epoch
-with nothing to rebuild and no random state lost: no DataLoader, no workers prefetching batches
-of the old size. Augmentation, where a dataset has
+Batches are slices of a seeded permutation of the resident training tensors (src.batching), so
+the batch size can change at any epoch with nothing to rebuild. Augmentation, where a dataset has
 one, works on a whole batch on the device for the same reason (augment_crop_flip).
 
 Loaders of data that must be downloaded (cifar10, covtype) raise DatasetUnavailable, with one
@@ -19,7 +17,7 @@ import math
 import pickle
 import random
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.checkpoint import write_atomically
 from src.errors import DatasetUnavailable
-from src.schedules import LAST_BATCH
+from src.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -82,61 +79,6 @@ class Dataset:
             x_val=self.x_val.to(device),
             y_val=self.y_val.to(device),
         )
-
-
-def batch_indices(permutation: torch.Tensor, batch_size: int, last_batch: str) -> Iterator[torch.Tensor]:
-    """Consecutive slices of one epoch's permutation. last_batch='keep' yields the smaller
-    remainder as a final batch; 'drop' skips it (see schedules.updates_in_epoch)."""
-    n = len(permutation)
-    stop = n if last_batch == "keep" else n - n % batch_size
-    for start in range(0, stop, batch_size):
-        yield permutation[start : start + batch_size]
-
-
-class BatchStream:
-    """The training batches of a run, one epoch's permutation at a time, cut into batches of B
-    by the trainer.last_batch policy (conf/trainer/default.yaml says why carry is the default):
-
-      carry  one continuing stream of per-epoch permutations: the samples left over at an
-             epoch's end (fewer than B) open the next epoch's first batch, so every batch holds
-             exactly B samples and none is skipped (except the last leftover of the run).
-             epoch(permutation, B) yields floor((leftover + N) / B) batches.
-      drop   the remainder of each epoch (N mod B samples) is skipped: floor(N / B) batches
-      keep   the remainder is one more, smaller batch: ceil(N / B) batches
-
-    Under carry the leftover (indices into the training set) is this object's state:
-    state_dict() goes into the checkpoint, so a resumed run cuts the same batches. The batch
-    that opens an epoch with carried samples is completed with samples of the new permutation
-    that are not among them (the first such ones, in permutation order; the ones passed over
-    keep their order behind), so no batch holds a sample twice while B does not shrink (no
-    schedule shrinks it), and each permutation is still consumed exactly once. No random draw:
-    every DDP rank, given the same permutations, cuts the same batches.
-    """
-
-    def __init__(self, last_batch: str):
-        if last_batch not in LAST_BATCH:
-            raise ValueError(f"last_batch={last_batch!r}: allowed: {', '.join(LAST_BATCH)}")
-        self.last_batch = last_batch
-        self.leftover = torch.empty(0, dtype=torch.int64)
-
-    def epoch(self, permutation: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-        """This epoch's batches (index tensors on the permutation's device)."""
-        if self.last_batch != "carry":
-            return list(batch_indices(permutation, batch_size, self.last_batch))
-        carried = self.leftover.to(permutation.device)
-        if len(carried):
-            missing = -len(carried) % batch_size  # samples that complete the carried batch
-            fill = permutation[~torch.isin(permutation, carried)][:missing]
-            permutation = torch.cat([carried, fill, permutation[~torch.isin(permutation, fill)]])
-        whole = len(permutation) - len(permutation) % batch_size
-        self.leftover = permutation[whole:]
-        return list(permutation[:whole].split(batch_size))
-
-    def state_dict(self) -> dict:
-        return {"leftover": self.leftover.cpu().clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.leftover = state["leftover"].to(torch.int64)
 
 
 def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_classes: int, name: str, source: str) -> Dataset:

@@ -8,7 +8,7 @@ the whole global batch: the update a single process makes, up to float summation
 optimizer step is one parameter update, whatever the number of ranks.
 
 Every rank draws the same permutation and augmentation (one seed) and cuts the same batches
-from it (src.data.BatchStream: the leftover carried between epochs follows from the
+from it (src.batching.BatchStream: the leftover carried between epochs follows from the
 permutations alone), so the shares never overlap and never miss a sample. Validation is sharded the same way and summed across ranks. Only rank 0
 logs to MLflow and writes checkpoints; a checkpoint holds the unwrapped model, so a run can
 resume under another world size.

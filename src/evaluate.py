@@ -2,7 +2,7 @@
 on the validation set again.
 
 Reads the run's config (its config.yaml artifact) and its weights (model/state_dict.pt, kept by
-tracking.log_weights), rebuilds the data and the model as the run built them (src.train.build_run),
+tracking.log_weights), rebuilds the data and the model as the run built them (src.build.build_run),
 and prints the validation loss and accuracy next to the run's logged final_val_loss and
 final_val_acc, and whether the data are the ones it trained on (the digest of its dataset input).
 Nothing is logged.
@@ -47,7 +47,8 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
     from src import devices, schema
     from src.config import compose
     from src.tracking import open_store
-    from src.train import build_run, evaluate
+    from src.build import build_run
+    from src.step import evaluate_split
 
     tracking = compose(*overrides).tracking
     client = open_store(tracking.uri)  # one line naming tracking.uri if it cannot be opened
@@ -68,8 +69,8 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
     device = devices.pick_device(cfg.trainer.device)
     parts = build_run(cfg, device)
     parts.model.load_state_dict(weights)
-    val_loss, val_acc = evaluate(parts.model, parts.data.x_val, parts.data.y_val, cfg.trainer.eval_batch_size,
-                                 parts.steps.precision)
+    val_loss, val_acc = evaluate_split(parts.model, parts.data.x_val, parts.data.y_val, cfg.trainer.eval_batch_size,
+                                       parts.settings.precision)
     logged_digests = [d.dataset.digest for d in run.inputs.dataset_inputs]
     return {
         "val_loss": val_loss, "val_acc": val_acc,

@@ -82,9 +82,10 @@ from src.schema import (
     TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
     VAL_LOSS, WALL_TIME_S,
 )
-from src.config import check_folder, compose
 from src.cli import one_line_error
+from src.config import compose
 from src.errors import ConfigError
+from src.files import check_folder
 from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"

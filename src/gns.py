@@ -29,8 +29,8 @@ from src.schema import GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE
 
 @dataclass
 class NoiseScaleEstimator:
-    ema: float = 0.95  # weight of the past at each measured step (~20 measurements of memory)
-    every: int = 1  # measure one step in `every`: the parts of a measured step train slower
+    ema: float  # trainer.gns_ema: weight of the past at each measured step (0.95: ~20 measurements of memory)
+    every: int  # trainer.gns_every: measure one step in `every`: the parts of a measured step train slower
     grad_sq: float | None = None  # EMA of the |G|^2 estimates
     trace: float | None = None  # EMA of the tr(Sigma) estimates
 

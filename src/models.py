@@ -1,13 +1,22 @@
-"""Models, plain nn.Modules. Input shape and class count come from the data at build time."""
+"""Models, plain nn.Modules. Input shape and class count come from the data at build time; every
+other argument from conf/model/ (no defaults here: the YAML is the one source of each number)."""
 
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+# MLP's weight initialisations. A Literal, so that validation (src/config.py, which checks a
+# built group's keys against its constructor's annotations) refuses any other model.init in one
+# line before anything is built, from this one spelling.
+MLPInit = Literal["torch", "keras"]
 
 
 class MLP(nn.Module):
@@ -27,11 +36,11 @@ class MLP(nn.Module):
         hidden: Sequence[int],
         dropout: float,
         dropout_after: Sequence[int],
-        init: str,
+        init: MLPInit,
     ):
         super().__init__()
-        if init not in ("torch", "keras"):
-            raise ValueError(f"MLP init={init!r}: allowed: torch, keras")
+        if init not in typing.get_args(MLPInit):
+            raise ValueError(f"MLP init={init!r}: allowed: {', '.join(typing.get_args(MLPInit))}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for index, size in enumerate(hidden):
@@ -68,7 +77,7 @@ class CNN1d(nn.Module):
         n_classes: int,
         channels: Sequence[int],
         kernel_size: int,
-        batch_norm: bool = False,
+        batch_norm: bool,
     ):
         super().__init__()
         if len(input_shape) == 1:
@@ -107,7 +116,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     are the same when the micro-batch is a multiple of ghost_batch_size (src/config.py checks).
     """
 
-    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, ghost_batch_size: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.ghost_batch_size = ghost_batch_size
 
@@ -167,10 +176,10 @@ class WideResNet(nn.Module):
         self,
         input_shape: Sequence[int],
         n_classes: int,
-        depth: int = 16,
-        width: int = 4,
-        ghost_batch_size: int = 128,
-        dropout: float = 0.0,
+        depth: int,
+        width: int,
+        ghost_batch_size: int,
+        dropout: float,
     ):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:

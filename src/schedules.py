@@ -22,10 +22,6 @@ from typing import ClassVar, Protocol
 from src.errors import ConfigError
 from src.schema import GNS_B_SIMPLE, GNS_BATCH_CAP, VAL_LOSS
 
-# trainer.last_batch: what becomes of the samples left over when B does not divide an epoch
-# (src.data.BatchStream; conf/trainer/default.yaml says why carry is the default).
-LAST_BATCH = ("carry", "drop", "keep")
-
 # What the loop has measured so far, per metric, one value per finished epoch
 # (e.g. {"val_loss": [...], "gns_b_simple": [...]}): what plateau and adaptive schedules follow.
 History = Mapping[str, Sequence[float]]
@@ -247,10 +243,10 @@ class PlateauSchedule:
     batch_size: int  # initial
     momentum: float
     max_batch_size: int
-    factor: float = 5.0
-    patience: int = 3  # epochs
-    grow_batch: bool = True
-    min_delta: float = 1e-4  # absolute, in units of the loss
+    factor: float
+    patience: int  # epochs
+    grow_batch: bool
+    min_delta: float  # absolute, in units of the loss
     _state: _PlateauState = field(init=False, repr=False)
 
     follows: ClassVar[tuple[str, ...]] = (VAL_LOSS,)
@@ -265,11 +261,11 @@ class PlateauSchedule:
         name: str,
         lr: float,
         batch_size: int,
-        factor: float = 5.0,
-        patience: int = 3,
-        max_batch_size: int | None = None,
-        grow_batch: bool = True,
-        min_delta: float = 1e-4,
+        factor: float,
+        patience: int,
+        max_batch_size: int | None,
+        grow_batch: bool,
+        min_delta: float,
         n_train: int,
         epochs: int,
         optimizer_momentum: float,
@@ -531,37 +527,3 @@ def drop_by_growing(batch_size: int, lr: float, factor: float, ceiling: int) -> 
     target = batch_size * factor
     grown = max(batch_size, min(int(round(target)), ceiling))
     return grown, lr / (target / grown)
-
-
-def updates_in_epoch(n_train: int, batch_size: int, last_batch: str, leftover: int = 0) -> int:
-    """Optimizer steps in one epoch (src.data.BatchStream cuts them). last_batch='carry': the
-    `leftover` samples carried in from the epoch before open its first batch, every batch holds
-    B: floor((leftover + N) / B), and (leftover + N) mod B carry on; 'keep': the smaller last
-    batch is a step too; 'drop': it is skipped (its samples are not seen that epoch)."""
-    if last_batch == "carry":
-        return (leftover + n_train) // batch_size
-    if leftover:
-        raise ValueError(f"last_batch={last_batch!r} carries nothing: leftover must be 0, not {leftover}")
-    if last_batch == "keep":
-        return math.ceil(n_train / batch_size)
-    if last_batch == "drop":
-        return n_train // batch_size
-    raise ValueError(f"last_batch={last_batch!r}: allowed: {', '.join(LAST_BATCH)}")
-
-
-def planned_updates(schedule: Schedule, n_train: int, epochs: int, last_batch: str | None = None) -> float:
-    """Total parameter updates a schedule makes. last_batch=None counts N/B per epoch as a
-    fraction, as the paper does (200 * 50000 / 128 = 78,125); 'carry', 'keep' or 'drop' count
-    the whole batches the loop really makes (carry: the leftovers carried from epoch to epoch,
-    counted as the loop counts them)."""
-    total, leftover = 0.0, 0
-    for epoch in range(epochs):
-        batch_size = schedule(epoch).batch_size
-        if last_batch is None:
-            total += n_train / batch_size
-            continue
-        updates = updates_in_epoch(n_train, batch_size, last_batch, leftover)
-        if last_batch == "carry":
-            leftover = leftover + n_train - updates * batch_size
-        total += updates
-    return total

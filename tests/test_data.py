@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data import BatchStream, batch_indices, load_digits, load_mnist1d
-from src.schedules import updates_in_epoch
+from src.batching import BatchStream, batch_indices, updates_in_epoch
+from src.data import load_digits, load_mnist1d
 
 
 def test_batches_cover_the_permutation_once():

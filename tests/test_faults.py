@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from src import schema
-from src.config import check_folder
 from src.devices import pick_device
 from src.errors import ConfigError
+from src.files import check_folder
 from src.tracking import prepare_store
 from src.train import train
 

@@ -25,7 +25,7 @@ def test_recovers_b_simple_of_linear_regression():
     w = (w_star + delta).requires_grad_()
     truth = d * (1 + s**2 / delta.square().sum().item()) + 1
 
-    estimator = NoiseScaleEstimator(ema=0.99)
+    estimator = NoiseScaleEstimator(ema=0.99, every=1)
     big, parts = 64, 4  # as the loop does: the whole batch's gradient and its parts'
     for _ in range(2000):
         x = torch.randn(big, d)
@@ -42,10 +42,10 @@ def test_recovers_b_simple_of_linear_regression():
 
 
 def test_nan_until_the_estimates_make_sense_and_state_round_trip():
-    estimator = NoiseScaleEstimator()
+    estimator = NoiseScaleEstimator(ema=0.95, every=1)
     assert math.isnan(estimator.b_simple)
     estimator.update(small_sq=2.0, small_batch=8, big_sq=1.0, big_batch=32)
-    copy = NoiseScaleEstimator()
+    copy = NoiseScaleEstimator(ema=0.5, every=3)  # load_state_dict brings these too
     copy.load_state_dict(estimator.state_dict())
     assert copy == estimator and copy.b_simple == estimator.b_simple > 0
 
@@ -108,7 +108,7 @@ def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store
 
 
 def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts():
-    """src.train.train_epoch measuring every step of batches of 96 cut into micro-batches of 80
+    """src.step.train_epoch measuring every step of batches of 96 cut into micro-batches of 80
     and 16, with lr 0 so the model, and so the gradient distribution, stays fixed: the smoothed
     estimates match the exact ones computed from all 1,437 per-sample gradients.
 
@@ -119,9 +119,10 @@ def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts()
     tr(Sigma) -> S, |G|^2 -> |G|^2 - S / N (the finite-population term)."""
     from torch.func import functional_call, grad, vmap
 
-    from src.data import BatchStream, load_digits
+    from src.batching import BatchStream
+    from src.data import load_digits
     from src.models import MLP
-    from src.train import Precision, StepSettings, train_epoch
+    from src.step import Learner, Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
@@ -141,11 +142,11 @@ def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts()
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
     settings = StepSettings(micro_batch_size=80, precision=precision)
     generator = torch.Generator().manual_seed(1)
-    estimator, batches = NoiseScaleEstimator(ema=0.98, every=1), BatchStream("carry")
+    estimator = NoiseScaleEstimator(ema=0.98, every=1)
+    learner = Learner(model, optimizer, data, BatchStream("carry"), generator, settings, noise=estimator)
     for _ in range(25):  # 14-15 measured steps an epoch; the EMA remembers ~50
         order = torch.randperm(n, generator=generator)
-        train_epoch(model, optimizer, data, order, batch_size=96, batches=batches, generator=generator,
-                    settings=settings, noise=estimator)
+        train_epoch(learner, order, batch_size=96)
     # tolerance: over 4 seeds of the batch order the two estimates fell within 8% of the truth
     assert estimator.trace == pytest.approx(trace, rel=0.2)
     assert estimator.grad_sq == pytest.approx(grad_sq, rel=0.2)

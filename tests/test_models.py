@@ -6,7 +6,7 @@ from helpers.configs import compose_config
 from hydra.utils import instantiate
 
 from src.models import CNN1d, MLP
-from src.train import build_optimizer
+from src.build import build_optimizer
 
 BLOG = dict(hidden=[512, 256, 256, 128, 256, 256, 512], dropout=0.25, dropout_after=[0, 2, 5, 6])
 
@@ -20,8 +20,8 @@ def test_mlp_is_the_blog_bottleneck():
 
 
 def test_cnn1d_flat_and_channel_inputs():
-    assert CNN1d((40,), 10, channels=[8, 8, 8], kernel_size=5)(torch.randn(3, 40)).shape == (3, 10)
-    assert CNN1d((2, 33), 4, channels=[8, 8], kernel_size=3)(torch.randn(3, 2, 33)).shape == (3, 4)
+    assert CNN1d((40,), 10, channels=[8, 8, 8], kernel_size=5, batch_norm=False)(torch.randn(3, 40)).shape == (3, 10)
+    assert CNN1d((2, 33), 4, channels=[8, 8], kernel_size=3, batch_norm=True)(torch.randn(3, 2, 33)).shape == (3, 4)
 
 
 def linear_layers(model):

@@ -17,8 +17,8 @@ HISTORY = [1.0, 0.9, 0.95, 0.9, 0.91, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85]
 
 
 def plateau(grow_batch: bool, max_batch_size: int | None = None, **kw) -> PlateauSchedule:
-    args = dict(name="plateau", lr=0.1, batch_size=256, factor=5, patience=3, max_batch_size=max_batch_size,
-                grow_batch=grow_batch, n_train=64_000, epochs=60, optimizer_momentum=0.9)
+    args = dict(name="plateau", lr=0.1, batch_size=256, factor=5, patience=3, min_delta=1e-4,
+                max_batch_size=max_batch_size, grow_batch=grow_batch, n_train=64_000, epochs=60, optimizer_momentum=0.9)
     return PlateauSchedule.for_run(**{**args, **kw})
 
 

@@ -16,7 +16,6 @@ from helpers.steps import Interrupted, step_sizes
 from helpers.store import client_for, history, runs_in
 
 from src import checkpoint, schema
-from src.tracking import hash_config
 from src.train import train
 
 
@@ -27,7 +26,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     command = [sys.executable, "-m", "src.run", *args, f"paths.output_dir={killed}", f"paths.data_dir={data_dir}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = killed / "checkpoints"
+    checkpoints = killed / checkpoint.FOLDER
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("*.pt.prev"))):
         time.sleep(0.05)
@@ -80,7 +79,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     assert after.data.metrics[schema.TOTAL_PARAM_UPDATES] == new_run.data.metrics[schema.TOTAL_PARAM_UPDATES] \
         == 359 + 179 + 90 + 45
     for folder in (copy, killed):
-        assert not list((folder / "checkpoints").glob("*.pt*"))  # removed once FINISHED
+        assert not list((folder / checkpoint.FOLDER).glob("*.pt*"))  # removed once FINISHED
 
     again = run_cli(*args, output_dir=copy, data_dir=data_dir)
     assert again.returncode == 0 and "already FINISHED" in again.stdout
@@ -102,7 +101,7 @@ def test_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
 
 def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, caplog):
     cfg = make_cfg(*TINY, "tracking.sweep_id=torn", output_dir=tmp_path)
-    torn = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    torn = checkpoint.paths_of(cfg)[0]
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"PK\x03\x04 not really a checkpoint")
     final = train(cfg)
@@ -122,7 +121,7 @@ def test_a_fallback_to_the_previous_checkpoint_logs_each_epoch_once(make_cfg, tm
     [stopped] = runs_in(tmp_path)
     client = client_for(tmp_path)
     assert [s for s, _ in history(client, stopped.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
-    newest = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    newest = checkpoint.paths_of(cfg)[0]
     assert checkpoint.load(newest, {"epoch"})["epoch"] == 2
     newest.write_bytes(newest.read_bytes()[:100])  # torn: epoch 1's .prev is the newest readable
 
@@ -146,7 +145,7 @@ def test_two_identical_runs_at_once_train_once(tmp_path, data_dir):
             "trainer.threads=1"]
     command = [sys.executable, "-m", "src.run", *args, f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}"]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "checkpoints"
+    checkpoints = tmp_path / checkpoint.FOLDER
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("*.pt"))):
         time.sleep(0.05)
@@ -160,30 +159,33 @@ def test_two_identical_runs_at_once_train_once(tmp_path, data_dir):
     assert "training in another process" in second.stdout and "already FINISHED" in second.stdout
 
 
-def test_checkpoint_state_and_restore_state_keep_the_contract(make_cfg, tmp_path):
-    """What checkpoint_state saves is exactly CHECKPOINT_KEYS, and restore_state puts a freshly
-    built run back where the saved one was, through a real checkpoint file."""
+def test_save_and_restore_keep_the_contract(make_cfg, tmp_path):
+    """What checkpoint.state_of saves is exactly checkpoint.KEYS, and checkpoint.restore puts a
+    freshly built run back where the saved one was, through a real checkpoint file."""
     from dataclasses import replace
 
-    from src.train import CHECKPOINT_KEYS, Progress, build_run, checkpoint_state, restore_state, train_epoch
+    from src.build import build_run
+    from src.checkpoint import KEYS, LoopState, restore, state_of
+    from src.step import train_epoch
 
     cfg = make_cfg("dataset=digits", "schedule=plateau_increase_bs", "trainer.gns=true", "trainer.gns_every=1")
     cpu = torch.device("cpu")
     parts = build_run(cfg, cpu)
     order = torch.randperm(parts.data.n_train, generator=parts.batch_order)
-    train_epoch(parts.model, parts.optimizer, parts.data, order, batch_size=64, batches=parts.batches,
-                generator=parts.batch_order, settings=parts.steps, noise=parts.noise)
+    train_epoch(parts, order, batch_size=64)
     history = {schema.VAL_LOSS: [1.0, 1.0, 1.0, 1.0]}  # a plateau: the schedule's state moves
     parts.schedule(4, history)
-    progress = Progress(epochs_done=4, param_updates=92, samples_seen=4 * 1437, train_time=0.5, history=history)
-    state = checkpoint_state(parts, progress, run_id="run", elapsed=2.0)
-    assert state.keys() == CHECKPOINT_KEYS
+    loop = LoopState(epochs_done=4, param_updates=92, samples_seen=4 * 1437, train_time=0.5, history=history)
+    state = state_of(parts, loop, run_id="run", elapsed=2.0)
+    assert state.keys() == KEYS
     checkpoint.save(tmp_path / "run.pt", state)
 
     fresh = build_run(cfg, cpu)
     assert not torch.equal(next(fresh.model.parameters()), next(parts.model.parameters()))  # trained apart
-    restored = restore_state(fresh, checkpoint.load(tmp_path / "run.pt", CHECKPOINT_KEYS))
-    assert restored == replace(progress, earlier_attempts_s=2.0)
+    saved = checkpoint.load(tmp_path / "run.pt")
+    assert saved["run_id"] == "run"
+    restored = restore(fresh, saved)
+    assert restored == replace(loop, earlier_attempts_s=2.0)
     for a, b in zip(fresh.model.state_dict().values(), parts.model.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(fresh.optimizer.state.values(), parts.optimizer.state.values()):
@@ -200,9 +202,9 @@ def test_every_history_list_holds_one_value_per_epoch_whatever_the_device():
     """A metric only some epochs have (GPU peak memory, for a run checkpointed on a GPU and
     resumed on a CPU, or the reverse) is nan in the others, so an epoch is re-logged from the
     checkpoint with its own values."""
-    from src.train import Progress
+    from src.checkpoint import LoopState
 
-    progress = Progress()
+    progress = LoopState()
     progress.record({schema.VAL_LOSS: 1.0})  # epoch 0 on a CPU
     progress.record({schema.VAL_LOSS: 0.9, schema.GPU_PEAK_MEMORY_MIB: 512.0})  # resumed on a GPU
     progress.record({schema.VAL_LOSS: 0.8})  # and on a CPU again

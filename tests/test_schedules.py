@@ -2,8 +2,9 @@
 
 import pytest
 
+from src.batching import planned_updates, updates_in_epoch
 from src.errors import ConfigError
-from src.schedules import StepSchedule, milestone_epochs, noise_scale, planned_updates
+from src.schedules import StepSchedule, milestone_epochs, noise_scale
 
 # CIFAR-10 in the paper: N = 50,000, B0 = 128, 200 epochs, steps at 60/120/160, factor 5.
 N, EPOCHS = 50_000, 200
@@ -49,9 +50,15 @@ def test_carry_counts_are_the_papers_within_a_few_steps():
         assert planned_updates(schedule, N, EPOCHS, "carry") == carried
         changes = len({schedule(e).batch_size for e in range(EPOCHS)}) - 1
         assert 0 <= fractional - carried < changes + 1
-    # increase_bs by hand: 60 epochs at 128 -> 23,437 steps, 64 left; 64 + 3,000,000 at 640 ->
-    # 4,687, 384 left; 384 + 2,000,000 at 3,200 -> 625, 384 left; then at 16,000 -> 125, 384 unused
-    assert 23_437 + 4_687 + 625 + 125 == 28_874
+    # increase_bs phase by phase, each phase one carried stream of its epochs' samples opened by
+    # the leftover of the phase before: 60 epochs at 128 -> 23,437 steps, 64 left; 64 + 3,000,000
+    # at 640 -> 4,687, 384 left; 384 + 2,000,000 at 3,200 -> 625, 384 left; at 16,000 -> 125
+    leftover, phases = 0, []
+    for batch_size, epochs in ((128, 60), (640, 60), (3_200, 40), (16_000, 40)):
+        phases.append(updates_in_epoch(epochs * N, batch_size, "carry", leftover))
+        leftover += epochs * N - phases[-1] * batch_size
+    assert phases == [23_437, 4_687, 625, 125]
+    assert sum(phases) == planned_updates(paper("increase_bs", None, UNCAPPED), N, EPOCHS, "carry")
 
 
 def test_whole_batch_counts_the_loop_makes():

@@ -7,8 +7,9 @@ from helpers.configs import TINY, TINY_MNIST1D, group_options
 from helpers.store import client_for, history, only_run
 
 from src import schema
-from src.schedules import planned_updates
-from src.train import make_schedule, train
+from src.batching import planned_updates
+from src.build import make_schedule
+from src.train import train
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,10 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
 
     import torch
 
-    from src.data import BatchStream, load_digits
+    from src.batching import BatchStream
+    from src.data import load_digits
     from src.models import MLP
-    from src.train import Precision, StepSettings, train_epoch
+    from src.step import Learner, Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = load_digits(n_val=360, split_seed=0)
@@ -111,8 +113,8 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # lr 1: parameters move by the gradient
         order = torch.randperm(256, generator=torch.Generator().manual_seed(1))
         settings = StepSettings(micro_batch_size=micro, precision=precision)
-        results.append(train_epoch(model, optimizer, data, order, batch_size=256, batches=BatchStream("keep"),
-                                   generator=torch.Generator(), settings=settings))
+        learner = Learner(model, optimizer, data, BatchStream("keep"), torch.Generator(), settings, noise=None)
+        results.append(train_epoch(learner, order, batch_size=256))
     assert results[0][1:] == results[1][1:] == (1, 256)  # one update, 256 samples, either way
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)  # the same mean loss
     moved = [p.detach() for p in whole.parameters()]

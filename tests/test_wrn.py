@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.configs import compose_config
+from hydra.utils import instantiate
 from torch import nn
 
 from src.models import GhostBatchNorm2d, WideResNet
@@ -60,19 +62,20 @@ def test_running_statistics_take_one_update_per_micro_batch():
     """What the GhostBatchNorm2d docstring says: one running-statistics update per forward call,
     so a batch of 24 that train_epoch splits into micro-batches of 8 makes 3 updates for its one
     parameter update (after the micro-batch's ghost batches of 4: the same chunks as unsplit)."""
-    from src.data import BatchStream, Dataset
-    from src.train import Precision, StepSettings, train_epoch
+    from src.batching import BatchStream
+    from src.data import Dataset
+    from src.step import Learner, Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
     data = Dataset(torch.randn(48, 3, 8, 8), torch.randint(0, 10, (48,)), torch.randn(4, 3, 8, 8),
                    torch.randint(0, 10, (4,)), n_classes=10, name="random", source="memory")
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
     for micro_batch_size, calls_per_batch in ((None, 1), (8, 3)):
-        model = WideResNet((3, 8, 8), 10, depth=10, width=1, ghost_batch_size=4)
+        model = WideResNet((3, 8, 8), 10, depth=10, width=1, ghost_batch_size=4, dropout=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         settings = StepSettings(micro_batch_size=micro_batch_size, precision=precision)
-        _, updates, _ = train_epoch(model, optimizer, data, torch.arange(48), batch_size=24,
-                                    batches=BatchStream("carry"), generator=torch.Generator(), settings=settings)
+        learner = Learner(model, optimizer, data, BatchStream("carry"), torch.Generator(), settings, noise=None)
+        _, updates, _ = train_epoch(learner, torch.arange(48), batch_size=24)
         tracked = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, GhostBatchNorm2d)}
         assert updates == 2 and tracked == {updates * calls_per_batch}
 
@@ -108,7 +111,7 @@ def test_small_wrn_trains_on_cpu_with_ghost_batches():
 
 
 def test_wrn_16_4_is_the_papers_model():
-    model = WideResNet((3, 32, 32), 10)
+    model = instantiate(compose_config("model=wrn").model, input_shape=(3, 32, 32), n_classes=10)  # conf/model/wrn.yaml
     # Zagoruyko & Komodakis report 2.7M parameters for WRN-16-4
     assert 2.7e6 < sum(p.numel() for p in model.parameters()) < 2.8e6
     assert {m.ghost_batch_size for m in model.modules() if isinstance(m, GhostBatchNorm2d)} == {128}
@@ -122,4 +125,4 @@ def test_wrn_16_4_is_the_papers_model():
 
 def test_wrn_depth_must_be_6n_plus_4():
     with pytest.raises(ValueError, match="6n"):
-        WideResNet((3, 32, 32), 10, depth=12)
+        WideResNet((3, 32, 32), 10, depth=12, width=4, ghost_batch_size=128, dropout=0.0)

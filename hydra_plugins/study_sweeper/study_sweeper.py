@@ -81,7 +81,7 @@ class StudySweeper(Sweeper):
 
     def _sweep(self, arguments: List[str]) -> Any:
         from src.cli import preflight
-        from src.config import check_folder
+        from src.files import check_folder
 
         given = [*(f"{k}={v}" for k, v in self.params.items()), *arguments]
         with self._refused(None, ()):

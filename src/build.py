@@ -1,0 +1,147 @@
+"""Building a run from its config: the data, the model, the schedule, the optimizer and the
+settings of each step (RunParts), seeded by trainer.seed, the same for train() and the
+benchmarks (which may hand in data of their own).
+
+Each group is built with Hydra's instantiate from its `_target_`; a constructor that refuses
+its values becomes one line naming the group's target (_built_from), before any MLflow run is
+created, rather than a traceback at the first step.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src import schema
+from src.batching import BatchStream
+from src.config import validate_against_data
+from src.data import Dataset
+from src.distributed import World
+from src.errors import ConfigError, DatasetUnavailable
+from src.gns import NoiseScaleEstimator
+from src.schedules import Plan, Schedule
+from src.step import Learner, Precision, StepSettings
+
+
+@dataclass
+class RunParts(Learner):
+    """What one run trains with, built from its config (build_run): a Learner (model,
+    optimizer, data, batches, step settings; its model is the unwrapped module, what a
+    checkpoint holds) and what the loop asks each epoch (the schedule)."""
+
+    schedule: Schedule
+    lr_scale: float  # optimizer.lr_scale: the optimizer applies the schedule's lr times this
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(optimizer_cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
+    """instantiate(_target_) with the schedule's first lr; lr_scale is ours, not torch's."""
+    kwargs = OmegaConf.to_container(optimizer_cfg, resolve=True)
+    lr_scale = kwargs.pop("lr_scale")
+    return instantiate(kwargs, params, lr=lr * lr_scale)
+
+
+def apply_plan(optimizer: torch.optim.Optimizer, plan: Plan, lr_scale: float) -> None:
+    """An epoch's lr (times lr_scale) and momentum on the optimizer."""
+    for group in optimizer.param_groups:
+        group["lr"] = plan.lr * lr_scale
+        if "momentum" in group:  # SGD; Adam's betas stay as configured
+            group["momentum"] = plan.momentum
+
+
+def make_schedule(cfg: DictConfig, n_train: int, epochs: int | None = None) -> Schedule:
+    """instantiate(cfg.schedule) with what the loop supplies: N, the epochs (trainer.epochs
+    unless given) and the optimizer's momentum (Adam: 0, see conf/optimizer/adam.yaml)."""
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    epochs = cfg.trainer.epochs if epochs is None else epochs
+    return instantiate(cfg.schedule, n_train=n_train, epochs=epochs, optimizer_momentum=momentum)
+
+
+# What a constructor raises when it refuses the values it is given (torch's own checks raise
+# RuntimeError: a model that cannot take an input's shape).
+REFUSALS = (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError)
+
+
+@contextmanager
+def _built_from(cfg: DictConfig, group: str, what: str):
+    """Around building a group from its config: a refusal becomes one line naming the group's
+    target (what its constructor said follows), before any MLflow run is created, rather than a
+    trace. A missing data set (DatasetUnavailable) and an exhausted device pass as they are."""
+    try:
+        yield
+    except (InstantiationException, *REFUSALS) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        passes = (ConfigError, DatasetUnavailable, torch.OutOfMemoryError)
+        if not isinstance(cause, REFUSALS) or isinstance(cause, passes):
+            raise
+        said = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise ConfigError(f"{group}._target_={cfg[group]._target_}: {what}: {type(cause).__name__}: {said}") from None
+
+
+def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision: Precision) -> torch.nn.Module:
+    """cfg.model built for the data's input shape and classes, and one sample passed through it
+    (in eval mode: no batch-norm statistics move, no dropout is drawn, so no number of the run
+    changes). A model that cannot be built for these data or cannot take their inputs (model=wrn
+    on 1-D data) is then one line naming it, before any MLflow run is created, rather than a trace
+    at the first step."""
+    what = (f"cannot take dataset._target_={cfg.dataset._target_}'s inputs of shape {tuple(data.input_shape)} "
+            f"({data.n_classes} classes)")
+    with _built_from(cfg, "model", what):
+        model = instantiate(cfg.model, input_shape=data.input_shape, n_classes=data.n_classes)
+        model = precision.prepare(model.to(device))
+        model.eval()
+        with torch.no_grad(), precision.autocast():
+            model(precision.layout(data.x_train[:1]))
+    return model
+
+
+def build_run(cfg: DictConfig, device: torch.device, world: World = World(), data: Dataset | None = None) -> RunParts:
+    """Data, model, schedule and optimizer as a run of `cfg` trains them, seeded by trainer.seed:
+    the same call for train() and the benchmarks. `data`: already on `device` (a benchmark's
+    synthetic images); None: cfg.dataset's, moved there."""
+    trainer = cfg.trainer
+    seed_everything(trainer.seed)  # before anything is built
+    if data is None:
+        with _built_from(cfg, "dataset", "cannot make its data"):
+            data = instantiate(cfg.dataset).to(device)
+    validate_against_data(cfg, data.n_train, data.n_val)
+    precision = Precision(device, trainer.bf16, trainer.channels_last)
+    model = build_model(cfg, data, device, precision)
+    with _built_from(cfg, "schedule", "cannot be built"):
+        schedule = make_schedule(cfg, data.n_train)
+    # Measure the gradient noise scale when asked, or when the schedule follows it.
+    measure_noise = trainer.gns or not set(schedule.follows).isdisjoint(schema.GNS_METRICS)
+    if measure_noise and world.size > 1:
+        asked_by = "trainer.gns=true" if trainer.gns else f"schedule={cfg.schedule.name}"
+        raise ConfigError(f"{asked_by}: the noise-scale estimate needs a single process, not DDP")
+    first = schedule(0)
+    if first.batch_size < world.size:
+        raise ConfigError(
+            f"schedule.batch_size={cfg.schedule.batch_size}: the first batch ({first.batch_size}) "
+            f"must be >= the {world.size} ranks"
+        )
+    with _built_from(cfg, "optimizer", "cannot be built"):
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), first.lr)
+    return RunParts(
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        batches=BatchStream(trainer.last_batch),
+        batch_order=torch.Generator().manual_seed(trainer.seed),
+        settings=StepSettings(trainer.micro_batch_size, precision, world),
+        noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,
+        schedule=schedule,
+        lr_scale=cfg.optimizer.lr_scale,
+    )
