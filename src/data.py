@@ -158,29 +158,76 @@ def _global_rng_untouched():
         random.setstate(py_state)
 
 
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(x, y) from a cache file; None when it is missing, or unreadable (written by something
-    else, cut short): then the data are generated again and the file replaced."""
+MNIST1D_LENGTH = 40  # samples per sequence: mnist1d's default final_seq_length, which load_mnist1d keeps
+MNIST1D_CLASSES = 10
+
+
+def _mnist1d_inputs(n_samples: int, generator_seed: int) -> str:
+    """sha256 of what the generator is given: the two arguments set here and mnist1d's version
+    (which fixes every other argument's default). Stored in the cache beside the data: a cache
+    is what it claims only if it was generated from exactly these."""
+    version = importlib.metadata.version("mnist1d")
+    return hashlib.sha256(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()
+
+
+def _content_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of the cached arrays' shapes, dtypes and bytes: a cache edited or damaged after it
+    was written no longer matches the digest written with it."""
+    sha = hashlib.sha256()
+    for array in (x, y):
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(np.ascontiguousarray(array).data)
+    return sha.hexdigest()
+
+
+def _cache_problem(arrays: dict[str, np.ndarray], n_samples: int, inputs: str) -> str | None:
+    """Why cached arrays are not MNIST-1D generated from `inputs` (n_samples rows of
+    MNIST1D_LENGTH, labels 0..9, the digests written with them); None when they are."""
+    if not {"x", "y", "inputs", "content"} <= arrays.keys():
+        return f"holds {sorted(arrays)}, not x, y and the digests of a cache this version writes"
+    x, y = arrays["x"], arrays["y"]
+    if str(arrays["inputs"]) != inputs:
+        return "generated from other inputs (another generator seed, sample count or mnist1d version)"
+    if x.shape != (n_samples, MNIST1D_LENGTH) or y.shape != (n_samples,):
+        return f"x {x.shape} and y {y.shape}, not ({n_samples}, {MNIST1D_LENGTH}) and ({n_samples},)"
+    if x.dtype != np.float32 or y.dtype != np.int64:
+        return f"x {x.dtype} and y {y.dtype}, not float32 and int64"
+    if len(y) and not 0 <= y.min() <= y.max() < MNIST1D_CLASSES:
+        return f"labels {y.min()}..{y.max()}, not 0..{MNIST1D_CLASSES - 1}"
+    if str(arrays["content"]) != _content_digest(x, y):
+        return "its arrays do not match the digest written with them (edited or damaged)"
+    return None
+
+
+def _read_cache(path: Path, n_samples: int, inputs: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) from a cache file that is what it claims: generated from `inputs`, n_samples rows,
+    labels 0..9, the arrays those digests were written for. None when it is missing, or when it is
+    anything else (unreadable, of another seed or size, renamed, edited, cut short, written by an
+    older version): then, after one warning line naming the file and why, the data are generated
+    again and the file replaced. A file's name is no evidence of what it holds."""
     if not path.exists():
         return None
     try:
-        with np.load(path) as arrays:
-            return arrays["x"], arrays["y"]
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        problem = _cache_problem(arrays, n_samples, inputs)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        log.warning("data cache %s is unreadable (%s: %s): generating the data again",
-                    path, type(error).__name__, error)
-        return None
+        problem = f"unreadable ({type(error).__name__}: {' '.join(str(error).split())})"
+    if problem is None:
+        return arrays["x"], arrays["y"]
+    log.warning("data cache %s is not the MNIST-1D it is named for: %s; generating the data again", path, problem)
+    return None
 
 
 def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's make_dataset, never its
-    download path. Cached as .npz under cache_dir keyed by the generation arguments."""
-    # The cache key needs no import of mnist1d (~0.65 s: it pulls in matplotlib and scipy): the
+    download path. Cached as .npz under cache_dir, named by the generation arguments and
+    checked against them when read (_read_cache)."""
+    # The check needs no import of mnist1d (~0.65 s: it pulls in matplotlib and scipy): the
     # generation arguments are its defaults but for these two, fixed by the installed version.
-    version = importlib.metadata.version("mnist1d")
-    key = hashlib.sha1(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"mnist1d_{n_samples}_{key}.npz"
-    cached = _read_cache(path)
+    inputs = _mnist1d_inputs(n_samples, generator_seed)
+    path = Path(cache_dir) / f"mnist1d_{n_samples}_{inputs[:10]}.npz"
+    cached = _read_cache(path, n_samples, inputs)
     if cached is not None:
         x, y = cached
     else:
@@ -191,10 +238,11 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
         with _global_rng_untouched():
             generated = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(args))
         x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int64)
+        content = _content_digest(x, y)
         # parallel jobs generating the same cache never see a torn file
-        write_atomically(path, lambda f: np.savez(f, x=x, y=y))
+        write_atomically(path, lambda f: np.savez(f, x=x, y=y, inputs=inputs, content=content))
     # make_dataset already shuffled and standardised the whole set: split head/tail.
-    return _from_arrays(x, y, n_val, n_classes=10, name="mnist1d", source=path.resolve().as_uri())
+    return _from_arrays(x, y, n_val, n_classes=MNIST1D_CLASSES, name="mnist1d", source=path.resolve().as_uri())
 
 
 def load_digits(n_val: int, split_seed: int) -> Dataset:
