@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from src.checkpoint import write_atomically
-from src.errors import DatasetUnavailable
+from src.errors import ConfigError, DatasetUnavailable
 from src.schedules import LAST_BATCH
 
 log = logging.getLogger(__name__)
@@ -272,17 +272,49 @@ def _standardise_in_place(train: torch.Tensor, val: torch.Tensor, dims: tuple[in
         part.sub_(mean).div_(std)
 
 
+CIFAR10_PIXELS = 3 * 32 * 32  # values per image row of a batch file
+CIFAR10_CLASSES = 10
+
+
+def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One of CIFAR-10's python pickles: b"data" uint8 (n, 3072), each row the 1024 red, then
+    green, then blue pixels of a 32x32 image, row-major; b"labels" a list of n ints 0..9. A file
+    that is not one (truncated, empty, another file under its name) is DatasetUnavailable: one
+    line naming the file, not the unpickler's traceback."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
+        images, labels = np.asarray(batch[b"data"]), [int(label) for label in batch[b"labels"]]
+        problem = None
+        if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != CIFAR10_PIXELS:
+            problem = f"data {images.dtype} {images.shape}, not uint8 (n, {CIFAR10_PIXELS})"
+        elif len(labels) != len(images) or not all(0 <= label < CIFAR10_CLASSES for label in labels):
+            problem = f"{len(labels)} labels for {len(images)} images, or a label outside 0..{CIFAR10_CLASSES - 1}"
+    except Exception as error:  # whatever a truncated or foreign pickle raises: EOFError, UnpicklingError, KeyError ...
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        raise _unavailable(f"CIFAR-10 file {path} is not a CIFAR-10 batch: replace it (from {CIFAR10_URL}), or "
+                           f"delete it to download again", problem)
+    return images, labels
+
+
 def _read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10's python pickles: b"data" uint8 (n, 3072), each row the 1024 red, then green,
-    then blue pixels of a 32x32 image, row-major; b"labels" a list of n ints 0..9."""
+    """The images of batch files `names` as float32 (n, 3, 32, 32) and their labels."""
     images, labels = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8))
-        labels.extend(batch[b"labels"])
+        batch_images, batch_labels = _read_cifar10_batch(folder / name)
+        images.append(batch_images)
+        labels.extend(batch_labels)
     x = torch.from_numpy(np.concatenate(images)).reshape(-1, 3, 32, 32).float()
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _at_most_available(key: str, asked: int | None, available: int, where: Path) -> None:
+    """Refuse a subset size (dataset.n_train ...) larger than what the files hold, rather than
+    train on fewer samples than the run logs as its parameter."""
+    if asked is not None and asked > available:
+        raise ConfigError(f"{key}={asked}: the files under {where} hold {available}; at most {available}, "
+                          "or null for all")
 
 
 def _download_cifar10(data_dir: Path) -> str | None:
@@ -306,7 +338,8 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
     with torchvision when `download` and torchvision is installed. Training batches are
     augmented as in the WRN code the paper follows (augment_crop_flip; inferred: the paper is
     silent). n_train / n_val keep the first images of each part only (the files are already
-    shuffled): for quick, scaled-down runs."""
+    shuffled): for quick, scaled-down runs; more than the files hold is refused (ConfigError). A
+    batch file that is not one (truncated, empty) is DatasetUnavailable naming it."""
     data_dir = Path(data_dir).resolve()
     folder = data_dir / CIFAR10_FOLDER
 
@@ -323,6 +356,8 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
             )
     x_train, y_train = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
     x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
+    _at_most_available("dataset.n_train", n_train, len(y_train), folder)
+    _at_most_available("dataset.n_val", n_val, len(y_val), folder)
     x_train, y_train, x_val, y_val = x_train[:n_train], y_train[:n_train], x_val[:n_val], y_val[:n_val]
     _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
     return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip, name="cifar10",
@@ -338,7 +373,7 @@ def load_covtype(
     The blog demo's split: a seeded shuffle, the last `val_fraction` for validation (rounded up,
     as sklearn's train_test_split does). Features standardised with the train part's mean and
     std; labels 1..7 become 0..6. n_samples keeps that many of the shuffled samples (before the
-    split): for quick, scaled-down runs."""
+    split): for quick, scaled-down runs; more than the cache holds is refused (ConfigError)."""
     from sklearn.datasets import fetch_covtype
 
     data_dir = Path(data_dir).resolve()
@@ -352,6 +387,7 @@ def load_covtype(
             f"sklearn.datasets.fetch_covtype(data_home=...) where online) under {data_dir}",
             f"{type(error).__name__}: {error}" if download else "download=False",
         ) from error
+    _at_most_available("dataset.n_samples", n_samples, len(y), data_dir / "covertype")
     order = np.random.default_rng(split_seed).permutation(len(y))[:n_samples]
     n_val = math.ceil(val_fraction * len(order))
     data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7, name="covtype",
