@@ -7,7 +7,8 @@ epoch's first batch, so every update has exactly B samples); step; validate; che
 batch of metrics. Counters are exact: param_updates counts optimizer steps, samples_seen the
 samples that went into them. Times are seconds.
 
-A run is identified by the hash of its resolved config (tracking.hash_config). With
+A run is identified by the hash of its resolved config without paths and of its data's digest
+(tracking.hash_config, once the data are loaded). With
 trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
 from its last checkpoint into the same MLflow run, with the same numbers as if it had never
 stopped: model, optimizer, schedule, the RNG streams, the batches carried between epochs and the
@@ -430,7 +431,8 @@ def _one_at_a_time(cfg: DictConfig, label: str, world: World):
     if not world.is_main:
         yield
         return
-    path = Path(cfg.paths.output_dir) / "checkpoints" / f"{tracking.hash_config(cfg)}.lock"
+    # by the config alone (the data are not loaded yet): configs that differ only in their data wait too
+    path = Path(cfg.paths.output_dir) / "checkpoints" / f"{tracking.hash_config(cfg, None)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
@@ -511,9 +513,14 @@ def _train(cfg: DictConfig, world: World) -> dict:
     started = time.perf_counter()
     trainer = cfg.trainer
     label = run_name(cfg)
-    config_hash = tracking.hash_config(cfg)
     sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
     experiment_id = tracking.prepare_store(cfg.tracking)  # once: every later call is given it
+    threads = devices.job_threads(trainer.threads)  # trainer.threads, else cores // jobs at once
+    if threads:
+        torch.set_num_threads(threads)
+    device = devices.pick_device(trainer.device, world)
+    parts = build_run(cfg, device, world)
+    config_hash = tracking.hash_config(cfg, parts.data.digest())  # the run's identity: its config and its data
     if trainer.resume:
         finished = _finished_before(cfg, experiment_id, config_hash, sweep_id, label, world)
         if finished is not None:
@@ -522,12 +529,6 @@ def _train(cfg: DictConfig, world: World) -> dict:
     saved_state = _checkpoint_to_resume(cfg, experiment_id, checkpoint_path, label) if trainer.resume else None
     if saved_state is None:
         checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
-
-    threads = devices.job_threads(trainer.threads)  # trainer.threads, else cores // jobs at once
-    if threads:
-        torch.set_num_threads(threads)
-    device = devices.pick_device(trainer.device, world)
-    parts = build_run(cfg, device, world)
     data, schedule, optimizer, lr_scale = parts.data, parts.schedule, parts.optimizer, parts.lr_scale
     progress = restore_state(parts, saved_state) if saved_state else Progress()
     # DDP after restoring: every rank then starts from the same weights. parts.model stays the
@@ -536,6 +537,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
 
     device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     tags = {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(trainer.seed), schema.SWEEP_TAG: sweep_id,
+            schema.CONFIG_HASH_TAG: config_hash,
             **option_tags(cfg, data),
             # where and how it ran, for the report's environment block (not part of the config)
             schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),

@@ -14,6 +14,7 @@ from helpers.cli import run_cli
 from helpers.configs import ROOT, TINY
 from helpers.steps import Interrupted, step_sizes
 from helpers.store import client_for, history, runs_in
+from hydra.utils import instantiate
 
 from src import checkpoint, schema
 from src.tracking import hash_config
@@ -101,7 +102,7 @@ def test_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
 
 def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, caplog):
     cfg = make_cfg(*TINY, "tracking.sweep_id=torn", output_dir=tmp_path)
-    torn = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    torn = tmp_path / "checkpoints" / f"{hash_config(cfg, instantiate(cfg.dataset).digest())}.pt"
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"PK\x03\x04 not really a checkpoint")
     final = train(cfg)
@@ -121,7 +122,7 @@ def test_a_fallback_to_the_previous_checkpoint_logs_each_epoch_once(make_cfg, tm
     [stopped] = runs_in(tmp_path)
     client = client_for(tmp_path)
     assert [s for s, _ in history(client, stopped.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
-    newest = tmp_path / "checkpoints" / f"{hash_config(cfg)}.pt"
+    newest = tmp_path / "checkpoints" / f"{hash_config(cfg, instantiate(cfg.dataset).digest())}.pt"
     assert checkpoint.load(newest, {"epoch"})["epoch"] == 2
     newest.write_bytes(newest.read_bytes()[:100])  # torn: epoch 1's .prev is the newest readable
 
