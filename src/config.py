@@ -207,9 +207,11 @@ def _signature_problems(group: str, node: Any) -> list[str]:
     except Exception:  # annotations this Python cannot evaluate: skip the type checks
         hints = {}
     problems = []
+    # a schedule is named by its name too (several share a target): the key is one it would not use
+    owner = f"schedule {node['name']} does not use it; " if group == "schedule" and "name" in node else ""
     for key, value in given.items():
         if key in supplied or not _binds(signature, key, value):
-            problems.append(f"{group}.{key}: unknown key; {name} takes: {', '.join(takes)}")
+            problems.append(f"{group}.{key}: unknown key; {owner}{name} takes: {', '.join(takes)}")
         elif key in hints:
             problems.append(_type_problem(f"{group}.{key}", value, hints[key]))
     required = [

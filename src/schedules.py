@@ -105,7 +105,7 @@ class StepSchedule:
         decay_lr           batch_growth_steps = 0
         hybrid             batch_growth_steps = 1
         increase_bs        batch_growth_steps = len(milestones)
-        constant           no milestones
+        constant           no milestones (StepSchedule.constant takes none)
         increase_lr        increase_bs with lr x5 and B0 x5 (paper figure 5)
         increase_momentum  increase_bs with lr x5, m 0.98 and B0 x25 (paper figure 5)
         large_batch_scaled B = max_batch_size from the start, lr scaled by B / B0 and warmed up
@@ -182,6 +182,17 @@ class StepSchedule:
             warmup_epochs=math.ceil(warmup * epochs),
             warmup_start_lr=float(lr),
         )
+
+    @classmethod
+    def constant(
+        cls, *, name: str, lr: float, batch_size: int, n_train: int, epochs: int, optimizer_momentum: float
+    ) -> StepSchedule:
+        """lr and B fixed for the whole run: a step schedule without milestones, so it takes no
+        factor, growth or cap (conf/schedule/constant.yaml), and a milestone given to it is
+        refused by the config's validation, not obeyed. `n_train` and `epochs` are taken, and not
+        needed, so that every schedule is built by the same call."""
+        return cls(name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
+                   factor=1.0, milestones=(), batch_growth_steps=0, max_batch_size=int(batch_size))
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:
         lr, batch_size = self.lr, self.batch_size

@@ -103,7 +103,7 @@ class StudySweeper(BasicSweeper):
         try:
             yield
         except Exception as error:
-            message, _ = one_line_error(error)
+            message, _ = one_line_error(error, list(job))
             which = "" if number is None else f"job {number} ({' '.join(job)}): "
             print(f"error: {which}{message}", file=sys.stderr)
             sys.exit(2)
