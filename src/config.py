@@ -50,7 +50,7 @@ class TrainerConfig:
     channels_last: bool = MISSING
     resume: bool = MISSING
     gns: bool = MISSING
-    gns_ema: float = MISSING
+    gns_memory_epochs: float = MISSING
     gns_every: int = MISSING
 
 
@@ -255,8 +255,7 @@ def _check_ranges(cfg: Mapping) -> None:
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
-    if not 0.0 <= trainer["gns_ema"] < 1.0:
-        raise ConfigError(f"trainer.gns_ema={trainer['gns_ema']!r}: must be in [0, 1)")
+    _positive("trainer.gns_memory_epochs", trainer["gns_memory_epochs"])
     _positive("trainer.gns_every", trainer["gns_every"], 1, inclusive=True)
     micro = trainer["micro_batch_size"]
     if micro is not None:

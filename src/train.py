@@ -307,7 +307,7 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World()) -> 
         optimizer=optimizer,
         lr_scale=cfg.optimizer.lr_scale,
         steps=StepSettings(trainer.micro_batch_size, precision, world),
-        noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,
+        noise=NoiseScaleEstimator(trainer.gns_memory_epochs * data.n_train, trainer.gns_every) if measure_noise else None,
         batch_order=torch.Generator().manual_seed(trainer.seed),
         batches=BatchStream(trainer.last_batch),
     )
@@ -600,7 +600,7 @@ def _train(cfg: DictConfig, world: World) -> dict:
             }
             if device.type == "cuda":
                 metrics[schema.GPU_PEAK_MEMORY_MIB] = torch.cuda.max_memory_allocated(device) / 2**20
-            if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
+            if parts.noise is not None:  # smoothed over the last ~trainer.gns_memory_epochs epochs
                 metrics.update(parts.noise.metrics())
             metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
             progress.record(metrics)
