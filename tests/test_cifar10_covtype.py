@@ -162,7 +162,8 @@ def test_crops_are_shifted_windows_of_the_reflection_padded_image():
 
 # --- more than the files hold, and files that are not what they are named ---------------------------
 
-@pytest.mark.parametrize("key, asked, held", [("n_train", 5 * PER_BATCH + 1, 5 * PER_BATCH), ("n_val", PER_BATCH + 1, PER_BATCH)])
+@pytest.mark.parametrize("key, asked, held",
+                         [("n_train", 5 * PER_BATCH + 1, 5 * PER_BATCH), ("n_val", PER_BATCH + 1, PER_BATCH)])
 def test_cifar10_subset_larger_than_the_files_is_refused(tmp_path, key, asked, held):
     """dataset.n_train=100000 on files of fewer images: one line naming the key and what the files
     hold, never a run on fewer samples than its logged parameter says. Exactly what they hold is fine."""

@@ -25,8 +25,8 @@ def test_recovers_b_simple_of_linear_regression():
     w = (w_star + delta).requires_grad_()
     truth = d * (1 + s**2 / delta.square().sum().item()) + 1
 
-    big, parts = 64, 4
-    estimator = NoiseScaleEstimator(memory=100 * big)  # ~100 measurements of 64 samples  # as the loop does: the whole batch's gradient and its parts'
+    big, parts = 64, 4  # as the loop does: the whole batch's gradient and its parts'
+    estimator = NoiseScaleEstimator(memory=100 * big)  # ~100 measurements of 64 samples
     for _ in range(2000):
         x = torch.randn(big, d)
         y = x @ w_star + s * torch.randn(big)
