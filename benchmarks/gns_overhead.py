@@ -38,7 +38,7 @@ def main() -> None:
     with c.Load():
         for every, batch_size in [(int(e), int(b)) for e in args.every.split(",") for b in args.sizes.split(",")]:
             arms = {}
-            for name, noise in (("off", None), ("on", NoiseScaleEstimator(cfg.trainer.gns_ema, every))):
+            for name, noise in (("off", None), ("on", NoiseScaleEstimator(cfg.trainer.gns_memory_epochs * data.n_train, every))):
                 arm_model = copy.deepcopy(model)
                 optimizer = torch.optim.SGD(arm_model.parameters(), lr=0.01, momentum=0.9)
                 order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(0)).to(device)

@@ -529,8 +529,8 @@ def cmd_sync(args) -> None:
     counted = {}
     for epochs in (1, 2):
         run_cfg = preset_cfg([*args.overrides, f"paths.data_dir={args.cifar}", f"dataset.n_train={args.train_n}",
-                              f"dataset.n_val={args.train_n // 4}", "schedule=constant", "schedule.milestones=[]",
-                              f"schedule.batch_size={b}", f"schedule.max_batch_size={b}", f"trainer.epochs={epochs}", "trainer.resume=false"],
+                              f"dataset.n_val={args.train_n // 4}", "schedule=constant", "~schedule.milestones",
+                              f"schedule.batch_size={b}", "~schedule.max_batch_size", f"trainer.epochs={epochs}", "trainer.resume=false"],
                              output_dir=c.temp_dir("gpu-sync-"))
         _, counted[epochs] = count_syncs(lambda: train(run_cfg))
     steps_per_epoch = math.ceil(args.train_n / b)

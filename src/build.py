@@ -141,7 +141,8 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World(), dat
         batches=BatchStream(trainer.last_batch),
         batch_order=torch.Generator().manual_seed(trainer.seed),
         settings=StepSettings(trainer.micro_batch_size, precision, world),
-        noise=NoiseScaleEstimator(trainer.gns_ema, trainer.gns_every) if measure_noise else None,
+        noise=(NoiseScaleEstimator(trainer.gns_memory_epochs * data.n_train, trainer.gns_every)  # memory in samples
+               if measure_noise else None),
         schedule=schedule,
         lr_scale=cfg.optimizer.lr_scale,
     )

@@ -2,7 +2,7 @@
 loop's counters it carries (LoopState).
 
 A run's checkpoint is <paths.output_dir>/checkpoints/<config hash>.pt, with its lock beside it
-(paths_of: the one place both are named). save() writes it atomically after every epoch
+(path_of and lock_path: the one place both are named). save() writes it atomically after every epoch
 (src.files.write_atomically: a temporary file, fsynced, renamed over it), keeping the one before
 as `<name>.prev`: a reader sees a whole old or a whole new file, never a torn one. load() reads
 with torch.load(weights_only=True) (tensors and plain containers only: no code runs) and falls
@@ -31,10 +31,16 @@ log = logging.getLogger(__name__)
 FOLDER = "checkpoints"  # under paths.output_dir
 
 
-def paths_of(cfg: DictConfig) -> tuple[Path, Path]:
-    """(checkpoint, lock) of cfg's run: <paths.output_dir>/checkpoints/<config hash>.pt and .lock."""
-    checkpoint = Path(cfg.paths.output_dir) / FOLDER / f"{tracking.hash_config(cfg)}.pt"
-    return checkpoint, checkpoint.with_suffix(".lock")
+def path_of(cfg: DictConfig, config_hash: str) -> Path:
+    """cfg's checkpoint: <paths.output_dir>/checkpoints/<config hash>.pt, the hash of its config
+    and its data (tracking.hash_config)."""
+    return Path(cfg.paths.output_dir) / FOLDER / f"{config_hash}.pt"
+
+
+def lock_path(cfg: DictConfig) -> Path:
+    """cfg's lock: <paths.output_dir>/checkpoints/<hash of the config alone>.lock, taken before
+    the data are loaded."""
+    return path_of(cfg, tracking.hash_config(cfg, None)).with_suffix(".lock")
 
 
 @dataclass

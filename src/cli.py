@@ -33,17 +33,27 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _default_keys(parent: str) -> list[str]:
-    """The keys under `parent` in the default config (for error messages)."""
+def _composed_keys(parent: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """(`parent` as the message names it, the keys under it) in the config the command composes
+    with its group choices (schedule=constant, experiment=smoke: an option's keys are its own) and
+    none of its other overrides, one of which is the bad one. A top-level group is named with
+    its option (`schedule=constant`). For error messages."""
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from src.config import compose
 
+    choices = [o for o in overrides if re.fullmatch(r"[\w/]+=[^,=\[\]{}]+", o)]  # group=option, no sweep
     GlobalHydra.instance().clear()  # called where Hydra may already be initialised (a failing job)
-    config = compose()
+    try:
+        config = compose(*choices, return_hydra_config=True)
+    except Exception:  # a choice that does not compose either: the default config
+        GlobalHydra.instance().clear()
+        config = compose(return_hydra_config=True)
+    option = config.hydra.runtime.choices.get(parent) if parent else None
     node = OmegaConf.select(config, parent) if parent else config
-    return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    keys = [str(k) for k in node if parent or k != "hydra"] if isinstance(node, DictConfig) else []
+    return (f"{parent}={option}" if option else parent or "the config"), keys
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -104,10 +114,11 @@ def needs_traceback(error: BaseException) -> bool:
             and _null_group_override(error) is None and not _is_store_error(_cause(error)))
 
 
-def one_line_error(error: BaseException) -> tuple[str, int]:
+def one_line_error(error: BaseException, overrides: list[str] | None = None) -> tuple[str, int]:
     """(one-line message, exit code) for an error that ends a run or a sweep: 2 for a bad
     config or command line, or a folder, store, device or data set it names that cannot be
-    used (refused before any MLflow run exists); 1 for a run that failed."""
+    used (refused before any MLflow run exists); 1 for a run that failed. `overrides`: the
+    command's (a sweep's job's); None: this process's command line."""
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
@@ -146,8 +157,8 @@ def one_line_error(error: BaseException) -> tuple[str, int]:
         if unknown:
             key = unknown.group(1)
             parent, _, leaf = key.rpartition(".")
-            known = _default_keys(parent)
-            allowed = f"{parent or 'the config'} has: {', '.join(known)}; " if known else ""
+            named, known = _composed_keys(parent, sys.argv[1:] if overrides is None else overrides)
+            allowed = f"{named} has: {', '.join(known)}; " if known else ""
             return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
         return _one_line(text), 2
     if _is_store_error(error):  # the store failed under a running job: full, read-only, locked

@@ -49,7 +49,7 @@ class TrainerConfig:
     channels_last: bool = MISSING
     resume: bool = MISSING
     gns: bool = MISSING
-    gns_ema: float = MISSING
+    gns_memory_epochs: float = MISSING
     gns_every: int = MISSING
 
 
@@ -208,9 +208,11 @@ def _signature_problems(group: str, node: Any) -> list[str]:
     except Exception:  # annotations this Python cannot evaluate: skip the type checks
         hints = {}
     problems = []
+    # a schedule is named by its name too (several share a target): the key is one it would not use
+    owner = f"schedule {node['name']} does not use it; " if group == "schedule" and "name" in node else ""
     for key, value in given.items():
         if key in supplied or not _binds(signature, key, value):
-            problems.append(f"{group}.{key}: unknown key; {name} takes: {', '.join(takes)}")
+            problems.append(f"{group}.{key}: unknown key; {owner}{name} takes: {', '.join(takes)}")
         elif key in hints:
             problems.append(_type_problem(f"{group}.{key}", value, hints[key]))
     required = [
@@ -254,8 +256,7 @@ def _check_ranges(cfg: Mapping) -> None:
     if trainer["threads"] is not None:
         _positive("trainer.threads", trainer["threads"], 1, inclusive=True)
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
-    if not 0.0 <= trainer["gns_ema"] < 1.0:
-        raise ConfigError(f"trainer.gns_ema={trainer['gns_ema']!r}: must be in [0, 1)")
+    _positive("trainer.gns_memory_epochs", trainer["gns_memory_epochs"])
     _positive("trainer.gns_every", trainer["gns_every"], 1, inclusive=True)
     micro = trainer["micro_batch_size"]
     if micro is not None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.errors import DatasetUnavailable
+from src.errors import ConfigError, DatasetUnavailable
 from src.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -100,29 +100,76 @@ def _global_rng_untouched():
         random.setstate(py_state)
 
 
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(x, y) from a cache file; None when it is missing, or unreadable (written by something
-    else, cut short): then the data are generated again and the file replaced."""
+MNIST1D_LENGTH = 40  # samples per sequence: mnist1d's default final_seq_length, which load_mnist1d keeps
+MNIST1D_CLASSES = 10
+
+
+def _mnist1d_inputs(n_samples: int, generator_seed: int) -> str:
+    """sha256 of what the generator is given: the two arguments set here and mnist1d's version
+    (which fixes every other argument's default). Stored in the cache beside the data: a cache
+    is what it claims only if it was generated from exactly these."""
+    version = importlib.metadata.version("mnist1d")
+    return hashlib.sha256(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()
+
+
+def _content_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of the cached arrays' shapes, dtypes and bytes: a cache edited or damaged after it
+    was written no longer matches the digest written with it."""
+    sha = hashlib.sha256()
+    for array in (x, y):
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(np.ascontiguousarray(array).data)
+    return sha.hexdigest()
+
+
+def _cache_problem(arrays: dict[str, np.ndarray], n_samples: int, inputs: str) -> str | None:
+    """Why cached arrays are not MNIST-1D generated from `inputs` (n_samples rows of
+    MNIST1D_LENGTH, labels 0..9, the digests written with them); None when they are."""
+    if not {"x", "y", "inputs", "content"} <= arrays.keys():
+        return f"holds {sorted(arrays)}, not x, y and the digests of a cache this version writes"
+    x, y = arrays["x"], arrays["y"]
+    if str(arrays["inputs"]) != inputs:
+        return "generated from other inputs (another generator seed, sample count or mnist1d version)"
+    if x.shape != (n_samples, MNIST1D_LENGTH) or y.shape != (n_samples,):
+        return f"x {x.shape} and y {y.shape}, not ({n_samples}, {MNIST1D_LENGTH}) and ({n_samples},)"
+    if x.dtype != np.float32 or y.dtype != np.int64:
+        return f"x {x.dtype} and y {y.dtype}, not float32 and int64"
+    if len(y) and not 0 <= y.min() <= y.max() < MNIST1D_CLASSES:
+        return f"labels {y.min()}..{y.max()}, not 0..{MNIST1D_CLASSES - 1}"
+    if str(arrays["content"]) != _content_digest(x, y):
+        return "its arrays do not match the digest written with them (edited or damaged)"
+    return None
+
+
+def _read_cache(path: Path, n_samples: int, inputs: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) from a cache file that is what it claims: generated from `inputs`, n_samples rows,
+    labels 0..9, the arrays those digests were written for. None when it is missing, or when it is
+    anything else (unreadable, of another seed or size, renamed, edited, cut short, written by an
+    older version): then, after one warning line naming the file and why, the data are generated
+    again and the file replaced. A file's name is no evidence of what it holds."""
     if not path.exists():
         return None
     try:
-        with np.load(path) as arrays:
-            return arrays["x"], arrays["y"]
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        problem = _cache_problem(arrays, n_samples, inputs)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        log.warning("data cache %s is unreadable (%s: %s): generating the data again",
-                    path, type(error).__name__, error)
-        return None
+        problem = f"unreadable ({type(error).__name__}: {' '.join(str(error).split())})"
+    if problem is None:
+        return arrays["x"], arrays["y"]
+    log.warning("data cache %s is not the MNIST-1D it is named for: %s; generating the data again", path, problem)
+    return None
 
 
 def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's make_dataset, never its
-    download path. Cached as .npz under cache_dir keyed by the generation arguments."""
-    # The cache key needs no import of mnist1d (~0.65 s: it pulls in matplotlib and scipy): the
+    download path. Cached as .npz under cache_dir, named by the generation arguments and
+    checked against them when read (_read_cache)."""
+    # The check needs no import of mnist1d (~0.65 s: it pulls in matplotlib and scipy): the
     # generation arguments are its defaults but for these two, fixed by the installed version.
-    version = importlib.metadata.version("mnist1d")
-    key = hashlib.sha1(repr((int(n_samples), int(generator_seed), version)).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"mnist1d_{n_samples}_{key}.npz"
-    cached = _read_cache(path)
+    inputs = _mnist1d_inputs(n_samples, generator_seed)
+    path = Path(cache_dir) / f"mnist1d_{n_samples}_{inputs[:10]}.npz"
+    cached = _read_cache(path, n_samples, inputs)
     if cached is not None:
         x, y = cached
     else:
@@ -133,10 +180,11 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
         with _global_rng_untouched():
             generated = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(args))
         x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int64)
+        content = _content_digest(x, y)
         # parallel jobs generating the same cache never see a torn file
-        write_atomically(path, lambda f: np.savez(f, x=x, y=y))
+        write_atomically(path, lambda f: np.savez(f, x=x, y=y, inputs=inputs, content=content))
     # make_dataset already shuffled and standardised the whole set: split head/tail.
-    return _from_arrays(x, y, n_val, n_classes=10, name="mnist1d", source=path.resolve().as_uri())
+    return _from_arrays(x, y, n_val, n_classes=MNIST1D_CLASSES, name="mnist1d", source=path.resolve().as_uri())
 
 
 def load_digits(n_val: int, split_seed: int) -> Dataset:
@@ -166,17 +214,49 @@ def _standardise_in_place(train: torch.Tensor, val: torch.Tensor, dims: tuple[in
         part.sub_(mean).div_(std)
 
 
+CIFAR10_PIXELS = 3 * 32 * 32  # values per image row of a batch file
+CIFAR10_CLASSES = 10
+
+
+def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One of CIFAR-10's python pickles: b"data" uint8 (n, 3072), each row the 1024 red, then
+    green, then blue pixels of a 32x32 image, row-major; b"labels" a list of n ints 0..9. A file
+    that is not one (truncated, empty, another file under its name) is DatasetUnavailable: one
+    line naming the file, not the unpickler's traceback."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
+        images, labels = np.asarray(batch[b"data"]), [int(label) for label in batch[b"labels"]]
+        problem = None
+        if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != CIFAR10_PIXELS:
+            problem = f"data {images.dtype} {images.shape}, not uint8 (n, {CIFAR10_PIXELS})"
+        elif len(labels) != len(images) or not all(0 <= label < CIFAR10_CLASSES for label in labels):
+            problem = f"{len(labels)} labels for {len(images)} images, or a label outside 0..{CIFAR10_CLASSES - 1}"
+    except Exception as error:  # whatever a truncated or foreign pickle raises: EOFError, UnpicklingError, KeyError ...
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        raise _unavailable(f"CIFAR-10 file {path} is not a CIFAR-10 batch: replace it (from {CIFAR10_URL}), or "
+                           f"delete it to download again", problem)
+    return images, labels
+
+
 def _read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10's python pickles: b"data" uint8 (n, 3072), each row the 1024 red, then green,
-    then blue pixels of a 32x32 image, row-major; b"labels" a list of n ints 0..9."""
+    """The images of batch files `names` as float32 (n, 3, 32, 32) and their labels."""
     images, labels = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8))
-        labels.extend(batch[b"labels"])
+        batch_images, batch_labels = _read_cifar10_batch(folder / name)
+        images.append(batch_images)
+        labels.extend(batch_labels)
     x = torch.from_numpy(np.concatenate(images)).reshape(-1, 3, 32, 32).float()
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _at_most_available(key: str, asked: int | None, available: int, where: Path) -> None:
+    """Refuse a subset size (dataset.n_train ...) larger than what the files hold, rather than
+    train on fewer samples than the run logs as its parameter."""
+    if asked is not None and asked > available:
+        raise ConfigError(f"{key}={asked}: the files under {where} hold {available}; at most {available}, "
+                          "or null for all")
 
 
 def _download_cifar10(data_dir: Path) -> str | None:
@@ -200,7 +280,8 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
     with torchvision when `download` and torchvision is installed. Training batches are
     augmented as in the WRN code the paper follows (augment_crop_flip; inferred: the paper is
     silent). n_train / n_val keep the first images of each part only (the files are already
-    shuffled): for quick, scaled-down runs."""
+    shuffled): for quick, scaled-down runs; more than the files hold is refused (ConfigError). A
+    batch file that is not one (truncated, empty) is DatasetUnavailable naming it."""
     data_dir = Path(data_dir).resolve()
     folder = data_dir / CIFAR10_FOLDER
 
@@ -217,6 +298,8 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
             )
     x_train, y_train = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
     x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
+    _at_most_available("dataset.n_train", n_train, len(y_train), folder)
+    _at_most_available("dataset.n_val", n_val, len(y_val), folder)
     x_train, y_train, x_val, y_val = x_train[:n_train], y_train[:n_train], x_val[:n_val], y_val[:n_val]
     _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
     return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip, name="cifar10",
@@ -232,7 +315,7 @@ def load_covtype(
     The blog demo's split: a seeded shuffle, the last `val_fraction` for validation (rounded up,
     as sklearn's train_test_split does). Features standardised with the train part's mean and
     std; labels 1..7 become 0..6. n_samples keeps that many of the shuffled samples (before the
-    split): for quick, scaled-down runs."""
+    split): for quick, scaled-down runs; more than the cache holds is refused (ConfigError)."""
     from sklearn.datasets import fetch_covtype
 
     data_dir = Path(data_dir).resolve()
@@ -246,6 +329,7 @@ def load_covtype(
             f"sklearn.datasets.fetch_covtype(data_home=...) where online) under {data_dir}",
             f"{type(error).__name__}: {error}" if download else "download=False",
         ) from error
+    _at_most_available("dataset.n_samples", n_samples, len(y), data_dir / "covertype")
     order = np.random.default_rng(split_seed).permutation(len(y))[:n_samples]
     n_val = math.ceil(val_fraction * len(order))
     data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7, name="covtype",

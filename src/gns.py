@@ -16,7 +16,12 @@ mean of the b_i for both estimates to stay unbiased (the loop passes it; tests/t
 shows the arithmetic mean's bias).
 
 One step's estimates are noisy and their ratio more so, so both are smoothed by exponential
-moving averages before dividing. Pure Python: the loop hands in four numbers per step.
+moving averages before dividing. The averages' memory is counted in training samples, not in
+measurements: a measurement stands for the `every` steps of B samples it was drawn among, and
+weighs exp(-every * B / memory) of the past, so the average forgets at the same pace per epoch
+at B = 64 as at B = 2,048 (per measured step it would remember ~0.6 epoch at B 64 and 10-16 epochs
+at B >= 1,000, and lag a growing B_simple where B is large). Pure Python: the loop hands in four
+numbers per measured step.
 """
 
 from __future__ import annotations
@@ -29,19 +34,25 @@ from src.schema import GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE
 
 @dataclass
 class NoiseScaleEstimator:
-    ema: float  # trainer.gns_ema: weight of the past at each measured step (0.95: ~20 measurements of memory)
-    every: int  # trainer.gns_every: measure one step in `every`: the parts of a measured step train slower
-    grad_sq: float | None = None  # EMA of the |G|^2 estimates
-    trace: float | None = None  # EMA of the tr(Sigma) estimates
+    memory: float  # samples: the e-folding memory of the averages (trainer.gns_memory_epochs x N)
+    every: int  # measure one step in `every`: the parts of a measured step train slower
+    grad_sq: float | None = None  # moving average of the |G|^2 estimates
+    trace: float | None = None  # moving average of the tr(Sigma) estimates
+    weight: float = 0.0  # the averages' total weight so far: 1 - exp(-samples / memory)
 
     def update(self, small_sq: float, small_batch: float, big_sq: float, big_batch: float) -> None:
-        """One step: mean squared norm of the parts' mean gradients (parts of small_batch
-        samples, the harmonic mean of their sizes when they differ) and squared norm of the
-        whole batch's mean gradient (big_batch samples)."""
+        """One measured step: mean squared norm of the parts' mean gradients (parts of
+        small_batch samples, the harmonic mean of their sizes when they differ) and squared norm
+        of the whole batch's mean gradient (big_batch samples). It stands for `every` steps of
+        big_batch samples: the past keeps the weight exp(-every * big_batch / memory). Divided by
+        the total weight so far (as Adam corrects its moments), so that before a memory's worth of
+        samples the averages are the plain mean of the measurements, not the first one's value."""
         grad_sq = (big_batch * big_sq - small_batch * small_sq) / (big_batch - small_batch)
         trace = (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
-        self.grad_sq = grad_sq if self.grad_sq is None else self.ema * self.grad_sq + (1 - self.ema) * grad_sq
-        self.trace = trace if self.trace is None else self.ema * self.trace + (1 - self.ema) * trace
+        past = math.exp(-self.every * big_batch / self.memory)
+        kept, self.weight = past * self.weight, past * self.weight + (1 - past)
+        self.grad_sq = ((kept * self.grad_sq if kept else 0.0) + (1 - past) * grad_sq) / self.weight
+        self.trace = ((kept * self.trace if kept else 0.0) + (1 - past) * trace) / self.weight
 
     @property
     def b_simple(self) -> float:
@@ -61,4 +72,5 @@ class NoiseScaleEstimator:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        self.ema, self.every, self.grad_sq, self.trace = state["ema"], state["every"], state["grad_sq"], state["trace"]
+        """The averages so far; memory and every stay the config's (part of the run's identity)."""
+        self.grad_sq, self.trace, self.weight = state["grad_sq"], state["trace"], state["weight"]

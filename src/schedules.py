@@ -101,7 +101,7 @@ class StepSchedule:
         decay_lr           batch_growth_steps = 0
         hybrid             batch_growth_steps = 1
         increase_bs        batch_growth_steps = len(milestones)
-        constant           no milestones
+        constant           no milestones (StepSchedule.constant takes none)
         increase_lr        increase_bs with lr x5 and B0 x5 (paper figure 5)
         increase_momentum  increase_bs with lr x5, m 0.98 and B0 x25 (paper figure 5)
         large_batch_scaled B = max_batch_size from the start, lr scaled by B / B0 and warmed up
@@ -178,6 +178,17 @@ class StepSchedule:
             warmup_epochs=math.ceil(warmup * epochs),
             warmup_start_lr=float(lr),
         )
+
+    @classmethod
+    def constant(
+        cls, *, name: str, lr: float, batch_size: int, n_train: int, epochs: int, optimizer_momentum: float
+    ) -> StepSchedule:
+        """lr and B fixed for the whole run: a step schedule without milestones, so it takes no
+        factor, growth or cap (conf/schedule/constant.yaml), and a milestone given to it is
+        refused by the config's validation, not obeyed. `n_train` and `epochs` are taken, and not
+        needed, so that every schedule is built by the same call."""
+        return cls(name=name, lr=float(lr), batch_size=int(batch_size), momentum=float(optimizer_momentum),
+                   factor=1.0, milestones=(), batch_growth_steps=0, max_batch_size=int(batch_size))
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:
         lr, batch_size = self.lr, self.batch_size
@@ -323,22 +334,26 @@ class _AdaptiveState:
     """What an AdaptiveNoiseScaleSchedule has drawn from the measurements so far."""
 
     batch_size: int  # current
-    capped_at: int | None = None  # the epoch from which B is at the cap
     seen: int = 0  # noise-scale measurements consumed
 
 
 @dataclass(eq=False)
 class AdaptiveNoiseScaleSchedule:
-    """The batch follows the measured gradient noise scale B_simple (src/gns.py), the batch size
-    past which a bigger batch stops paying for itself (McCandlish et al. 2018); Merrill et al.
-    2025 grow the batch as the measured critical batch size grows.
+    """decay_lr's noise scale, with the batch following the measured gradient noise scale
+    B_simple (src/gns.py), the batch size past which a bigger batch stops paying for itself
+    (McCandlish et al. 2018); Merrill et al. 2025 grow the batch as the measured critical batch
+    size grows. It tests one thing: letting the measured B_simple pick how much of decay_lr's
+    anneal the batch takes.
 
-    After each epoch the smoothed B_simple is rounded up to the next multiple of `multiple` and
-    clipped to [batch_size, max_batch_size]. The batch only ever grows, and only when the new
-    size is at least `min_growth` times the current one, so noise in the estimate cannot make it
-    flip-flop. lr stays constant until B reaches the cap; each milestone from then on divides lr
-    by `factor`, as increase_bs does past its cap. Deterministic given the measurements, which are
-    deterministic given the seed.
+    The noise scale g ~ lr / B follows decay_lr's at every epoch: divided by `factor` at each
+    milestone. After each epoch the smoothed B_simple is rounded up to the next multiple of
+    `multiple` and clipped to [batch_size, ceiling], where the ceiling is max_batch_size and
+    batch_size x factor^k after k milestones (B never takes more of the anneal than decay_lr has
+    made so far). The batch only ever grows, and only when the new size is at least `min_growth`
+    times the current one or the ceiling, so noise in the estimate cannot make it flip-flop.
+    lr is the rest: lr x (B / batch_size) / factor^k, never above lr. So lr falls at each milestone
+    by what B does not take of the factor, whether or not B reached its cap. Deterministic given
+    the measurements, which are deterministic given the seed.
     """
 
     follows: ClassVar[tuple[str, ...]] = (GNS_B_SIMPLE,)
@@ -367,8 +382,8 @@ class AdaptiveNoiseScaleSchedule:
         factor: float,
         milestones: Sequence[float],
         max_batch_size: int | None,
-        multiple: int | None = None,
-        min_growth: float = 1.5,
+        multiple: int | None,
+        min_growth: float,
         n_train: int,
         epochs: int,
         optimizer_momentum: float,
@@ -381,20 +396,24 @@ class AdaptiveNoiseScaleSchedule:
             min_growth=float(min_growth),
         )
 
+    def _drops(self, epoch: int) -> int:
+        """Milestones passed by `epoch`: how many times decay_lr has divided g by then."""
+        return sum(1 for m in self.milestones if m <= epoch)
+
     def __call__(self, epoch: int, history: History = {}) -> Plan:
         state = self._state
         measured = history.get(GNS_B_SIMPLE, ())
         for value in measured[state.seen :]:
-            state.seen += 1
-            if not math.isfinite(value) or state.capped_at is not None:
+            state.seen += 1  # measured after epoch seen-1: decides B from epoch `seen`
+            if not math.isfinite(value):
                 continue
-            target = min(self.max_batch_size, max(self.batch_size, math.ceil(value / self.multiple) * self.multiple))
-            if target >= state.batch_size * self.min_growth or (target == self.max_batch_size > state.batch_size):
+            ceiling = min(self.max_batch_size, math.floor(self.batch_size * self.factor ** self._drops(state.seen)))
+            target = min(ceiling, max(self.batch_size, math.ceil(value / self.multiple) * self.multiple))
+            if target >= state.batch_size * self.min_growth or (target == ceiling > state.batch_size):
                 state.batch_size = target
-                if target == self.max_batch_size:
-                    state.capped_at = state.seen  # measured after epoch seen-1: B is capped from epoch `seen`
-        decays = sum(1 for m in self.milestones if state.capped_at is not None and state.capped_at <= m <= epoch)
-        return Plan(lr=self.lr / self.factor**decays, batch_size=state.batch_size, momentum=self.momentum)
+        drops = self._drops(epoch)
+        lr = self.lr * (state.batch_size / self.batch_size) / self.factor**drops  # g on decay_lr's schedule
+        return Plan(lr=lr, batch_size=state.batch_size, momentum=self.momentum)
 
     def state_dict(self) -> dict:
         return asdict(self._state)

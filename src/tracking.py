@@ -73,9 +73,14 @@ log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
-# Keys that say where and how a run is recorded or how fast it goes, not what it computes:
-# left out of the config hash that identifies a run for skipping and resuming.
-NOT_IDENTITY = ("paths", "tracking", "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
+# Keys that say where a run reads or writes, how it is recorded or how fast it goes, not what it
+# computes: left out of the config hash that identifies a run for skipping and resuming, and out
+# of the figures' groups (src.figures.identity). Every path-valued key is here (paths, and the
+# dataset keys that interpolate ${paths.data_dir}; tests/test_identity.py checks every option of
+# conf/), as is dataset.download: the data themselves enter the identity by their digest
+# (hash_config's data_digest), so moving them, or another folder per node, changes nothing.
+NOT_IDENTITY = ("paths", "tracking", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
+                "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
 # How long opening a tracking server may take: one retry, 3 s per attempt, so ~7 s at worst.
 # MLflow's own policy (7 retries with exponential backoff, 120 s timeouts: ~4.5 minutes against a
 # port nothing listens on) stays for every later request, where riding out a server restart in
@@ -251,11 +256,14 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def hash_config(cfg: DictConfig) -> str:
-    """A short stable hash of the resolved config, NOT_IDENTITY keys left out: the config hash
-    that identifies a run (tag CONFIG_HASH_TAG)."""
+def hash_config(cfg: DictConfig, data_digest: str | None) -> str:
+    """A short stable hash of the resolved config, NOT_IDENTITY keys left out, and of
+    `data_digest` (Dataset.digest of the data the run trains on): the config hash that identifies
+    a run (tag CONFIG_HASH_TAG, its checkpoint's name). None: the config alone, for what must be
+    decided before the data are loaded (src.train's lock)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    plain["data_digest"] = data_digest
     for dotted in NOT_IDENTITY:
         *parents, leaf = dotted.split(".")
         node = plain
@@ -423,13 +431,14 @@ def tracked_run(
 ) -> Iterator[TrackedRun]:
     """Start an MLflow run for one job (or reopen `resume_run_id`): its tags, MLflow's context
     tags, tracking.tags and tracking.note, the parent of a sweep's job; log the resolved config
-    (as params and as config.yaml) and its hash, and close the run whatever happens in the block.
+    (as params and as config.yaml), and close the run whatever happens in the block. The run's
+    identity, hash_config of the config and its data, comes in `tags` (CONFIG_HASH_TAG: src.train).
     `experiment_id`: from prepare_store; None: prepared here. Nothing in the block prepares the
     store again, so the short patience of opening it never applies to a run that exists."""
     if experiment_id is None:
         experiment_id = prepare_store(cfg.tracking)
     client = MlflowClient(cfg.tracking.uri)
-    config_hash = hash_config(cfg)
+    config_hash = tags[CONFIG_HASH_TAG]
     launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
     close_dead_runs(client, experiment_id)
     if resume_run_id:
@@ -439,7 +448,7 @@ def tracked_run(
     else:
         # the user's tags first: they may add tags, not change the study's
         all_tags = {**cfg.tracking.tags, **tags, **launch_tags, RUN_NAME_TAG: run_name,
-                    CONFIG_HASH_TAG: config_hash, SWEEPS_TAG: tags[SWEEP_TAG], **process_tags()}
+                    SWEEPS_TAG: tags[SWEEP_TAG], **process_tags()}
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     monitor = None

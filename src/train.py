@@ -7,7 +7,8 @@ epoch's first batch, so every update has exactly B samples); step (src.step); va
 checkpoint (src.checkpoint); log one batch of metrics. Counters are exact: param_updates counts
 optimizer steps, samples_seen the samples that went into them. Times are seconds.
 
-A run is identified by the hash of its resolved config (tracking.hash_config). With
+A run is identified by the hash of its resolved config and its data's digest
+(tracking.hash_config, once the data are loaded; paths never enter it). With
 trainer.resume (the default) a run already FINISHED is skipped, and an interrupted one resumes
 from its last checkpoint into the same MLflow run, with the same numbers as if it had never
 stopped. Each epoch is logged once, whatever the interruption. Two processes given the same
@@ -66,28 +67,31 @@ def train(cfg: DictConfig) -> dict:
     try:
         validate(cfg)  # before anything is built or logged
         trainer, label = cfg.trainer, run_name(cfg)
-        checkpoint_path, lock_path = checkpoint.paths_of(cfg)
         if world.is_main:
             check_folder("paths.output_dir", cfg.paths.output_dir)  # checkpoints, the lock
-        with _one_at_a_time(lock_path, label, world):
+        with _one_at_a_time(checkpoint.lock_path(cfg), label, world):
             started = time.perf_counter()
             sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
             experiment_id = tracking.prepare_store(cfg.tracking)  # once: every later call is given it
+            device = devices.pick_device(trainer.device, world)
+            parts = _built(cfg, device, world)
+            config_hash = tracking.hash_config(cfg, parts.data.digest())  # the run's identity: config and data
+            checkpoint_path = checkpoint.path_of(cfg, config_hash)
             if world.is_main:
                 checkpoint.remove_stale_temporaries(checkpoint_path)
             if trainer.resume:
-                finished = _finished_before(cfg, experiment_id, sweep_id, label, world)
+                finished = _finished_before(cfg, experiment_id, config_hash, sweep_id, label, world)
                 if finished is not None:
                     return {"outcome": "skipped", **finished}
             saved_state = _checkpoint_to_resume(cfg, experiment_id, checkpoint_path, label) if trainer.resume else None
             if saved_state is None:
                 checkpoint.remove(checkpoint_path)  # unreadable or unwanted: start over
+            learner, loop = _restored(parts, world, saved_state)
 
-            device = devices.pick_device(trainer.device, world)
-            parts, learner, loop = _built(cfg, device, world, saved_state)
             resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
+            tags = {**_tags(cfg, parts.data, device, sweep_id), schema.CONFIG_HASH_TAG: config_hash}
             tracked = (
-                tracking.tracked_run(cfg, _tags(cfg, parts.data, device, sweep_id), label,
+                tracking.tracked_run(cfg, tags, label,
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
                 if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
             )
@@ -138,19 +142,21 @@ def train(cfg: DictConfig) -> dict:
         leave(world)
 
 
-def _built(cfg: DictConfig, device: torch.device, world: World,
-           saved_state: dict | None) -> tuple[RunParts, Learner, LoopState]:
-    """The run built on `device` (src.build), put back where its checkpoint left it if there
-    is one; the Learner that steps (under torchrun, the model wrapped in DDP after restoring, so
-    every rank starts from the same weights; parts.model stays the unwrapped module, the one a
-    checkpoint holds); and the loop's state."""
+def _built(cfg: DictConfig, device: torch.device, world: World) -> RunParts:
+    """The run built on `device` (src.build) with this job's CPU threads."""
     threads = devices.job_threads(cfg.trainer.threads)  # trainer.threads, else cores // jobs at once
     if threads:
         torch.set_num_threads(threads)
-    parts = build_run(cfg, device, world)
+    return build_run(cfg, device, world)
+
+
+def _restored(parts: RunParts, world: World, saved_state: dict | None) -> tuple[Learner, LoopState]:
+    """`parts` put back where its checkpoint left them if there is one; the Learner that steps
+    (under torchrun, the model wrapped in DDP after restoring, so every rank starts from the same
+    weights; parts.model stays the unwrapped module, the one a checkpoint holds); the loop's state."""
     loop = checkpoint.restore(parts, saved_state) if saved_state else LoopState()
     learner = replace(parts, model=DistributedDataParallel(parts.model)) if world.size > 1 else parts
-    return parts, learner, loop
+    return learner, loop
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -195,7 +201,7 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoc
     }
     if device.type == "cuda":
         metrics[schema.GPU_PEAK_MEMORY_MIB] = torch.cuda.max_memory_allocated(device) / 2**20
-    if parts.noise is not None:  # smoothed over the last ~1/(1-ema) measured steps
+    if parts.noise is not None:  # smoothed over the last ~trainer.gns_memory_epochs epochs
         metrics.update(parts.noise.metrics())
     metrics.update(parts.schedule.metrics())  # what the schedule decided, if anything (critical_bs: its cap)
     return metrics
@@ -225,7 +231,8 @@ def _epoch_line(metrics: dict[str, float], loop: LoopState) -> str:
 @contextmanager
 def _one_at_a_time(path: Path, label: str, world: World):
     """Held while a process trains a config: a lock per config hash next to its checkpoint
-    (`path`, from checkpoint.paths_of). Two processes given the same config and output folder
+    (`path`, from checkpoint.lock_path: by the config alone, as the data are not loaded yet,
+    so configs that differ only in their data wait for each other too). Two processes given the same config and output folder
     (two sweeps started at once, a job started twice) then train it one after the other: the
     second waits, then finds the run FINISHED and skips it, or resumes it if the first stopped.
     It waits rather than skipping at once so that its sweep still gets the run's final metrics
@@ -246,9 +253,10 @@ def _one_at_a_time(path: Path, label: str, world: World):
         lock.release()
 
 
-def _finished_before(cfg: DictConfig, experiment_id: str, sweep_id: str, label: str, world: World) -> dict | None:
+# 6 parameters: the config and its identity, where to look, and who asks.
+def _finished_before(cfg: DictConfig, experiment_id: str, config_hash: str, sweep_id: str, label: str,
+                     world: World) -> dict | None:
     """The final metrics of this config's FINISHED run, which then joins this sweep; None if none."""
-    config_hash = tracking.hash_config(cfg)
     for done in tracking.runs_with_config(cfg, config_hash, status="FINISHED", experiment_id=experiment_id)[:1]:
         log.info("[%s] already FINISHED as MLflow run %s (config %s): skipped", label, done.info.run_id, config_hash)
         if world.is_main:

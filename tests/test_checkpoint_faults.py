@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import run_cli
-from helpers.configs import TINY
+from helpers.configs import TINY, checkpoint_path
 from helpers.store import runs_in
 
 from src import checkpoint, files
@@ -45,7 +45,7 @@ def test_an_atomic_write_onto_a_full_disk_names_the_file_and_leaves_nothing(tmp_
 @needs_dev_full
 def test_a_full_disk_under_a_checkpoint_is_one_line_and_the_run_failed(make_cfg, tmp_path):
     cfg = make_cfg(*TINY, "tracking.sweep_id=full-disk", output_dir=tmp_path)
-    path, _ = checkpoint.paths_of(cfg)
+    path = checkpoint_path(cfg)
     path.parent.mkdir(parents=True)
     temporary_of(path, os.getpid()).symlink_to(FULL)  # the first checkpoint's write fails
     with pytest.raises(OSError) as raised:
@@ -82,7 +82,7 @@ def test_a_full_filesystem_under_the_checkpoints_ends_the_command_in_one_line(tm
 
 def test_the_temporary_files_of_killed_writers_are_removed_on_the_next_start(make_cfg, tmp_path):
     cfg = make_cfg(*TINY, "tracking.sweep_id=stale", output_dir=tmp_path)
-    path, _ = checkpoint.paths_of(cfg)
+    path = checkpoint_path(cfg)
     path.parent.mkdir(parents=True)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

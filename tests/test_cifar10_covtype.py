@@ -1,15 +1,19 @@
 """The cifar10 and covtype loaders on small files written here in the real on-disk formats, their
 one-line errors when the data are missing, and the batch augmentation."""
 
+import pickle
 import socket
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli import run_cli
 from helpers.data_files import write_cifar10_files, write_covtype_cache
+from helpers.store import runs_in
 from sklearn.datasets import fetch_covtype
 
 from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_covtype
+from src.errors import ConfigError
 
 PER_BATCH = 20  # images per CIFAR-10 batch file (the real ones hold 10,000)
 
@@ -154,3 +158,56 @@ def test_crops_are_shifted_windows_of_the_reflection_padded_image():
         seen.add(matches[0][:2])
     assert len(seen) > 12  # most of the 25 shifts occur
     assert not (out == 0).any()  # no zeros: every pixel of the numbered images is > 0
+
+
+# --- more than the files hold, and files that are not what they are named ---------------------------
+
+@pytest.mark.parametrize("key, asked, held",
+                         [("n_train", 5 * PER_BATCH + 1, 5 * PER_BATCH), ("n_val", PER_BATCH + 1, PER_BATCH)])
+def test_cifar10_subset_larger_than_the_files_is_refused(tmp_path, key, asked, held):
+    """dataset.n_train=100000 on files of fewer images: one line naming the key and what the files
+    hold, never a run on fewer samples than its logged parameter says. Exactly what they hold is fine."""
+    write_cifar10(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_cifar10(str(tmp_path), download=False, **{key: asked})
+    assert_one_line_naming(error, f"dataset.{key}={asked}", f"hold {held}")
+    assert load_cifar10(str(tmp_path), download=False, **{key: held}).n_train == 5 * PER_BATCH
+
+
+def test_covtype_subset_larger_than_the_cache_is_refused(tmp_path):
+    write_covtype_cache(tmp_path)  # 200 rows
+    with pytest.raises(ConfigError) as error:
+        load_covtype(str(tmp_path), split_seed=0, download=False, n_samples=201)
+    assert_one_line_naming(error, "dataset.n_samples=201", "hold 200")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_a_batch", "labels_beyond_9"])
+@pytest.mark.parametrize("name", ["data_batch_3", "test_batch"])
+def test_cifar10_damaged_batch_file_is_one_line_naming_it(tmp_path, damage, name):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / name
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not_a_batch":
+        path.write_bytes(pickle.dumps({b"something": "else"}))
+    else:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch[b"labels"] = [label + 10 for label in batch[b"labels"]]
+        path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DatasetUnavailable) as error:
+        load_cifar10(str(tmp_path), download=False)
+    assert_one_line_naming(error, str(path.resolve()), "not a CIFAR-10 batch")
+
+
+def test_cli_cifar10_more_images_than_the_files_hold(tmp_path, data_dir):
+    """End to end: exit 2, one line naming the key, no MLflow run (the session's files hold 1,000
+    training images)."""
+    result = run_cli("dataset=cifar10", "dataset.n_train=100000", "trainer.epochs=1", "schedule.milestones=[]",
+                     "trainer.threads=1", output_dir=tmp_path, data_dir=data_dir)
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: dataset.n_train=100000: the files under") and "hold 1000" in line, line
+    assert runs_in(tmp_path) == []

@@ -52,7 +52,7 @@ BAD_CONFIGS = [
     ("schedule.lr=nan", "schedule.lr"),
     ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
     ("model.dropout=nan", "model.dropout"),
-    ("trainer.gns_ema=-inf", "trainer.gns_ema"),
+    ("trainer.gns_memory_epochs=-inf", "trainer.gns_memory_epochs"),
     ("schedule.milestones=[1,inf]", "schedule.milestones[1]"),
     ("+schedule.lr_boost=inf", "schedule.lr_boost"),  # a key StepSchedule.for_run takes, unset in decay_lr
     # what MLflow refuses that needs no store to see

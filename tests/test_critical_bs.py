@@ -147,7 +147,7 @@ def linear_regression_plans(schedule, d=20, noise_sd=2.0, steps_per_epoch=300, e
     delta = torch.randn(d, generator=generator, dtype=torch.float64)
     delta /= delta.norm()  # w - w*, |w - w*|^2 = 1
     truth = d * (1 + noise_sd**2) + 1
-    estimator = NoiseScaleEstimator(ema=0.99, every=1)
+    estimator = NoiseScaleEstimator(memory=steps_per_epoch * schedule(0).batch_size, every=1)  # one epoch at the first B
     got, measured = [], []
     for epoch in range(epochs):
         plan = schedule(epoch, {"gns_b_simple": measured})

@@ -1,3 +1,4 @@
+import logging
 import random
 
 import mnist1d.data
@@ -101,3 +102,61 @@ def test_digits_split_is_seeded():
     assert a.x_train.shape == (1437, 64) and a.x_val.shape == (360, 64)
     assert float(a.x_train.max()) <= 1.0
     assert torch.equal(a.y_train, b.y_train) and not torch.equal(a.y_train, c.y_train)
+
+
+# --- the MNIST-1D cache is checked against what it claims to be ------------------------------------
+
+def _only_cache(folder):
+    (path,) = folder.glob("mnist1d_*.npz")
+    return path
+
+
+def _rewrite(path, **arrays):
+    """Replace a cache file's arrays (the others kept), as a stray or edited file would hold them."""
+    with np.load(path) as stored:
+        kept = {name: stored[name] for name in stored.files}
+    kept.update(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **kept)
+
+
+@pytest.mark.parametrize("fault", ["other_seed", "more_rows", "fewer_rows", "labels_10_19", "edited", "old_format"])
+def test_mnist1d_cache_that_is_not_what_its_name_says_is_regenerated_with_one_warning(tmp_path, caplog, fault):
+    """A cache file is trusted for what it holds, not for its name: one of another generator seed,
+    of 600 or 6,000 rows where 2,000 were asked, with labels 10-19, edited after it was written, or
+    written without the digests (an older version) trains nothing: one warning naming the file,
+    then the same data as a genuine cache gives."""
+    genuine_dir, other_dir, cache_dir = tmp_path / "genuine", tmp_path / "other", tmp_path / "cache"
+    genuine = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(genuine_dir))
+    load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+    path = _only_cache(cache_dir)
+    if fault == "other_seed":  # another seed's cache under this one's name
+        load_mnist1d(n_samples=2000, n_val=400, generator_seed=7, cache_dir=str(other_dir))
+        _only_cache(other_dir).replace(path)
+    elif fault in ("more_rows", "fewer_rows"):
+        rows = 6000 if fault == "more_rows" else 600
+        load_mnist1d(n_samples=rows, n_val=100, generator_seed=42, cache_dir=str(other_dir))
+        _only_cache(other_dir).replace(path)
+    elif fault == "labels_10_19":
+        with np.load(path) as stored:
+            _rewrite(path, y=stored["y"] + 10)
+    elif fault == "edited":
+        with np.load(path) as stored:
+            _rewrite(path, x=stored["x"][::-1].copy())  # the same rows, another order
+    else:
+        with np.load(path) as stored:
+            x, y = stored["x"], stored["y"]
+        with open(path, "wb") as f:
+            np.savez(f, x=x, y=y)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.data"):
+        data = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+    assert data.digest() == genuine.digest()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+    assert "\n" not in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.data"):  # replaced: the next read trusts it, silently
+        again = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+    assert again.digest() == genuine.digest() and not caplog.records
+    assert [p.name for p in cache_dir.iterdir()] == [path.name]  # no temporary file left

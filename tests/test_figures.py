@@ -239,7 +239,8 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
                      output_dir=store, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = make_cfg(*LEARNS, "schedule=increase_bs", "trainer.seed=1", output_dir=store)
-    tags = {schema.SCHEDULE_TAG: "increase_bs", schema.SEED_TAG: "1", schema.SWEEP_TAG: "with-failure"}
+    tags = {schema.SCHEDULE_TAG: "increase_bs", schema.SEED_TAG: "1", schema.SWEEP_TAG: "with-failure",
+            schema.CONFIG_HASH_TAG: "with-failure"}
     with pytest.raises(MemoryError):
         with tracked_run(cfg, tags, run_name="increase_bs seed=1"):
             raise MemoryError("simulated out of memory")

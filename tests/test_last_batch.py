@@ -6,7 +6,7 @@ global forward pre-hook adds up the samples the model sees in training mode, a g
 step pre-hook records that sum at each step (micro-batches add up to their batch)."""
 
 import pytest
-from helpers.configs import TINY, group_options
+from helpers.configs import TINY, for_schedule, group_options
 from helpers.steps import Interrupted, step_sizes
 from helpers.store import client_for, history, only_run
 
@@ -44,9 +44,7 @@ def check_carry_counters(client, run_id) -> None:
 # its estimate. dropout 0: the sizes are what is checked, not the numbers.
 @pytest.mark.parametrize("schedule", group_options("schedule"))
 def test_every_update_of_every_schedule_has_exactly_B_samples(make_cfg, shared_store, schedule):
-    tiny = TINY if not schedule.startswith("plateau") else [o for o in TINY if "milestones" not in o]
-    cfg = make_cfg(*tiny, f"schedule={schedule}", "schedule.batch_size=16", "schedule.max_batch_size=1000",
-                   "trainer.resume=false", "model.dropout=0.0", f"tracking.sweep_id=carry-{schedule}")
+    cfg = make_cfg(*for_schedule(schedule, *TINY, "schedule.batch_size=16", "schedule.max_batch_size=1000"), f"schedule={schedule}", "trainer.resume=false", "model.dropout=0.0", f"tracking.sweep_id=carry-{schedule}")
     assert cfg.trainer.last_batch == "carry"  # the default
     with step_sizes() as sizes:
         final = train(cfg)

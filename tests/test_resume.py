@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from helpers.cli import run_cli
-from helpers.configs import ROOT, TINY
+from helpers.configs import ROOT, TINY, checkpoint_path
 from helpers.steps import Interrupted, step_sizes
 from helpers.store import client_for, history, runs_in
 
@@ -101,7 +101,7 @@ def test_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
 
 def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, caplog):
     cfg = make_cfg(*TINY, "tracking.sweep_id=torn", output_dir=tmp_path)
-    torn = checkpoint.paths_of(cfg)[0]
+    torn = checkpoint_path(cfg)
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"PK\x03\x04 not really a checkpoint")
     final = train(cfg)
@@ -121,7 +121,7 @@ def test_a_fallback_to_the_previous_checkpoint_logs_each_epoch_once(make_cfg, tm
     [stopped] = runs_in(tmp_path)
     client = client_for(tmp_path)
     assert [s for s, _ in history(client, stopped.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
-    newest = checkpoint.paths_of(cfg)[0]
+    newest = checkpoint_path(cfg)
     assert checkpoint.load(newest, {"epoch"})["epoch"] == 2
     newest.write_bytes(newest.read_bytes()[:100])  # torn: epoch 1's .prev is the newest readable
 

@@ -1,10 +1,17 @@
-"""The schedule arithmetic alone, no training: the paper's numbers come out of it."""
+"""The schedule arithmetic alone, no training: the paper's numbers come out of it. And what each
+schedule's config holds: the keys it reads, no other (real Hydra composition, real `python -m src.run`)."""
+
+import inspect
 
 import pytest
+from helpers.cli import run_cli
+from helpers.configs import compose_config, group_options
+from hydra.utils import get_method
 
 from src.batching import planned_updates, updates_in_epoch
+from src.config import SUPPLIED_BY_LOOP, validate
 from src.errors import ConfigError
-from src.schedules import StepSchedule, milestone_epochs, noise_scale
+from src.schedules import Plan, StepSchedule, milestone_epochs, noise_scale
 
 # CIFAR-10 in the paper: N = 50,000, B0 = 128, 200 epochs, steps at 60/120/160, factor 5.
 N, EPOCHS = 50_000, 200
@@ -128,8 +135,9 @@ def test_milestones_fractions_or_epochs():
 
 
 def test_constant_never_changes():
-    constant = paper("constant", 0, milestones=[])
-    assert {constant(e) for e in range(EPOCHS)} == {constant(0)}
+    constant = StepSchedule.constant(name="constant", lr=0.1, batch_size=128, n_train=N, epochs=EPOCHS,
+                                     optimizer_momentum=0.9)
+    assert {constant(e) for e in range(EPOCHS)} == {constant(0)} == {Plan(lr=0.1, batch_size=128, momentum=0.9)}
 
 
 def test_paper_figure5_raising_the_effective_learning_rate():
@@ -168,3 +176,65 @@ def test_warmup_rises_from_the_unboosted_lr():
 def test_a_first_batch_above_the_cap_is_refused():
     with pytest.raises(ConfigError, match="schedule.batch_size=128: the first batch .3200"):
         paper("increase_momentum", None, 2000, lr_boost=5, momentum=0.98)
+
+
+# --- a schedule takes the keys it reads, and refuses the others ----------------------------------------
+
+SCHEDULES = group_options("schedule")
+
+
+def _composed_schedule(*overrides: str):
+    return compose_config(*overrides).schedule
+
+
+def _taken(node) -> set[str]:
+    """The keys the node's _target_ takes from the config (the loop supplies the rest)."""
+    parameters = inspect.signature(get_method(node._target_)).parameters
+    return set(parameters) - SUPPLIED_BY_LOOP["schedule"] - {"cls", "self"}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_key_a_schedule_composes_is_one_it_reads(schedule):
+    """Each option's composed node (its file and the bases it includes) holds only keys its
+    _target_ takes: no shared default that one schedule would ignore or another obey."""
+    node = _composed_schedule(f"schedule={schedule}")
+    assert set(node) - {"_target_"} <= _taken(node), schedule
+    validate(compose_config(f"schedule={schedule}"))
+
+
+# A value each key some schedule reads would take (valid for the range checks, which run first).
+SAMPLE_VALUES = {"milestones": "[5]", "factor": "2", "max_batch_size": "2000", "batch_growth_steps": "1",
+                 "lr_boost": "5", "momentum": "0.98", "scale_to_cap": "true", "warmup": "0.1", "multiple": "64",
+                 "min_growth": "2.0", "cap_factor": "2.0", "grow_batch": "true", "patience": "2", "min_delta": "0.01"}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_key_of_another_schedule_is_refused_naming_it_and_the_schedule(schedule):
+    """The class of `schedule=constant schedule.milestones=[5]` (a relabelled decay_lr): every key
+    some schedule reads, given to one that does not read it, is refused in one line naming the key
+    and the schedule, before anything is built."""
+    node = _composed_schedule(f"schedule={schedule}")
+    others = sorted(set().union(*(_taken(_composed_schedule(f"schedule={s}")) for s in SCHEDULES)) - _taken(node))
+    assert set(others) <= set(SAMPLE_VALUES), "a new schedule key: give it a value in SAMPLE_VALUES"
+    for key in others:
+        with pytest.raises(ConfigError) as error:
+            validate(compose_config(f"schedule={schedule}", f"+schedule.{key}={SAMPLE_VALUES[key]}"))
+        message = str(error.value)
+        assert message.startswith(f"schedule.{key}: unknown key; schedule {schedule} does not use it"), message
+        assert "\n" not in message
+    if schedule == "constant":
+        assert {"milestones", "factor", "max_batch_size", "batch_growth_steps"} <= set(others)
+
+
+@pytest.mark.parametrize("override", ["schedule.milestones=[5]", "+schedule.milestones=[5]",
+                                      "schedule.factor=2", "schedule.max_batch_size=2000"])
+def test_cli_constant_with_a_milestone_is_refused_and_writes_nothing(tmp_path, data_dir, override):
+    """End to end: exit 2, one line naming the key and the schedule, no folder written."""
+    key = override.lstrip("+").split("=")[0]
+    result = run_cli("schedule=constant", override, "dataset=digits", "trainer.epochs=6", output_dir=tmp_path / "out",
+                     data_dir=data_dir)
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: {key}: unknown key; schedule") and "constant" in line, line
+    assert "milestones, " not in line  # not the default schedule's keys: constant's
+    assert not (tmp_path / "out").exists()

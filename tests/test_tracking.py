@@ -15,7 +15,7 @@ from src.tracking import flatten, tracked_run
 def test_a_raising_job_ends_failed_with_the_error(make_cfg, shared_store):
     cfg = make_cfg(*TINY, "tracking.sweep_id=raises")
     with pytest.raises(RuntimeError, match="boom"):
-        with tracked_run(cfg, {schema.SWEEP_TAG: "raises"}, run_name="raises") as run:
+        with tracked_run(cfg, {schema.SWEEP_TAG: "raises", schema.CONFIG_HASH_TAG: "raises"}, run_name="raises") as run:
             run.log({schema.VAL_LOSS: 1.0}, step=0)
             raise RuntimeError("boom")
     [failed] = runs_in(shared_store, f"tags.{schema.SWEEP_TAG} = 'raises'")
@@ -28,10 +28,10 @@ def test_a_parent_run_that_is_not_a_sweeps_gives_no_job_count(make_cfg, shared_s
     """tracking.parent_run_id set by hand to a plain run (no jobs tag): the run nests under it."""
     client = client_for(shared_store)
     parent_cfg = make_cfg(*TINY, "tracking.sweep_id=plain-parent")
-    with tracked_run(parent_cfg, {schema.SWEEP_TAG: "plain-parent"}, run_name="plain parent") as parent:
+    with tracked_run(parent_cfg, {schema.SWEEP_TAG: "plain-parent", schema.CONFIG_HASH_TAG: "plain-parent"}, run_name="plain parent") as parent:
         pass
     cfg = make_cfg(*TINY, "tracking.sweep_id=nested", f"tracking.parent_run_id={parent.run_id}")
-    with tracked_run(cfg, {schema.SWEEP_TAG: "nested"}, run_name="nested") as run:
+    with tracked_run(cfg, {schema.SWEEP_TAG: "nested", schema.CONFIG_HASH_TAG: "nested"}, run_name="nested") as run:
         assert run.sweep_jobs is None
     assert client.get_run(run.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
 

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from helpers.configs import TINY, TINY_MNIST1D, group_options
+from helpers.configs import TINY, TINY_MNIST1D, for_schedule, group_options
 from helpers.store import client_for, history, only_run
 
 from src import schema
@@ -24,9 +24,8 @@ def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group
         ("model", "wrn"): ["dataset=cifar10", "model.depth=10", "model.width=1"],  # WRN-10-1: quick on CPU
     }.get((group, option), ["dataset=digits"])
     if group == "schedule":  # room for increase_momentum's B0 x25 under the cap (N = 1,437)
-        extra += ["schedule.batch_size=16", "schedule.max_batch_size=1000"]
-    if not (group == "schedule" and option.startswith("plateau")):  # one epoch: no room for a step
-        extra += ["schedule.milestones=[]"]
+        extra += for_schedule(option, "schedule.batch_size=16", "schedule.max_batch_size=1000")
+    extra += for_schedule(option if group == "schedule" else "decay_lr", "schedule.milestones=[]")  # one epoch
     cfg = make_cfg(f"{group}={option}", *extra, "trainer.epochs=1", "trainer.threads=1",
                    "trainer.resume=false",  # several options give the same one-epoch config
                    f"tracking.sweep_id=option-{group}-{option}")

@@ -165,7 +165,7 @@ class StudySweeper(Sweeper):
         try:
             yield
         except Exception as error:
-            message, _ = one_line_error(error)
+            message, _ = one_line_error(error, list(job))
             which = "" if number is None else f"job {number} ({_shown(job)}): "
             print(f"error: {which}{message}", file=sys.stderr)
             sys.exit(2)

@@ -35,3 +35,21 @@ def multirun_job_config(*overrides: str):
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
     return cfg
+
+
+def for_schedule(schedule: str, *overrides: str) -> list[str]:
+    """`overrides` without the `schedule.<key>=...` ones that `schedule` does not read (keys its
+    composed config lacks: constant takes no milestones or cap, the plateau arms no milestones),
+    which validation would refuse."""
+    reads = compose_config(f"schedule={schedule}").schedule
+    return [o for o in overrides if not o.startswith("schedule.") or o.split("=")[0].split(".")[1] in reads]
+
+
+def checkpoint_path(cfg):
+    """Where src.train keeps cfg's checkpoint: named by the hash of its config and its data."""
+    from hydra.utils import instantiate
+
+    from src import checkpoint
+    from src.tracking import hash_config
+
+    return checkpoint.path_of(cfg, hash_config(cfg, instantiate(cfg.dataset).digest()))
