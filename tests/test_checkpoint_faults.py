@@ -55,7 +55,7 @@ def test_a_full_disk_under_a_checkpoint_is_one_line_and_the_run_failed(make_cfg,
     assert not needs_traceback(raised.value)  # told in that one line
     [run] = runs_in(tmp_path)
     assert run.info.status == "FAILED"
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.with_suffix(".lock").name]  # nothing half-written
+    assert sorted(p.name for p in path.parent.iterdir()) == [checkpoint.lock_path(cfg).name]  # nothing half-written
 
 
 def test_a_full_filesystem_under_the_checkpoints_ends_the_command_in_one_line(tmp_path, data_dir):
