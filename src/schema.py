@@ -26,6 +26,11 @@ def default_experiment() -> str:
 TRAIN_LOSS = "train_loss"  # mean cross-entropy over the epoch's training samples
 VAL_LOSS = "val_loss"  # mean cross-entropy on the validation set
 VAL_ACC = "val_acc"  # fraction 0..1
+# The held-out test split: logged beside validation, read by the verdicts, figures 3-5 and the
+# reports, and by no decision (plateau schedules, the best validation loss and every choice of
+# this study read validation only).
+TEST_LOSS = "test_loss"  # mean cross-entropy on the test set
+TEST_ACC = "test_acc"  # fraction 0..1
 LR = "lr"  # as applied: the schedule's lr x optimizer.lr_scale
 BATCH_SIZE = "batch_size"
 MOMENTUM = "momentum"
@@ -33,8 +38,8 @@ NOISE_SCALE = "noise_scale"  # the paper's g = lr / (1 - m) (N / B - 1), units o
 PARAM_UPDATES = "param_updates"  # optimizer steps so far
 SAMPLES_SEEN = "samples_seen"  # samples that went into those steps
 WALL_TIME_S = "wall_time_s"  # seconds in training steps so far (validation and logging left out)
-EPOCH_METRICS = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, SAMPLES_SEEN,
-                 WALL_TIME_S)
+EPOCH_METRICS = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE,
+                 PARAM_UPDATES, SAMPLES_SEEN, WALL_TIME_S)
 # Also after every epoch, read from the clock and the device (so they differ between two runs of
 # the same config): the epoch's training throughput, its samples / its seconds in training steps;
 # and on a CUDA device only, the most memory torch's allocator held during the epoch
@@ -53,12 +58,15 @@ GNS_BATCH_CAP = "gns_batch_cap"  # critical_bs: cap_factor x B_simple at the lat
 # Logged once, when the run ends.
 FINAL_VAL_LOSS = "final_val_loss"
 FINAL_VAL_ACC = "final_val_acc"
+FINAL_TEST_LOSS = "final_test_loss"
+FINAL_TEST_ACC = "final_test_acc"
 TOTAL_PARAM_UPDATES = "total_param_updates"
 TRAIN_TIME_S = "train_time_s"  # the last wall_time_s
 # Seconds of the whole job (data, model, training, validation, logging), earlier attempts of a
 # resumed run included.
 TOTAL_WALL_TIME_S = "total_wall_time_s"
-FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S, TOTAL_WALL_TIME_S)
+FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, FINAL_TEST_LOSS, FINAL_TEST_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S,
+                 TOTAL_WALL_TIME_S)
 
 # The artifact a FINISHED run keeps its final weights in (tracking.log_weights): the model's
 # state_dict, torch.save'd; `python -m src.evaluate` reads it back.
