@@ -118,7 +118,8 @@ def preset_cfg(overrides, preset: str = "smith2018_cifar10", output_dir=None):
 
 def synthetic_cifar(n_train: int, n_val: int, device, seed: int = 0):
     """CIFAR-shaped standard-normal images and random labels, resident on `device`, with the
-    project's crop-and-flip augmentation (src.data): what load_cifar10 returns, minus the files."""
+    project's crop-and-flip augmentation (src.data): what load_cifar10 returns, minus the files.
+    The test split is the validation images again: the probe times, it reports no accuracy."""
     import torch
 
     from src.data import Dataset, augment_crop_flip
@@ -126,7 +127,8 @@ def synthetic_cifar(n_train: int, n_val: int, device, seed: int = 0):
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(n_train + n_val, *CIFAR_SHAPE, generator=generator, device=device)
     y = torch.randint(0, 10, (n_train + n_val,), generator=generator, device=device)
-    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, name="synthetic_cifar10",
+    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], x[n_train:], y[n_train:], 10,
+                   name="synthetic_cifar10",
                    source="torch.randn (no file)", augment=augment_crop_flip)
 
 

@@ -116,7 +116,7 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World(), dat
     if data is None:
         with _built_from(cfg, "dataset", "cannot make its data"):
             data = instantiate(cfg.dataset).to(device)
-    validate_against_data(cfg, data.n_train, data.n_val)
+    validate_against_data(cfg, data.n_train, data.n_val, data.n_test)
     precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = build_model(cfg, data, device, precision)
     with _built_from(cfg, "schedule", "cannot be built"):

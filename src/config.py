@@ -376,12 +376,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def validate_against_data(cfg: DictConfig, n_train: int, n_val: int) -> None:
-    """The checks that need the data's sizes: N training and n_val validation samples (known
-    once the data are loaded)."""
-    if n_train < 1 or n_val < 1:
+def validate_against_data(cfg: DictConfig, n_train: int, n_val: int, n_test: int) -> None:
+    """The checks that need the data's sizes: N training, n_val validation and n_test test
+    samples (known once the data are loaded)."""
+    if min(n_train, n_val, n_test) < 1:
         keys = ", ".join(f"dataset.{k}={v}" for k, v in cfg.dataset.items() if k != "_target_")
-        raise ConfigError(f"{keys}: gives {n_train} training and {n_val} validation samples; each must be >= 1")
+        raise ConfigError(f"{keys}: gives {n_train} training, {n_val} validation and {n_test} test samples; "
+                          "each must be >= 1")
     for key in ("batch_size", "max_batch_size"):
         value = cfg.schedule.get(key)
         if value is not None and value > n_train:

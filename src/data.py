@@ -1,5 +1,11 @@
 """Data: each loader returns a Dataset of whole tensors that then live on the training device.
 
+Three splits: train (the steps), validation (what any decision may read: the plateau schedules,
+the best validation loss, the choice of settings) and test (held out: logged and reported, read
+by no decision). MNIST-1D and digits split one seeded, shuffled set as [train | val | test];
+covertype likewise by fractions; CIFAR-10 keeps its 10,000 test images as the test split, as the
+paper reports test accuracy, and holds out the last training images for validation.
+
 Batches are slices of a seeded permutation of the resident training tensors (src.batching), so
 the batch size can change at any epoch with nothing to rebuild. Augmentation, where a dataset has
 one, works on a whole batch on the device for the same reason (augment_crop_flip).
@@ -43,6 +49,8 @@ class Dataset:
     y_train: torch.Tensor  # int64 class indices
     x_val: torch.Tensor
     y_val: torch.Tensor
+    x_test: torch.Tensor  # held out: logged and reported, read by no decision
+    y_test: torch.Tensor
     n_classes: int
     name: str  # the data set, as its conf/dataset/ option names it
     source: str  # where the samples came from: the URI of the file or folder they were read from
@@ -57,12 +65,16 @@ class Dataset:
     def n_val(self) -> int:
         return len(self.y_val)
 
+    @property
+    def n_test(self) -> int:
+        return len(self.y_test)
+
     def digest(self) -> str:
         """A fingerprint of the samples as the run trains and validates on them (after the split
-        and the scaling): sha256 over the four tensors' bytes and shapes, 12 hex digits. Two runs
+        and the scaling): sha256 over the six tensors' bytes and shapes, 12 hex digits. Two runs
         with the same digest saw the same data, whatever the loader's arguments."""
         sha = hashlib.sha256()
-        for tensor in (self.x_train, self.y_train, self.x_val, self.y_val):
+        for tensor in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
             sha.update(str(tuple(tensor.shape)).encode())
             sha.update(tensor.detach().cpu().contiguous().numpy())  # the buffer itself: no second copy
         return sha.hexdigest()[:12]
@@ -78,14 +90,21 @@ class Dataset:
             y_train=self.y_train.to(device),
             x_val=self.x_val.to(device),
             y_val=self.y_val.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
         )
 
 
-def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_classes: int, name: str, source: str) -> Dataset:
+def _from_arrays(x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, n_classes: int, name: str,
+                 source: str) -> Dataset:
+    """Already shuffled samples split in order: [train | n_val validation | n_test test]. Sizes
+    below 1 are left for config.validate_against_data to refuse, naming the keys."""
     x_t = torch.as_tensor(x, dtype=torch.float32)
     y_t = torch.as_tensor(y, dtype=torch.int64)
-    n_train = len(y_t) - n_val
-    return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:], y_t[n_train:], n_classes, name=name, source=source)
+    n_train = max(len(y_t) - max(n_val, 0) - max(n_test, 0), 0)
+    n_train_val = min(n_train + max(n_val, 0), len(y_t))
+    return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:n_train_val], y_t[n_train:n_train_val],
+                   x_t[n_train_val:], y_t[n_train_val:], n_classes, name=name, source=source)
 
 
 @contextmanager
@@ -161,7 +180,7 @@ def _read_cache(path: Path, n_samples: int, inputs: str) -> tuple[np.ndarray, np
     return None
 
 
-def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str) -> Dataset:
+def load_mnist1d(n_samples: int, n_val: int, n_test: int, generator_seed: int, cache_dir: str) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally with mnist1d's make_dataset, never its
     download path. Cached as .npz under cache_dir, named by the generation arguments and
     checked against them when read (_read_cache)."""
@@ -183,11 +202,11 @@ def load_mnist1d(n_samples: int, n_val: int, generator_seed: int, cache_dir: str
         content = _content_digest(x, y)
         # parallel jobs generating the same cache never see a torn file
         write_atomically(path, lambda f: np.savez(f, x=x, y=y, inputs=inputs, content=content))
-    # make_dataset already shuffled and standardised the whole set: split head/tail.
-    return _from_arrays(x, y, n_val, n_classes=MNIST1D_CLASSES, name="mnist1d", source=path.resolve().as_uri())
+    # make_dataset already shuffled and standardised the whole set: split in order.
+    return _from_arrays(x, y, n_val, n_test, n_classes=MNIST1D_CLASSES, name="mnist1d", source=path.resolve().as_uri())
 
 
-def load_digits(n_val: int, split_seed: int) -> Dataset:
+def load_digits(n_val: int, n_test: int, split_seed: int) -> Dataset:
     """sklearn's bundled 8x8 digits (1,797 samples, no download): for smoke tests."""
     import sklearn.datasets
     from sklearn.datasets import load_digits as sklearn_digits
@@ -196,7 +215,7 @@ def load_digits(n_val: int, split_seed: int) -> Dataset:
     order = np.random.default_rng(split_seed).permutation(len(y))
     x = x[order] / 16.0  # pixel values 0..16 -> 0..1
     bundled = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"  # the file load_digits reads
-    return _from_arrays(x, y[order], n_val, n_classes=10, name="digits", source=bundled.as_uri())
+    return _from_arrays(x, y[order], n_val, n_test, n_classes=10, name="digits", source=bundled.as_uri())
 
 
 def _unavailable(what_and_where: str, reason: str) -> DatasetUnavailable:
@@ -204,13 +223,13 @@ def _unavailable(what_and_where: str, reason: str) -> DatasetUnavailable:
     return DatasetUnavailable(" ".join(f"{what_and_where} ({reason})".split()))
 
 
-def _standardise_in_place(train: torch.Tensor, val: torch.Tensor, dims: tuple[int, ...]) -> None:
-    """Subtract the TRAIN part's mean and divide by its (population) std over `dims`, in both
-    parts. A feature constant in the train part is divided by 1, as sklearn's StandardScaler
+def _standardise_in_place(data: Dataset, dims: tuple[int, ...]) -> None:
+    """Subtract the TRAIN part's mean and divide by its (population) std over `dims`, in all
+    three parts. A feature constant in the train part is divided by 1, as sklearn's StandardScaler
     does. In place: CIFAR-10's training set is 600 MB as float32."""
-    std, mean = torch.std_mean(train, dim=dims, correction=0, keepdim=True)
+    std, mean = torch.std_mean(data.x_train, dim=dims, correction=0, keepdim=True)
     std = torch.where(std > 0, std, torch.ones_like(std))
-    for part in (train, val):
+    for part in (data.x_train, data.x_val, data.x_test):
         part.sub_(mean).div_(std)
 
 
@@ -273,15 +292,16 @@ def _download_cifar10(data_dir: Path) -> str | None:
     return None
 
 
-def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = None, n_val: int | None = None) -> Dataset:
-    """CIFAR-10 from torchvision's on-disk format, <data_dir>/cifar-10-batches-py/ (50,000 train
-    images in data_batch_1..5; validation = the 10,000 of test_batch), as float32 (N, 3, 32, 32)
-    normalised per channel with the training set's mean and std. Missing files are downloaded
-    with torchvision when `download` and torchvision is installed. Training batches are
-    augmented as in the WRN code the paper follows (augment_crop_flip; inferred: the paper is
-    silent). n_train / n_val keep the first images of each part only (the files are already
-    shuffled): for quick, scaled-down runs; more than the files hold is refused (ConfigError). A
-    batch file that is not one (truncated, empty) is DatasetUnavailable naming it."""
+def load_cifar10(data_dir: str, download: bool, n_val: int, n_train: int | None, n_test: int | None) -> Dataset:
+    """CIFAR-10 from torchvision's on-disk format, <data_dir>/cifar-10-batches-py/, as float32
+    (N, 3, 32, 32) normalised per channel with the training set's mean and std. Test = the
+    10,000 images of test_batch, the paper's test set; validation = the last n_val of the
+    50,000 in data_batch_1..5 (the files are already shuffled), train = the rest. Missing
+    files are downloaded with torchvision when `download` and torchvision is installed.
+    Training batches are augmented as in the WRN code the paper follows (augment_crop_flip;
+    inferred: the paper is silent). n_train / n_test keep the first images of their part only
+    (null: all): for quick, scaled-down runs; more than the files hold is refused
+    (ConfigError). A batch file that is not one (truncated, empty) is DatasetUnavailable naming it."""
     data_dir = Path(data_dir).resolve()
     folder = data_dir / CIFAR10_FOLDER
 
@@ -296,24 +316,29 @@ def load_cifar10(data_dir: str, download: bool = True, n_train: int | None = Non
                 f"{CIFAR10_URL}) under {data_dir}",
                 reason or "downloaded, yet files are missing",
             )
-    x_train, y_train = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
-    x_val, y_val = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
-    _at_most_available("dataset.n_train", n_train, len(y_train), folder)
-    _at_most_available("dataset.n_val", n_val, len(y_val), folder)
-    x_train, y_train, x_val, y_val = x_train[:n_train], y_train[:n_train], x_val[:n_val], y_val[:n_val]
-    _standardise_in_place(x_train, x_val, dims=(0, 2, 3))
-    return Dataset(x_train, y_train, x_val, y_val, n_classes=10, augment=augment_crop_flip, name="cifar10",
-                   source=folder.as_uri())
+    x_all, y_all = _read_cifar10_batches(folder, CIFAR10_TRAIN_FILES)
+    x_test, y_test = _read_cifar10_batches(folder, (CIFAR10_TEST_FILE,))
+    if not 0 < n_val < len(y_all):  # validation comes out of the training files: one image at least left to train on
+        raise ConfigError(f"dataset.n_val={n_val}: the files under {folder} hold {len(y_all)} training images; "
+                          f"between 1 and {len(y_all) - 1}, the rest to train on")
+    n_rest = len(y_all) - n_val
+    _at_most_available("dataset.n_train", n_train, n_rest, folder)
+    _at_most_available("dataset.n_test", n_test, len(y_test), folder)
+    data = Dataset(x_all[:n_rest][:n_train], y_all[:n_rest][:n_train], x_all[n_rest:], y_all[n_rest:],
+                   x_test[:n_test], y_test[:n_test], n_classes=CIFAR10_CLASSES, augment=augment_crop_flip,
+                   name="cifar10", source=folder.as_uri())
+    _standardise_in_place(data, dims=(0, 2, 3))
+    return data
 
 
-def load_covtype(
-    data_dir: str, split_seed: int, val_fraction: float = 0.25, download: bool = True, n_samples: int | None = None
-) -> Dataset:
+def load_covtype(data_dir: str, split_seed: int, val_fraction: float, test_fraction: float, download: bool,
+                 n_samples: int | None) -> Dataset:
     """Forest covertype (581,012 samples, 54 features, 7 classes) through
     sklearn.datasets.fetch_covtype, cached under <data_dir>/covertype/ (sklearn's own cache:
     samples_py3 and targets_py3, joblib dumps); downloaded there when missing and `download`.
-    The blog demo's split: a seeded shuffle, the last `val_fraction` for validation (rounded up,
-    as sklearn's train_test_split does). Features standardised with the train part's mean and
+    A seeded shuffle split as [train | val_fraction validation | test_fraction test], each
+    fraction rounded up as sklearn's train_test_split does (the blog demo's split is 75/25
+    train/validation and has no test part). Features standardised with the train part's mean and
     std; labels 1..7 become 0..6. n_samples keeps that many of the shuffled samples (before the
     split): for quick, scaled-down runs; more than the cache holds is refused (ConfigError)."""
     from sklearn.datasets import fetch_covtype
@@ -331,10 +356,10 @@ def load_covtype(
         ) from error
     _at_most_available("dataset.n_samples", n_samples, len(y), data_dir / "covertype")
     order = np.random.default_rng(split_seed).permutation(len(y))[:n_samples]
-    n_val = math.ceil(val_fraction * len(order))
-    data = _from_arrays(x[order], y[order] - 1, n_val, n_classes=7, name="covtype",
+    n_val, n_test = math.ceil(val_fraction * len(order)), math.ceil(test_fraction * len(order))
+    data = _from_arrays(x[order], y[order] - 1, n_val, n_test, n_classes=7, name="covtype",
                         source=(data_dir / "covertype").as_uri())
-    _standardise_in_place(data.x_train, data.x_val, dims=(0,))
+    _standardise_in_place(data, dims=(0,))
     return data
 
 

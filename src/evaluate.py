@@ -1,10 +1,10 @@
 """`python -m src.evaluate run_id=<id> [KEY=VALUE ...]`: a logged run's final weights, evaluated
-on the validation set again.
+on the validation and test sets again.
 
 Reads the run's config (its config.yaml artifact) and its weights (model/state_dict.pt, kept by
 tracking.log_weights), rebuilds the data and the model as the run built them (src.build.build_run),
-and prints the validation loss and accuracy next to the run's logged final_val_loss and
-final_val_acc, and whether the data are the ones it trained on (the digest of its dataset input).
+and prints the validation and test loss and accuracy next to the run's logged final_val_*
+and final_test_* metrics, and whether the data are the ones it trained on (the digest of its dataset input).
 Nothing is logged.
 
 The overrides (KEY=VALUE, as src.run takes them) locate the store through conf/config.yaml
@@ -38,8 +38,8 @@ def split_arguments(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 
 def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
-    """The run's weights on its validation set: {val_loss, val_acc, logged (the run's final
-    metrics), digest (of the data now), logged_digest, device, run_name}."""
+    """The run's weights on its validation and test sets: {val_loss, val_acc, test_loss, test_acc,
+    logged (the run's final metrics), digest (of the data now), logged_digest, device, run_name}."""
     import torch
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
@@ -69,12 +69,15 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
     device = devices.pick_device(cfg.trainer.device)
     parts = build_run(cfg, device)
     parts.model.load_state_dict(weights)
-    val_loss, val_acc = evaluate_split(parts.model, parts.data.x_val, parts.data.y_val, cfg.trainer.eval_batch_size,
-                                       parts.settings.precision)
+    measured = {}
+    for split, x, y in (("val", parts.data.x_val, parts.data.y_val), ("test", parts.data.x_test, parts.data.y_test)):
+        measured[f"{split}_loss"], measured[f"{split}_acc"] = evaluate_split(
+            parts.model, x, y, cfg.trainer.eval_batch_size, parts.settings.precision)
     logged_digests = [d.dataset.digest for d in run.inputs.dataset_inputs]
     return {
-        "val_loss": val_loss, "val_acc": val_acc,
-        "logged": {name: run.data.metrics.get(name) for name in (schema.FINAL_VAL_LOSS, schema.FINAL_VAL_ACC)},
+        **measured,
+        "logged": {name: run.data.metrics.get(name) for name in (schema.FINAL_VAL_LOSS, schema.FINAL_VAL_ACC,
+                                                                  schema.FINAL_TEST_LOSS, schema.FINAL_TEST_ACC)},
         "digest": parts.data.digest(), "logged_digest": logged_digests[0] if logged_digests else None,
         "device": str(device), "run_name": run.info.run_name,
     }
@@ -82,7 +85,7 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from src.cli import one_line_error
-    from src.schema import FINAL_VAL_ACC, FINAL_VAL_LOSS
+    from src import schema
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -99,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = ("the data it trained on" if result["digest"] == result["logged_digest"]
             else f"OTHER data than it trained on (digest {result['digest']}, logged {result['logged_digest']})")
     print(f"run {run_id} ({result['run_name']}), evaluated on {result['device']} with {data}:")
-    print(f"  val_acc  {result['val_acc']:.6f}   logged {FINAL_VAL_ACC} {logged[FINAL_VAL_ACC]:.6f}   "
-          f"difference {100 * (result['val_acc'] - logged[FINAL_VAL_ACC]):+.4f} points")
-    print(f"  val_loss {result['val_loss']:.6f}   logged {FINAL_VAL_LOSS} {logged[FINAL_VAL_LOSS]:.6f}")
+    for split, acc_name, loss_name in (("val", schema.FINAL_VAL_ACC, schema.FINAL_VAL_LOSS),
+                                       ("test", schema.FINAL_TEST_ACC, schema.FINAL_TEST_LOSS)):
+        if logged[acc_name] is None:  # a run from before the test split was logged
+            print(f"  {split}_acc  {result[f'{split}_acc']:.6f}   ({acc_name} not logged)")
+            continue
+        print(f"  {split}_acc  {result[f'{split}_acc']:.6f}   logged {acc_name} {logged[acc_name]:.6f}   "
+              f"difference {100 * (result[f'{split}_acc'] - logged[acc_name]):+.4f} points")
+        print(f"  {split}_loss {result[f'{split}_loss']:.6f}   logged {loss_name} {logged[loss_name]:.6f}")
     return 0
 
 

@@ -314,7 +314,7 @@ def ui_command(tracking: DictConfig) -> str | None:
 def dataset_input(data: Dataset) -> DatasetInput:
     """The data set as an MLflow dataset input (the runs table's Dataset column): its name, its
     digest (Dataset.digest: the samples themselves), where it came from, and a profile with N
-    train / N validation, the classes and the input shape."""
+    train / validation / test, the classes and the input shape."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -322,7 +322,7 @@ def dataset_input(data: Dataset) -> DatasetInput:
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         source = resolve_dataset_source(data.source)
     meta = MetaDataset(source, name=data.name, digest=data.digest()).to_dict()
-    profile = {"n_train": data.n_train, "n_val": data.n_val, "n_classes": data.n_classes,
+    profile = {"n_train": data.n_train, "n_val": data.n_val, "n_test": data.n_test, "n_classes": data.n_classes,
                "input_shape": list(data.input_shape)}
     entity = DatasetEntity(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"],
                            source=meta["source"], profile=json.dumps(profile))

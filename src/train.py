@@ -165,7 +165,7 @@ def _restored(parts: RunParts, world: World, saved_state: dict | None) -> tuple[
 def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoch: int, plan: Plan,
                         eval_batch_size: int, progress: EpochProgress | None) -> dict[str, float]:
     """Epoch `epoch` at `plan`: its training steps (the loop's counters advanced), then the
-    validation split; returns the epoch's metrics, as logged. `learner` is `parts` with the model
+    validation and the test split; returns the epoch's metrics, as logged. `learner` is `parts` with the model
     as it steps (DDP-wrapped under torchrun). A loss that is not finite ends the run (Diverged)."""
     data = parts.data
     device = data.x_train.device
@@ -183,6 +183,8 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoc
 
     val_loss, val_acc = evaluate_split(learner.model, data.x_val, data.y_val, eval_batch_size,
                                        parts.settings.precision, parts.settings.world)
+    test_loss, test_acc = evaluate_split(learner.model, data.x_test, data.y_test, eval_batch_size,
+                                         parts.settings.precision, parts.settings.world)
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
         raise Diverged(f"loss is {train_loss} (train) / {val_loss} (val) after epoch {epoch}: diverged")
     lr = plan.lr * parts.lr_scale
@@ -190,6 +192,8 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoc
         schema.TRAIN_LOSS: train_loss,
         schema.VAL_LOSS: val_loss,
         schema.VAL_ACC: val_acc,
+        schema.TEST_LOSS: test_loss,
+        schema.TEST_ACC: test_acc,
         schema.LR: lr,
         schema.BATCH_SIZE: plan.batch_size,
         schema.MOMENTUM: plan.momentum,
@@ -213,6 +217,8 @@ def _final_metrics(loop: LoopState, started: float) -> dict[str, float]:
     return {
         schema.FINAL_VAL_LOSS: loop.history[schema.VAL_LOSS][-1],
         schema.FINAL_VAL_ACC: loop.history[schema.VAL_ACC][-1],
+        schema.FINAL_TEST_LOSS: loop.history[schema.TEST_LOSS][-1],
+        schema.FINAL_TEST_ACC: loop.history[schema.TEST_ACC][-1],
         schema.TOTAL_PARAM_UPDATES: loop.param_updates,
         schema.TRAIN_TIME_S: loop.train_time,
         schema.TOTAL_WALL_TIME_S: loop.earlier_attempts_s + time.perf_counter() - started,

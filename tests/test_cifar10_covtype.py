@@ -16,6 +16,10 @@ from src.data import DatasetUnavailable, augment_crop_flip, load_cifar10, load_c
 from src.errors import ConfigError
 
 PER_BATCH = 20  # images per CIFAR-10 batch file (the real ones hold 10,000)
+# The loaders' arguments as conf/dataset gives them, at this file's sizes: the last PER_BATCH
+# training images for validation.
+CIFAR10 = {"download": False, "n_val": PER_BATCH, "n_train": None, "n_test": None}
+COVTYPE = {"split_seed": 0, "val_fraction": 0.25, "test_fraction": 0.1, "download": False, "n_samples": None}
 
 
 def write_cifar10(data_dir, seed=0):
@@ -34,18 +38,23 @@ def offline(monkeypatch):
 
 
 def test_cifar10_reads_the_python_batches_normalised_per_channel(tmp_path):
-    raw_train, train_labels, raw_val, val_labels = write_cifar10(tmp_path)
-    data = load_cifar10(str(tmp_path), download=False)
-    assert data.x_train.shape == (5 * PER_BATCH, 3, 32, 32) and data.x_val.shape == (PER_BATCH, 3, 32, 32)
+    """Test = test_batch (the paper's test set); validation = the last training images."""
+    raw_files, file_labels, raw_test, test_labels = write_cifar10(tmp_path)
+    data = load_cifar10(str(tmp_path), **CIFAR10)
+    n_train = 4 * PER_BATCH
+    raw_train, raw_val = raw_files[:n_train], raw_files[n_train:]
+    assert data.x_train.shape == (n_train, 3, 32, 32) and data.x_val.shape == (PER_BATCH, 3, 32, 32)
+    assert data.x_test.shape == (PER_BATCH, 3, 32, 32)
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
-    assert data.y_train.tolist() == train_labels and data.y_val.tolist() == val_labels
+    assert data.y_train.tolist() == file_labels[:n_train] and data.y_val.tolist() == file_labels[n_train:]
+    assert data.y_test.tolist() == test_labels
     assert data.n_classes == 10 and data.augment is augment_crop_flip
     assert torch.allclose(data.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(data.x_train.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4)
-    # pixel (c, i, j) is row entry c*1024 + i*32 + j; validation uses the TRAIN statistics
+    # pixel (c, i, j) is row entry c*1024 + i*32 + j; validation and test use the TRAIN statistics
     pixels = raw_train.reshape(-1, 3, 1024).transpose(1, 0, 2).reshape(3, -1).astype(np.float64)
     mean, std = pixels.mean(axis=1), pixels.std(axis=1)
-    for x, raw in ((data.x_train, raw_train), (data.x_val, raw_val)):
+    for x, raw in ((data.x_train, raw_train), (data.x_val, raw_val), (data.x_test, raw_test)):
         expected = (raw.reshape(-1, 3, 32, 32) - mean[:, None, None]) / std[:, None, None]
         assert np.allclose(x.numpy(), expected, atol=1e-4)
     assert data.to(torch.device("cpu")).augment is augment_crop_flip
@@ -61,52 +70,58 @@ def assert_one_line_naming(error: pytest.ExceptionInfo, *parts: str) -> None:
 def test_cifar10_missing_is_one_line_saying_what_goes_where(tmp_path, offline):
     for download in (False, True):
         with pytest.raises(DatasetUnavailable) as error:
-            load_cifar10(str(tmp_path), download=download)
+            load_cifar10(str(tmp_path), **{**CIFAR10, "download": download})
         assert_one_line_naming(error, str(tmp_path.resolve()), "cifar-10-batches-py/", "data_batch_1", "test_batch",
                                "cifar-10-python.tar.gz")
     assert isinstance(error.value, RuntimeError)
 
 
-def row_ids(data) -> tuple[np.ndarray, np.ndarray]:
-    """Column 0 standardised is an increasing affine map of the row index: ranks give it back."""
-    column = torch.cat([data.x_train[:, 0], data.x_val[:, 0]]).numpy()
+def row_ids(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column 0 standardised is an increasing affine map of the row index: ranks give it back.
+    (train, validation, test) row indices."""
+    column = torch.cat([data.x_train[:, 0], data.x_val[:, 0], data.x_test[:, 0]]).numpy()
     ids = column.argsort().argsort()
-    return ids[: data.n_train], ids[data.n_train :]
+    n_train_val = data.n_train + data.n_val
+    return ids[: data.n_train], ids[data.n_train : n_train_val], ids[n_train_val:]
 
 
 def test_covtype_reads_sklearns_cache_standardised_and_split(tmp_path):
     x, y = write_covtype_cache(tmp_path)
     assert fetch_covtype(data_home=str(tmp_path), download_if_missing=False, return_X_y=True)[0].shape == (200, 54)
-    data = load_covtype(str(tmp_path), split_seed=0, download=False)
-    assert data.x_train.shape == (150, 54) and data.x_val.shape == (50, 54)
+    data = load_covtype(str(tmp_path), **COVTYPE)
+    assert data.x_train.shape == (130, 54) and data.x_val.shape == (50, 54) and data.x_test.shape == (20, 54)
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
     assert data.n_classes == 7 and data.augment is None
-    train_ids, val_ids = row_ids(data)
-    assert sorted([*train_ids, *val_ids]) == list(range(200))  # a partition of the rows
+    train_ids, val_ids, test_ids = row_ids(data)
+    assert sorted([*train_ids, *val_ids, *test_ids]) == list(range(200))  # a partition of the rows
     assert data.y_train.tolist() == (y[train_ids] - 1).tolist() and data.y_val.tolist() == (y[val_ids] - 1).tolist()
+    assert data.y_test.tolist() == (y[test_ids] - 1).tolist()
     assert set(data.y_train.tolist()) <= set(range(7))
     varying = data.x_train[:, :-1]
     assert torch.allclose(varying.mean(0), torch.zeros(53), atol=1e-5)
     assert torch.allclose(varying.std(0, correction=0), torch.ones(53), atol=1e-4)
     assert not data.x_train[:, -1].any() and not data.x_val[:, -1].any()  # constant: 0, no division by 0
-    # validation standardised with the TRAIN part's statistics
+    # validation and test standardised with the TRAIN part's statistics
     train_rows = x[train_ids]
-    expected = (x[val_ids, 1:10] - train_rows[:, 1:10].mean(0)) / train_rows[:, 1:10].std(0)
-    assert np.allclose(data.x_val[:, 1:10].numpy(), expected, atol=1e-4)
+    for part, ids in ((data.x_val, val_ids), (data.x_test, test_ids)):
+        expected = (x[ids, 1:10] - train_rows[:, 1:10].mean(0)) / train_rows[:, 1:10].std(0)
+        assert np.allclose(part[:, 1:10].numpy(), expected, atol=1e-4)
 
 
 def test_covtype_split_is_seeded(tmp_path):
     write_covtype_cache(tmp_path)
-    splits = [row_ids(load_covtype(str(tmp_path), split_seed=seed, download=False))[1] for seed in (0, 0, 1)]
-    assert np.array_equal(splits[0], splits[1]) and not np.array_equal(splits[0], splits[2])
-    assert len(row_ids(load_covtype(str(tmp_path), split_seed=0, val_fraction=0.1, download=False))[1]) == 20
+    splits = [row_ids(load_covtype(str(tmp_path), **{**COVTYPE, "split_seed": seed}))[1:] for seed in (0, 0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(splits[0], splits[1]))
+    assert not any(np.array_equal(a, b) for a, b in zip(splits[0], splits[2]))
+    sizes = load_covtype(str(tmp_path), **{**COVTYPE, "val_fraction": 0.1, "test_fraction": 0.05})
+    assert (sizes.n_train, sizes.n_val, sizes.n_test) == (170, 20, 10)
 
 
 @pytest.mark.filterwarnings("ignore:Retry downloading")
 def test_covtype_missing_is_one_line_saying_what_goes_where(tmp_path, offline):
     for download in (False, True):  # offline, the download attempt fails after sklearn's retries
         with pytest.raises(DatasetUnavailable) as error:
-            load_covtype(str(tmp_path / "data"), split_seed=0, download=download)
+            load_covtype(str(tmp_path / "data"), **{**COVTYPE, "download": download})
         assert_one_line_naming(error, str((tmp_path / "data").resolve()), "covertype/", "samples_py3", "targets_py3")
     assert "URLError" in str(error.value)
 
@@ -162,22 +177,26 @@ def test_crops_are_shifted_windows_of_the_reflection_padded_image():
 
 # --- more than the files hold, and files that are not what they are named ---------------------------
 
-@pytest.mark.parametrize("key, asked, held",
-                         [("n_train", 5 * PER_BATCH + 1, 5 * PER_BATCH), ("n_val", PER_BATCH + 1, PER_BATCH)])
-def test_cifar10_subset_larger_than_the_files_is_refused(tmp_path, key, asked, held):
+@pytest.mark.parametrize("key, asked, held, words", [("n_train", 4 * PER_BATCH + 1, 4 * PER_BATCH, "hold 80"),
+                                                    ("n_val", 5 * PER_BATCH, 5 * PER_BATCH - 1, "hold 100 training"),
+                                                    ("n_val", 0, 1, "between 1 and 99"),
+                                                    ("n_test", PER_BATCH + 1, PER_BATCH, "hold 20")])
+def test_cifar10_subset_larger_than_the_files_is_refused(tmp_path, key, asked, held, words):
     """dataset.n_train=100000 on files of fewer images: one line naming the key and what the files
-    hold, never a run on fewer samples than its logged parameter says. Exactly what they hold is fine."""
+    hold, never a run on fewer samples than its logged parameter says. Exactly what they hold is
+    fine (a validation part leaves at least one image to train on)."""
     write_cifar10(tmp_path)
     with pytest.raises(ConfigError) as error:
-        load_cifar10(str(tmp_path), download=False, **{key: asked})
-    assert_one_line_naming(error, f"dataset.{key}={asked}", f"hold {held}")
-    assert load_cifar10(str(tmp_path), download=False, **{key: held}).n_train == 5 * PER_BATCH
+        load_cifar10(str(tmp_path), **{**CIFAR10, key: asked})
+    assert_one_line_naming(error, f"dataset.{key}={asked}", words)
+    data = load_cifar10(str(tmp_path), **{**CIFAR10, key: held})
+    assert (data.n_train + data.n_val, data.n_test) == (5 * PER_BATCH, PER_BATCH)
 
 
 def test_covtype_subset_larger_than_the_cache_is_refused(tmp_path):
     write_covtype_cache(tmp_path)  # 200 rows
     with pytest.raises(ConfigError) as error:
-        load_covtype(str(tmp_path), split_seed=0, download=False, n_samples=201)
+        load_covtype(str(tmp_path), **{**COVTYPE, "n_samples": 201})
     assert_one_line_naming(error, "dataset.n_samples=201", "hold 200")
 
 
@@ -198,16 +217,16 @@ def test_cifar10_damaged_batch_file_is_one_line_naming_it(tmp_path, damage, name
         batch[b"labels"] = [label + 10 for label in batch[b"labels"]]
         path.write_bytes(pickle.dumps(batch))
     with pytest.raises(DatasetUnavailable) as error:
-        load_cifar10(str(tmp_path), download=False)
+        load_cifar10(str(tmp_path), **CIFAR10)
     assert_one_line_naming(error, str(path.resolve()), "not a CIFAR-10 batch")
 
 
 def test_cli_cifar10_more_images_than_the_files_hold(tmp_path, data_dir):
     """End to end: exit 2, one line naming the key, no MLflow run (the session's files hold 1,000
-    training images)."""
-    result = run_cli("dataset=cifar10", "dataset.n_train=100000", "trainer.epochs=1", "schedule.milestones=[]",
+    training images, 800 of them for training)."""
+    result = run_cli("dataset=cifar10", "dataset.n_val=200", "dataset.n_train=100000", "trainer.epochs=1", "schedule.milestones=[]",
                      "trainer.threads=1", output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 2, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith("error: dataset.n_train=100000: the files under") and "hold 1000" in line, line
+    assert line.startswith("error: dataset.n_train=100000: the files under") and "hold 800" in line, line
     assert runs_in(tmp_path) == []

@@ -79,10 +79,10 @@ def test_mnist1d_generated_split_and_cached(tmp_path, monkeypatch):
     np.random.seed(123)
     random.seed(123)
     np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
-    data = load_mnist1d(n_samples=1000, n_val=200, generator_seed=42, cache_dir=str(tmp_path))
+    data = load_mnist1d(n_samples=1000, n_val=200, n_test=200, generator_seed=42, cache_dir=str(tmp_path))
     # mnist1d reseeds the global generators; the loader must put them back
     assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
-    assert data.x_train.shape == (800, 40) and data.x_val.shape == (200, 40)
+    assert data.x_train.shape == (600, 40) and data.x_val.shape == (200, 40) and data.x_test.shape == (200, 40)
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
     assert data.n_classes == 10 and set(data.y_train.tolist()) == set(range(10))
     assert len(list(tmp_path.glob("mnist1d_1000_*.npz"))) == 1
@@ -91,15 +91,16 @@ def test_mnist1d_generated_split_and_cached(tmp_path, monkeypatch):
         raise AssertionError("regenerated although cached")
 
     monkeypatch.setattr(mnist1d.data, "make_dataset", must_not_regenerate)
-    again = load_mnist1d(n_samples=1000, n_val=200, generator_seed=42, cache_dir=str(tmp_path))
+    again = load_mnist1d(n_samples=1000, n_val=200, n_test=200, generator_seed=42, cache_dir=str(tmp_path))
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_val, data.y_val)
+    assert torch.equal(again.x_test, data.x_test)
     with pytest.raises(AssertionError, match="regenerated"):  # other arguments: a new file
-        load_mnist1d(n_samples=1000, n_val=200, generator_seed=7, cache_dir=str(tmp_path))
+        load_mnist1d(n_samples=1000, n_val=200, n_test=200, generator_seed=7, cache_dir=str(tmp_path))
 
 
 def test_digits_split_is_seeded():
-    a, b, c = load_digits(360, 0), load_digits(360, 0), load_digits(360, 1)
-    assert a.x_train.shape == (1437, 64) and a.x_val.shape == (360, 64)
+    a, b, c = load_digits(180, 180, 0), load_digits(180, 180, 0), load_digits(180, 180, 1)
+    assert a.x_train.shape == (1437, 64) and a.x_val.shape == (180, 64) and a.x_test.shape == (180, 64)
     assert float(a.x_train.max()) <= 1.0
     assert torch.equal(a.y_train, b.y_train) and not torch.equal(a.y_train, c.y_train)
 
@@ -127,15 +128,15 @@ def test_mnist1d_cache_that_is_not_what_its_name_says_is_regenerated_with_one_wa
     written without the digests (an older version) trains nothing: one warning naming the file,
     then the same data as a genuine cache gives."""
     genuine_dir, other_dir, cache_dir = tmp_path / "genuine", tmp_path / "other", tmp_path / "cache"
-    genuine = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(genuine_dir))
-    load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+    genuine = load_mnist1d(n_samples=2000, n_val=400, n_test=400, generator_seed=42, cache_dir=str(genuine_dir))
+    load_mnist1d(n_samples=2000, n_val=400, n_test=400, generator_seed=42, cache_dir=str(cache_dir))
     path = _only_cache(cache_dir)
     if fault == "other_seed":  # another seed's cache under this one's name
-        load_mnist1d(n_samples=2000, n_val=400, generator_seed=7, cache_dir=str(other_dir))
+        load_mnist1d(n_samples=2000, n_val=400, n_test=400, generator_seed=7, cache_dir=str(other_dir))
         _only_cache(other_dir).replace(path)
     elif fault in ("more_rows", "fewer_rows"):
         rows = 6000 if fault == "more_rows" else 600
-        load_mnist1d(n_samples=rows, n_val=100, generator_seed=42, cache_dir=str(other_dir))
+        load_mnist1d(n_samples=rows, n_val=100, n_test=100, generator_seed=42, cache_dir=str(other_dir))
         _only_cache(other_dir).replace(path)
     elif fault == "labels_10_19":
         with np.load(path) as stored:
@@ -150,13 +151,13 @@ def test_mnist1d_cache_that_is_not_what_its_name_says_is_regenerated_with_one_wa
             np.savez(f, x=x, y=y)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="src.data"):
-        data = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+        data = load_mnist1d(n_samples=2000, n_val=400, n_test=400, generator_seed=42, cache_dir=str(cache_dir))
     assert data.digest() == genuine.digest()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
     assert "\n" not in warnings[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="src.data"):  # replaced: the next read trusts it, silently
-        again = load_mnist1d(n_samples=2000, n_val=400, generator_seed=42, cache_dir=str(cache_dir))
+        again = load_mnist1d(n_samples=2000, n_val=400, n_test=400, generator_seed=42, cache_dir=str(cache_dir))
     assert again.digest() == genuine.digest() and not caplog.records
     assert [p.name for p in cache_dir.iterdir()] == [path.name]  # no temporary file left

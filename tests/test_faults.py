@@ -141,15 +141,20 @@ def test_a_device_this_machine_does_not_have():
     (["model=wrn", "model.depth=10", "model.width=1"], "model._target_=src.models.WideResNet: ",
      "cannot take dataset._target_=src.data.load_digits's inputs of shape (64,)"),
     (["model=wrn", "model.depth=11"], "model._target_=src.models.WideResNet: ", "depth=11: must be 6n + 4"),
-    (["model=cnn1d", "dataset=cifar10"], "model._target_=src.models.CNN1d: ", "inputs of shape (3, 32, 32)"),
+    (["model=cnn1d", "dataset=cifar10", "dataset.n_val=200"], "model._target_=src.models.CNN1d: ",
+     "inputs of shape (3, 32, 32)"),
     (["optimizer=adam", "optimizer.betas=[2,3]"], "optimizer._target_=torch.optim.Adam: cannot be built: ",
      "Invalid beta parameter"),
-    (["dataset.n_val=-1"], "dataset.n_val=-1, dataset.split_seed=0: gives ", "and 0 validation samples"),
-    (["dataset.n_val=99999"], "dataset.n_val=99999, dataset.split_seed=0: gives 0 training", "each must be >= 1"),
+    (["dataset.n_val=-1"], "dataset.n_val=-1, dataset.n_test=180, dataset.split_seed=0: gives ",
+     "0 validation and 180 test samples"),
+    (["dataset.n_val=99999"], "dataset.n_val=99999, dataset.n_test=180, dataset.split_seed=0: gives 0 training",
+     "each must be >= 1"),
+    (["dataset.n_test=0"], "dataset.n_val=180, dataset.n_test=0, dataset.split_seed=0: gives ", "and 0 test samples"),
     (["dataset=mnist1d", "dataset.n_samples=5", "dataset.n_val=2"], "dataset._target_=src.data.load_mnist1d: "
      "cannot make its data: ", "ValueError"),
 ], ids=["wrn on flat inputs", "wrn of a depth it cannot have", "cnn1d on images", "adam's betas",
-        "a negative validation set", "a validation set larger than the data", "mnist1d of 5 samples"])
+        "a negative validation set", "a validation set larger than the data", "no test set",
+        "mnist1d of 5 samples"])
 def test_a_group_that_cannot_be_built_for_the_data_is_refused_before_any_run(make_cfg, tmp_path, overrides,
                                                                              start, words):
     """Values only a group's constructor, or the data, can refuse: one line naming the group (or
@@ -164,14 +169,14 @@ def test_a_group_that_cannot_be_built_for_the_data_is_refused_before_any_run(mak
 def test_an_unreadable_data_cache_is_generated_again(tmp_path, caplog):
     from src.data import load_mnist1d
 
-    fresh = load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    fresh = load_mnist1d(n_samples=2000, n_val=500, n_test=500, generator_seed=42, cache_dir=str(tmp_path))
     [cache] = tmp_path.glob("mnist1d_*.npz")
     cache.write_bytes(b"cut short")
-    again = load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    again = load_mnist1d(n_samples=2000, n_val=500, n_test=500, generator_seed=42, cache_dir=str(tmp_path))
     assert "unreadable" in caplog.text
     assert torch.equal(again.x_train, fresh.x_train) and torch.equal(again.y_val, fresh.y_val)
     caplog.clear()
-    load_mnist1d(n_samples=2000, n_val=500, generator_seed=42, cache_dir=str(tmp_path))
+    load_mnist1d(n_samples=2000, n_val=500, n_test=500, generator_seed=42, cache_dir=str(tmp_path))
     assert "unreadable" not in caplog.text  # replaced by a whole file
 
 

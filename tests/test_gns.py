@@ -183,7 +183,7 @@ def test_the_loop_estimates_the_true_noise_of_a_fixed_model_from_unequal_parts()
     from src.step import Learner, Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
-    data = load_digits(n_val=360, split_seed=0)
+    data = load_digits(n_val=180, n_test=180, split_seed=0)
     model = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[], init="torch")
     params = {name: p.detach() for name, p in model.named_parameters()}
 

@@ -83,12 +83,12 @@ def test_mlflow_context_tags_resolved_in_the_launching_process(sweep):
 
 def test_the_dataset_is_a_dataset_input(sweep):
     _, _, _, runs = sweep
-    digits = load_digits(n_val=360, split_seed=0)
+    digits = load_digits(n_val=180, n_test=180, split_seed=0)
     for run in runs:
         [logged] = run.inputs.dataset_inputs
         assert (logged.dataset.name, logged.dataset.digest) == ("digits", digits.digest())
         assert json.loads(logged.dataset.source)["uri"].endswith("sklearn/datasets/data/digits.csv.gz")
-        assert json.loads(logged.dataset.profile) == {"n_train": 1437, "n_val": 360, "n_classes": 10,
+        assert json.loads(logged.dataset.profile) == {"n_train": 1437, "n_val": 180, "n_test": 180, "n_classes": 10,
                                                       "input_shape": [64]}
         assert {(t.key, t.value) for t in logged.tags} == {("mlflow.data.context", "training")}
 

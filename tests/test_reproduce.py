@@ -176,7 +176,8 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     re-running skips every run and the report counts each once."""
     out = tmp_path / "outputs"
     args = ["run", "default", "blog_covtype_quick", "--seeds", "0", "--epochs", "4", "--jobs", "1",
-            "--output-dir", str(out), "--override", "dataset.n_samples=3000", "--override", "dataset.n_val=500",
+            "--output-dir", str(out), "--override", "dataset.n_samples=3500", "--override", "dataset.n_val=500",
+            "--override", "dataset.n_test=500",
             "--override", f"paths.data_dir={data_dir}"]
     made = reproduce(*args)
     assert made.returncode == 0, made.stderr[-3000:]

@@ -19,9 +19,9 @@ from src.train import train
 def test_every_option_composes_and_trains_an_epoch(make_cfg, shared_store, group, option):
     extra = {
         ("dataset", "mnist1d"): TINY_MNIST1D,
-        ("dataset", "cifar10"): [],  # 1,000 random images in CIFAR-10's format (conftest)
+        ("dataset", "cifar10"): ["dataset.n_val=200"],  # 1,000 random images in CIFAR-10's format (conftest)
         ("dataset", "covtype"): [],
-        ("model", "wrn"): ["dataset=cifar10", "model.depth=10", "model.width=1"],  # WRN-10-1: quick on CPU
+        ("model", "wrn"): ["dataset=cifar10", "dataset.n_val=200", "model.depth=10", "model.width=1"],  # WRN-10-1: quick on CPU
     }.get((group, option), ["dataset=digits"])
     if group == "schedule":  # room for increase_momentum's B0 x25 under the cap (N = 1,437)
         extra += for_schedule(option, "schedule.batch_size=16", "schedule.max_batch_size=1000")
@@ -102,7 +102,7 @@ def test_a_split_batch_makes_one_update_with_the_unsplit_gradient():
     from src.step import Learner, Precision, StepSettings, train_epoch
 
     torch.manual_seed(0)
-    data = load_digits(n_val=360, split_seed=0)
+    data = load_digits(n_val=180, n_test=180, split_seed=0)
     whole = MLP((64,), 10, hidden=[32, 32], dropout=0.0, dropout_after=[], init="torch")
     split = copy.deepcopy(whole)
     before = [p.detach().clone() for p in whole.parameters()]

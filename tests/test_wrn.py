@@ -68,7 +68,8 @@ def test_running_statistics_take_one_update_per_micro_batch():
 
     torch.manual_seed(0)
     data = Dataset(torch.randn(48, 3, 8, 8), torch.randint(0, 10, (48,)), torch.randn(4, 3, 8, 8),
-                   torch.randint(0, 10, (4,)), n_classes=10, name="random", source="memory")
+                   torch.randint(0, 10, (4,)), torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)), n_classes=10,
+                   name="random", source="memory")
     precision = Precision(torch.device("cpu"), bf16=False, channels_last=False)
     for micro_batch_size, calls_per_batch in ((None, 1), (8, 3)):
         model = WideResNet((3, 8, 8), 10, depth=10, width=1, ghost_batch_size=4, dropout=0.0)

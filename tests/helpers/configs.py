@@ -11,7 +11,7 @@ ROOT = CONF_DIR.parent
 TINY = ["dataset=digits", "trainer.epochs=3", "schedule.milestones=[1,2]", "trainer.threads=1"]
 DIGITS_N_TRAIN, DIGITS_N_VAL = 1437, 360  # digits' samples (conf/dataset/digits.yaml: 1,797, 360 for validation)
 # MNIST-1D small enough to generate in about a second.
-TINY_MNIST1D = ["dataset.n_samples=2000", "dataset.n_val=500"]
+TINY_MNIST1D = ["dataset.n_samples=2500", "dataset.n_val=500", "dataset.n_test=500"]
 
 
 def group_options(group: str) -> list[str]:
