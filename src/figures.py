@@ -39,8 +39,7 @@ Per group: fig1_lr_batch_size, fig2a_train_loss_epochs, fig2b_train_loss_updates
 fig3_test_acc_epochs (figure 3a's axes for any optimizer) and fig5_test_acc_updates; when the sweep
 varies the optimizer, figures 3 and 4 with one panel per optimizer. Figures 3-5 and the verdict
 read the held-out test split, as the paper's figures do; validation (what the plateau schedules
-and the best validation loss read) is never what decides. The validation split stands
-in for the paper's test set. Extra figures keep their own names.
+and the best validation loss read) is never what decides. Extra figures keep their own names.
 
 Epochs are 1-based on every axis: the x axis counts epochs trained, a per-epoch value (accuracy,
 loss) is drawn at the end of its epoch (epoch k at x = k) and a setting (lr, B, g) of epoch k as

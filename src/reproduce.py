@@ -811,7 +811,7 @@ def cannot_show() -> list[str]:
         "fractions of the run, factor 5), not its setting. It cannot show: CIFAR-10 test accuracy (the "
         "paper's 94.3 / 94.4 / 94.5 / 93.3% of figure 5), the wide ResNet (WRN-16-4, 2.7M parameters) and "
         "its ghost batch norm (statistics per 128 samples at any B: cnn1d and the MLP have no batch norm, "
-        "which claim A finds decisive), augmentation (random crops and flips), 200 epochs, or GPU speed (on "
+        "which claim A studies), augmentation (random crops and flips), 200 epochs, or GPU speed (on "
         "this CPU the time per sample stops falling past B ~ 800, so fewer updates save less time than on a "
         "GPU; the blog's 2x was on a GPU). The full presets need CIFAR-10 (`data/cifar-10-batches-py/`) and a "
         "GPU; covertype needs `fetch_covtype`'s download:",
@@ -833,8 +833,8 @@ def cannot_show() -> list[str]:
         "H200 under bf16 took 66 ms at B = 2,048 and 499 ms at B = 16,000 with ghost batch norm (~31,000 "
         "images/s; benchmarks/README.md, GPU), so every epoch at B >= 2,048 takes ~1.6 s; the rate at B = 128 "
         "was not measured: ~6,700 images/s is the smith2018_cifar10 header's estimate (~25 min for decay_lr's "
-        "10 million images), and B = 640 lies between the two rates, hence the ranges. Validation (10,000 "
-        "images per epoch) adds about a minute per run.",
+        "10 million images), and B = 640 lies between the two rates, hence the ranges. Validation and test "
+        "(5,000 and 10,000 images per epoch) add about a minute and a half per run.",
     ]
 
 
