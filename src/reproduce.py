@@ -176,14 +176,15 @@ def paired_values(curve, base, metric: str) -> list[float]:
     return [a.reported(metric) - b.reported(metric) for a, b in pairs]
 
 
-def direction_word(values: Sequence[float], reference: float, confidence: float, min_seeds: int) -> tuple:
+def direction_word(values: Sequence[float], reference: float, confidence: float, min_seeds: int,
+                   ratio: bool) -> tuple:
     """(word, centre, low, high): lower / higher when the whole interval lies below / above
     `reference`, else inconclusive; fewer than min_seeds values: inconclusive (n seeds). Ratios
-    (reference 1) on the log scale, so their interval stays above 0 and the centre is the
-    geometric mean; differences (reference 0) as they are."""
+    on the log scale, so their interval stays above 0 and the centre is the geometric mean;
+    differences as they are."""
     if not values:
         return NOT_RUN, None, None, None
-    found = interval(values, "ratio" if reference == 1.0 else "unbounded", confidence)
+    found = interval(values, "ratio" if ratio else "unbounded", confidence)
     mean, low, high = found.centre, found.low, found.high
     if len(values) < min_seeds or low is None:
         return f"inconclusive ({len(values)} seed{'s' * (len(values) != 1)})", mean, low, high
@@ -300,7 +301,8 @@ def _arm_cells(arm: str, row: dict, curve, base_curve, base_error: float, expect
                  f" at epoch {row['loss_gap_epoch']}")
     text += (f", {_fmt('total_param_updates', row['total_param_updates_mean'])} updates "
              f"({row['total_param_updates_ratio']:.2f}x)")
-    ratio = direction_word(paired_values(curve, base_curve, schema.TRAIN_TIME_S), 1.0, confidence, min_seeds)
+    ratio = direction_word(paired_values(curve, base_curve, schema.TRAIN_TIME_S), 1.0, confidence, min_seeds,
+                           ratio=True)
     if ratio[1] is not None:
         text += f", train time {ratio[1]:.2f}x{_interval(ratio[2], ratio[3], '.2f')}"
     if row["n_diverged"]:
@@ -310,9 +312,16 @@ def _arm_cells(arm: str, row: dict, curve, base_curve, base_error: float, expect
     verdict = f"{arm} **{word}**"
     words = [(word, expect)]
     for metric, wanted in checks.items():
-        check, mean, low, high = direction_word(paired_values(curve, base_curve, metric),
-                                                1.0 if metric == schema.TRAIN_TIME_S else 0.0, confidence, min_seeds)
+        neutral = 1.0 if metric == schema.TRAIN_TIME_S else 0.0  # a ratio, else a difference
         label = metric.removesuffix("_s").replace("_", " ")
+        if isinstance(wanted, dict):  # {lower_than: 0.5}: against a stated value, not the baseline's
+            [(direction, reference)] = wanted.items()
+            wanted = direction.removesuffix("_than")
+            label += f" vs {reference:g}x" if metric == schema.TRAIN_TIME_S else f" vs {reference:+g}"
+        else:
+            reference = neutral
+        check, mean, low, high = direction_word(paired_values(curve, base_curve, metric), reference, confidence,
+                                                min_seeds, ratio=metric == schema.TRAIN_TIME_S)
         if metric != schema.TRAIN_TIME_S:
             text += f", {label} {mean:+.4f}{_interval(low, high, '+.4f')}"
         verdict += f"; {label} {check}"
@@ -513,7 +522,7 @@ def study_table(runs: list, baseline: str, options: dict) -> list[str]:
                     f"**{arm_word(row['verdict'], curve)}**")
                 updates += f" ({row['total_param_updates_ratio']:.2f}x)"
                 paired = direction_word(paired_values(curve, group.curves[base], schema.TRAIN_TIME_S), 1.0,
-                                        confidence, min_seeds)
+                                        confidence, min_seeds, ratio=True)
                 ratio = "-" if paired[1] is None else f"{paired[1]:.2f}x{_interval(paired[2], paired[3], '.2f')}"
             lines.append(f"| {schedule} | {seeds} | {statistics.fmean(accs):.2f}{_interval(acc.low, acc.high, '.2f')} | "
                          f"{diff} | {updates} | {statistics.fmean(times):.1f}{_interval(time_s.low, time_s.high, '.1f')} "

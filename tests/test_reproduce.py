@@ -225,6 +225,16 @@ def test_a_time_check_reads_the_paired_ratio():
     assert evaluate_claim(claim, slower, OPTIONS)[1].endswith("train time higher: does not hold here" + NO_CONTROL)
 
 
+def test_a_time_check_against_the_blogs_2x_is_not_passed_by_a_ratio_merely_below_1():
+    """{lower_than: 0.5}: "about 2x faster" holds only when the whole interval of the ratio lies
+    below 0.5; 0.9x faster is reported as measured, not as the blog's result."""
+    claim = {**CLAIM, "checks": {"train_time_s": {"lower_than": 0.5}}}
+    _, verdict, _ = evaluate_claim(claim, arms([0.1, 0.2, -0.1], times=(0.9, 0.92, 0.95)), OPTIONS)
+    assert verdict.endswith("train time vs 0.5x higher: does not hold here" + NO_CONTROL)
+    _, verdict, _ = evaluate_claim(claim, arms([0.1, 0.2, -0.1], times=(0.4, 0.42, 0.45)), OPTIONS)
+    assert verdict.endswith("train time vs 0.5x lower: holds" + NO_CONTROL)
+
+
 def test_a_wide_time_spread_keeps_the_ratio_above_zero():
     """Ratios 0.1 to 1.9: a plain t interval of their mean goes below 0; on the log scale the
     interval of the (geometric) mean stays positive."""
