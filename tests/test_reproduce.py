@@ -64,9 +64,9 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
     result = reproduce("run", "default", "blog_covtype_quick", "--seeds", "4,5", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("python -m src.run")]
-    assert len(commands) == 4  # the default study's three sweeps (its control's included), the blog's one
+    assert len(commands) == 5  # the default study's four sweeps (its controls included), the blog's one
     assert all("trainer.seed=4,5" in c and "hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands)
-    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[3]
+    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[4]
     minutes = 2 * (PLAN["studies"]["default"].minutes + PLAN["studies"]["blog_covtype_quick"].minutes)
     assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
 
