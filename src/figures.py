@@ -36,9 +36,10 @@ The paper's figures (Smith, Kindermans, Ying & Le, ICLR 2018, arXiv 1711.00489),
      Finally "Increased momentum coefficient" also increases the momentum coefficient from 0.9
      to 0.98."
 Per group: fig1_lr_batch_size, fig2a_train_loss_epochs, fig2b_train_loss_updates,
-fig3_val_acc_epochs (figure 3a's axes for any optimizer) and fig5_val_acc_updates; when the sweep
-varies the optimizer, figures 3 and 4 with one panel per optimizer. The validation split stands
-in for the paper's test set. Extra figures keep their own names.
+fig3_test_acc_epochs (figure 3a's axes for any optimizer) and fig5_test_acc_updates; when the sweep
+varies the optimizer, figures 3 and 4 with one panel per optimizer. Figures 3-5 and the verdict
+read the held-out test split, as the paper's figures do; validation (what the plateau schedules
+and the best validation loss read) is never what decides. Extra figures keep their own names.
 
 Epochs are 1-based on every axis: the x axis counts epochs trained, a per-epoch value (accuracy,
 loss) is drawn at the end of its epoch (epoch k at x = k) and a setting (lr, B, g) of epoch k as
@@ -73,25 +74,25 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from scipy import stats
 
 from src.schema import (
-    BATCH_SIZE, COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_VAL_ACC, FINAL_VAL_LOSS,
-    KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, RUN_NAME_TAG,
-    SCHEDULE_TAG, SEED_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, THREADS_TAG,
-    TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS, TRAIN_TIME_S, VAL_ACC,
-    VAL_LOSS, WALL_TIME_S,
+    BATCH_SIZE, COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_TEST_ACC, FINAL_TEST_LOSS,
+    FINAL_VAL_ACC, FINAL_VAL_LOSS, KIND_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, LR, MOMENTUM, NOISE_SCALE,
+    PARAM_UPDATES, RUN_NAME_TAG, SCHEDULE_TAG, SEED_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG,
+    TEST_ACC, TEST_LOSS, THREADS_TAG, TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, TOTAL_WALL_TIME_S, TRAIN_LOSS,
+    TRAIN_TIME_S, VAL_ACC, VAL_LOSS, WALL_TIME_S,
 )
 from src.cli import one_line_error
 from src.config import compose
-from src.errors import ConfigError
+from src.errors import ConfigError, Diverged
 from src.files import check_folder
+from src.intervals import Interval, binomial_interval, detectable_difference, interval, pooled_spread
 from src.tracking import NOT_IDENTITY, open_existing_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
-HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, WALL_TIME_S)
+HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, WALL_TIME_S)
 # A schedule's phase changes when one of these differs from the epoch before: a milestone.
 PHASE_METRICS = (LR, BATCH_SIZE, NOISE_SCALE)
 SEED_PARAM = "trainer.seed"  # the one config key the runs of a curve may differ in
@@ -99,6 +100,8 @@ BEST_VAL_LOSS = "best_val_loss"  # not logged: the lowest val_loss of any epoch,
 # Per run, the report's numbers: name -> heading in report.md; all but BEST_VAL_LOSS are logged
 # once per run.
 REPORTED = {
+    FINAL_TEST_ACC: "final test acc (%)",
+    FINAL_TEST_LOSS: "final test loss",
     FINAL_VAL_ACC: "final val acc (%)",
     FINAL_VAL_LOSS: "final val loss",
     BEST_VAL_LOSS: "best val loss",
@@ -109,15 +112,17 @@ REPORTED = {
 # report.csv's columns (report.json's rows have the same keys). Ratios are of the means.
 COLUMNS = ["group", "schedule", "baseline", "n_finished", "n_failed",
            *(f"{name}_{stat}" for name in REPORTED for stat in ("mean", "std", "ratio")),
-           "n_paired", "acc_diff_points", "acc_diff_low", "acc_diff_high", "first_milestone_epoch",
-           "max_gap_points", "max_gap_epoch", "verdict", "verdict_detail"]
+           "n_paired", "n_diverged", "diverged_low", "diverged_high", "margin_points", "acc_diff_points",
+           "acc_diff_low", "acc_diff_high", "detectable_points", "first_milestone_epoch", "max_gap_points",
+           "max_gap_low", "max_gap_high", "max_gap_epoch", "loss_gap", "loss_gap_low", "loss_gap_high",
+           "loss_gap_epoch", "verdict", "verdict_detail"]
 COMPARISON = COLUMNS[COLUMNS.index("n_paired"):COLUMNS.index("verdict")]  # compare()'s numbers
 # The optimizer panels of figures 3 and 4: optimizer (optimizer_name) -> panel title.
 OPTIMIZER_FIGURES = {
-    "fig3_val_acc_epochs_momentum_nesterov": ("Fig. 3: validation accuracy vs epochs",
-                                              {"momentum": "SGD with momentum", "nesterov": "Nesterov momentum"}),
-    "fig4_val_acc_epochs_sgd_adam": ("Fig. 4: validation accuracy vs epochs",
-                                     {"sgd": "vanilla SGD", "adam": "Adam"}),
+    "fig3_test_acc_epochs_momentum_nesterov": ("Fig. 3: test accuracy vs epochs",
+                                               {"momentum": "SGD with momentum", "nesterov": "Nesterov momentum"}),
+    "fig4_test_acc_epochs_sgd_adam": ("Fig. 4: test accuracy vs epochs",
+                                      {"sgd": "vanilla SGD", "adam": "Adam"}),
 }
 LINESTYLES = ("-", "--", ":", "-.")  # with colours, so curves that lie on each other stay visible
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # each curve's end, in every figure
@@ -140,6 +145,13 @@ class RunData:
     params: dict[str, str]
     metrics: dict[str, float]  # the last value of every metric: the once-per-run ones are finals
     history: dict[str, list[float]]  # per-epoch metric -> values at steps 0, 1, 2 ...
+    n_classes: int | None = None  # from the run's dataset input (its profile); None: not logged
+
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing, 0..1: what a seed whose loss diverged is counted at (0 when
+        the number of classes was not logged)."""
+        return 1 / self.n_classes if self.n_classes else 0.0
 
     @property
     def schedule(self) -> str:
@@ -224,7 +236,16 @@ def _run_data(client: MlflowClient, run) -> RunData:
             by_step[point.step] = point.value
         history[name] = [by_step[step] for step in sorted(by_step)]
     return RunData(run.info.run_id, run.info.status, run.info.start_time, run.info.end_time,
-                   dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history)
+                   dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history, _n_classes(run))
+
+
+def _n_classes(run) -> int | None:
+    """The number of classes from the run's dataset input (src.tracking logs it in the profile)."""
+    for dataset_input in getattr(run.inputs, "dataset_inputs", None) or []:
+        profile = json.loads(dataset_input.dataset.profile or "{}")
+        if "n_classes" in profile:
+            return int(profile["n_classes"])
+    return None
 
 
 def is_training_run(tags: dict[str, str]) -> bool:
@@ -385,70 +406,169 @@ def change_steps(run: RunData) -> list[int]:
     return sorted(steps)
 
 
-def t_interval(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
-    """(mean, low, high): a Student-t interval for the mean, n - 1 degrees of freedom; no
-    interval from one value."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None, None
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+def margin_points(base: Curve, options: dict) -> float | None:
+    """The margin of "matched", in accuracy points: conf/figures.yaml's margin_error_fraction of
+    the baseline's mean test error rate (so it tightens as the baseline nears its ceiling)."""
+    accs = [run.metrics[FINAL_TEST_ACC] for run in base.finished]
+    return 100 * options["margin_error_fraction"] * (1 - statistics.fmean(accs)) if accs else None
 
 
-def verdict_word(n_paired: int, low: float | None, high: float | None, margin: float, min_seeds: int) -> str:
+def paired_accuracy(curve: Curve, base: Curve) -> tuple[list[str], list[float], list[float], list[str]]:
+    """(seeds, the curve's final test accuracies, the baseline's, the seeds of the curve that
+    diverged) over every seed the baseline finished and the curve either finished or diverged
+    in: a diverged seed is an outcome, counted at chance (RunData.chance), not left out."""
+    theirs, mine = base.by_seed, curve.by_seed
+    diverged = {run.seed: run for run in curve.runs if run.seed not in mine and has_diverged(run)}
+    seeds, arm, baseline = [], [], []
+    for seed, other in theirs.items():
+        if seed in mine:
+            value = mine[seed].metrics[FINAL_TEST_ACC]
+        elif seed in diverged:
+            value = diverged[seed].chance
+        else:
+            continue
+        seeds.append(seed)
+        arm.append(value)
+        baseline.append(other.metrics[FINAL_TEST_ACC])
+    return seeds, arm, baseline, sorted(diverged, key=int)
+
+
+def accuracy_differences(curve: Curve, base: Curve) -> list[float]:
+    """Per paired seed (paired_accuracy), the curve's final test accuracy minus the baseline's, points."""
+    _, arm, baseline, _ = paired_accuracy(curve, base)
+    return [100 * (a - b) for a, b in zip(arm, baseline)]
+
+
+def verdict_word(n_paired: int, found: Interval, margin: float | None, min_seeds: int) -> str:
     """matched: the whole interval within ± margin; differs: wholly outside it; else inconclusive.
-    Fewer than min_seeds paired seeds: inconclusive whatever the interval."""
-    if n_paired < min_seeds or low is None:
+    Fewer than min_seeds paired seeds, or no interval: inconclusive whatever the values."""
+    if n_paired < min_seeds or margin is None:
         return f"inconclusive ({n_paired} seed{'s' * (n_paired != 1)})"
-    if -margin <= low and high <= margin:
+    if found.low is None:  # every pair alike and no other arm to pool a spread from
+        return "inconclusive (no spread to build an interval from)"
+    if -margin <= found.low and found.high <= margin:
         return "matched"
-    if high < -margin or low > margin:
+    if found.high < -margin or found.low > margin:
         return "differs"
     return "inconclusive"
 
 
-def compare(curve: Curve, base: Curve, margin: float, confidence: float, min_seeds: int) -> dict:
-    """The curve against the baseline, paired by seed (the same seed: the same initial weights):
-    the final accuracy difference in points with its t interval, the largest per-epoch gap of
-    the validation accuracy from the first milestone on, and the verdict."""
-    pairs = curve.paired_with(base)
-    row = {"n_paired": len(pairs), "acc_diff_points": None, "acc_diff_low": None, "acc_diff_high": None,
-           "first_milestone_epoch": None, "max_gap_points": None, "max_gap_epoch": None}
-    if not pairs:
-        row["verdict"] = verdict_word(0, None, None, margin, min_seeds)
+def _largest_gap(pairs: list[tuple[RunData, RunData]], metric: str, start: int, scale: str, y_scale: float,
+                 confidence: float, pooled_sd: float | None = None) -> tuple[int, float, Interval] | None:
+    """(1-based epoch, mean, interval) of the largest mean paired gap of a per-epoch metric from the
+    0-based epoch `start` on, over the pairs that both logged it. The epoch is picked as the
+    largest of several, so its interval is at the Bonferroni level over the epochs searched
+    (1 - (1 - confidence) / epochs): picking the worst epoch does not by itself make a difference."""
+    logged = [(a.history.get(metric, []), b.history.get(metric, [])) for a, b in pairs]
+    length = min((min(len(a), len(b)) for a, b in logged), default=0)
+    if not logged or length <= start:
+        return None
+    gaps = [[y_scale * (a[e] - b[e]) for a, b in logged] for e in range(start, length)]
+    at = max(range(len(gaps)), key=lambda i: abs(statistics.fmean(gaps[i])))
+    return (start + at + 1, statistics.fmean(gaps[at]),
+            interval(gaps[at], scale, 1 - (1 - confidence) / len(gaps), pooled_sd))
+
+
+def compare(curve: Curve, base: Curve, options: dict, pooled_sd: float | None = None) -> dict:
+    """The curve against the baseline, paired by seed (the same seed: the same initial weights),
+    on the held-out test split: the final accuracy difference in points with its bounded
+    interval (src.intervals, the difference scale; the spread pooled over the group's other arms
+    where this one's is zero or unmeasurable), seeds that diverged counted at chance with their
+    share's exact interval, the smallest difference these seeds could detect, the largest
+    per-epoch gaps of test accuracy and of training loss from the first milestone on, and the
+    verdict: matched needs the final difference and the largest test-accuracy gap within the margin,
+    differs needs either wholly outside it."""
+    confidence, min_seeds = options["confidence"], options["min_seeds"]
+    seeds, arm, baseline, diverged = paired_accuracy(curve, base)
+    margin = margin_points(base, options)
+    row = dict.fromkeys(COMPARISON)
+    row.update(n_paired=len(seeds), n_diverged=len(diverged), margin_points=margin)
+    if not seeds:
+        row["verdict"] = verdict_word(0, Interval(0.0, None, None, 0), margin, min_seeds)
         row["verdict_detail"] = f"no seed finished in both this schedule and {base.schedule}"
         return row
-    diffs = [100 * (run.metrics[FINAL_VAL_ACC] - other.metrics[FINAL_VAL_ACC]) for run, other in pairs]
-    mean, low, high = t_interval(diffs, confidence)
-    row.update(acc_diff_points=mean, acc_diff_low=low, acc_diff_high=high)
+    diffs = [100 * (a - b) for a, b in zip(arm, baseline)]
+    found = interval(diffs, "difference", confidence, pooled_sd)
+    # The point is the plain mean; the interval comes from the bounded scale (src.intervals).
+    row.update(acc_diff_points=statistics.fmean(diffs), acc_diff_low=found.low, acc_diff_high=found.high)
+    own_sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    sd_points = own_sd if own_sd > 0 else (100 * pooled_sd if pooled_sd else None)
+    row["detectable_points"] = detectable_difference(sd_points, len(diffs), confidence, options["power"])
+    if diverged:
+        row["diverged_low"], row["diverged_high"] = binomial_interval(len(diverged), len(seeds), confidence)
     # Before the first milestone both schedules are the same; the gap that matters starts there.
+    pairs = curve.paired_with(base)
     firsts = [steps[0] for run in (r for pair in pairs for r in pair) if (steps := change_steps(run))]
     start = min(firsts, default=0)
-    length = min(len(run.history[VAL_ACC]) for pair in pairs for run in pair)
-    gaps = [statistics.fmean(100 * (run.history[VAL_ACC][e] - other.history[VAL_ACC][e]) for run, other in pairs)
-            for e in range(start, length)]
     if firsts:
         row["first_milestone_epoch"] = start + 1
-    if gaps:
-        at = max(range(len(gaps)), key=lambda i: abs(gaps[i]))
-        row["max_gap_points"], row["max_gap_epoch"] = gaps[at], start + at + 1
-    row["verdict"] = verdict_word(len(pairs), low, high, margin, min_seeds)
-    interval = (f"{100 * confidence:g}% t interval {low:+.2f} to {high:+.2f}" if low is not None
-                else "no interval from one seed")
-    detail = f"{mean:+.2f} points ({interval}, {len(pairs)} paired seed{'s' * (len(pairs) != 1)})"
-    if row["max_gap_points"] is not None:
-        since = f"from epoch {start + 1}, the first milestone" if firsts else "no milestone: every epoch"
-        detail += f"; largest per-epoch gap {row['max_gap_points']:+.2f} points at epoch {row['max_gap_epoch']} ({since})"
-    row["verdict_detail"] = detail
+    largest = _largest_gap(pairs, TEST_ACC, start, "difference", 100, confidence, pooled_sd)
+    gap = None
+    if largest is not None:
+        row["max_gap_epoch"], row["max_gap_points"], gap = largest
+        row.update(max_gap_low=gap.low, max_gap_high=gap.high)
+    loss = _largest_gap(pairs, TRAIN_LOSS, start, "unbounded", 1, confidence)
+    if loss is not None:
+        row["loss_gap_epoch"], row["loss_gap"], loss_gap = loss
+        row.update(loss_gap_low=loss_gap.low, loss_gap_high=loss_gap.high)
+    # The whole curve decides with the end: matched needs both within the margin, and a
+    # difference either at the end or at some epoch is a difference.
+    word = verdict_word(len(seeds), found, margin, min_seeds)
+    along = verdict_word(len(pairs), gap, margin, min_seeds) if gap is not None else word
+    if word == "matched" and along != "matched":
+        word = "inconclusive (matched at the end, not along the curve)"
+    elif word.startswith("inconclusive") and along == "differs":
+        word = "differs (along the curve)"
+    row["verdict"] = word
+    row["verdict_detail"] = _comparison_detail(row, found, gap, len(seeds), confidence)
     return row
 
 
-def report_rows(group: Group, baseline: str | None, margin: float = 1.0, confidence: float = 0.95,
-                min_seeds: int = 3) -> list[dict]:
+def _bounds(low: float | None, high: float | None, fmt: str) -> str:
+    return "" if low is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def _comparison_detail(row: dict, found: Interval, gap: Interval | None, n: int, confidence: float) -> str:
+    """compare()'s numbers as one sentence."""
+    pooled = ", spread pooled over the group's arms" if found.pooled else ""
+    interval_text = (f"{100 * confidence:g}% interval{_bounds(found.low, found.high, '+.2f')}{pooled}"
+                     if found.low is not None else "no interval: too few seeds")
+    detail = (f"test accuracy {row['acc_diff_points']:+.2f} points ({interval_text}, {n} paired seed{'s' * (n != 1)}; "
+              f"margin ±{row['margin_points']:.2f}")
+    if row["detectable_points"] is not None:
+        detail += f", detectable {row['detectable_points']:.2f}"
+    detail += ")"
+    if row["n_diverged"]:
+        detail += (f"; {row['n_diverged']} of {n} seeds diverged ({100 * row['diverged_low']:.0f}-"
+                   f"{100 * row['diverged_high']:.0f}%), counted at chance")
+    if gap is not None:
+        since = (f"from epoch {row['first_milestone_epoch']}, the first milestone" if row["first_milestone_epoch"]
+                 else "no milestone: every epoch")
+        detail += (f"; largest per-epoch test-accuracy gap {row['max_gap_points']:+.2f}{_bounds(gap.low, gap.high, '+.2f')} "
+                   f"points at epoch {row['max_gap_epoch']} ({since}; interval at the Bonferroni level over "
+                   "those epochs)")
+    if row["loss_gap"] is not None:
+        detail += (f"; largest training-loss gap {row['loss_gap']:+.4f}"
+                   f"{_bounds(row['loss_gap_low'], row['loss_gap_high'], '+.4f')} at epoch {row['loss_gap_epoch']}")
+    return detail
+
+
+def has_diverged(run: RunData) -> bool:
+    """Whether a run ended because its loss stopped being finite: src.errors.Diverged, by the error
+    tag src.tracking writes (`<exception class>: <message>`)."""
+    return run.tags.get(ERROR_TAG, "").startswith(Diverged.__name__)
+
+
+def report_rows(group: Group, baseline: str | None, options: dict) -> list[dict]:
     """One row per curve of the group: run counts; mean, std (over seeds, finished runs only)
     and ratio of mean to the baseline's mean for each REPORTED number; the comparison with the
-    baseline (compare). std needs two seeds."""
+    baseline (compare, with the spread of the group's paired differences pooled for an arm whose
+    own is zero). std needs two seeds. `options`: conf/figures.yaml's (load_options)."""
     rows = []
+    base_curve = group.curves.get(baseline) if baseline else None
+    pooled = None if base_curve is None else pooled_spread(
+        [accuracy_differences(curve, base_curve) for name, curve in group.curves.items() if name != baseline],
+        "difference")
     for schedule, curve in group.curves.items():
         finished = curve.finished
         row = {"group": group.label, "schedule": schedule, "baseline": baseline or "",
@@ -470,7 +590,7 @@ def report_rows(group: Group, baseline: str | None, margin: float = 1.0, confide
             row.update(dict.fromkeys(COMPARISON), verdict="no baseline",
                        verdict_detail="no baseline schedule ran in this group (choose one with --baseline)")
         else:
-            row.update(compare(group.curves[row["schedule"]], group.curves[baseline], margin, confidence, min_seeds))
+            row.update(compare(group.curves[row["schedule"]], base_curve, options, pooled))
             if row["n_paired"] and row["total_param_updates_ratio"]:
                 row["verdict_detail"] += f"; {_updates_phrase(row['total_param_updates_ratio'])}"
     return [{column: row[column] for column in COLUMNS} for row in rows]
@@ -568,7 +688,7 @@ def _mark_milestones_epochs(ax, curves: Sequence[Curve]) -> bool:
 def _epoch_axis(ax, curves: Sequence[Curve]) -> None:
     ax.set_xlabel("epochs trained (epoch k ends at k)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    n = max(len(run.history[VAL_ACC]) for c in curves for run in c.finished)
+    n = max(len(run.history[TRAIN_LOSS]) for c in curves for run in c.finished)
     ax.set_xlim(0, n)
 
 
@@ -692,27 +812,27 @@ def plot_train_loss_updates(curves: Sequence[Curve], styles: dict, title: str) -
     return fig
 
 
-def _val_acc_epochs(ax, curves: Sequence[Curve], styles: dict) -> None:
+def _test_acc_epochs(ax, curves: Sequence[Curve], styles: dict) -> None:
     _mark_milestones_epochs(ax, curves)
     _epoch_axis(ax, curves)
-    ax.set_ylabel("validation accuracy (%)")
-    _curves(ax, curves, styles, VAL_ACC, y_scale=100)
+    ax.set_ylabel("test accuracy (%)")
+    _curves(ax, curves, styles, TEST_ACC, y_scale=100)
 
 
-def plot_val_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
-    """Figure 3 (one panel): validation accuracy against epochs."""
+def plot_test_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 3 (one panel): test accuracy against epochs."""
     fig, (ax,) = _figure(title)
-    _val_acc_epochs(ax, curves, styles)
+    _test_acc_epochs(ax, curves, styles)
     _legend(fig, curves, styles, [MILESTONE_HANDLE], bands=True)
     return fig
 
 
-def plot_val_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
-    """Figure 5: validation accuracy against parameter updates."""
+def plot_test_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
+    """Figure 5: test accuracy against parameter updates."""
     fig, (ax,) = _figure(title)
     _updates_axis(ax)
-    ax.set_ylabel("validation accuracy (%)")
-    _curves(ax, curves, styles, VAL_ACC, x=PARAM_UPDATES, y_scale=100)
+    ax.set_ylabel("test accuracy (%)")
+    _curves(ax, curves, styles, TEST_ACC, x=PARAM_UPDATES, y_scale=100)
     _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
     return fig
 
@@ -765,8 +885,8 @@ FIGURES = {
     "fig1_lr_batch_size": ("Fig. 1: learning rate and batch size vs epochs", plot_schedules),
     "fig2a_train_loss_epochs": ("Fig. 2a: training cross-entropy vs epochs", plot_train_loss_epochs),
     "fig2b_train_loss_updates": ("Fig. 2b: training cross-entropy vs parameter updates", plot_train_loss_updates),
-    "fig3_val_acc_epochs": ("Fig. 3: validation accuracy vs epochs", plot_val_acc_epochs),
-    "fig5_val_acc_updates": ("Fig. 5: validation accuracy vs parameter updates", plot_val_acc_updates),
+    "fig3_test_acc_epochs": ("Fig. 3: test accuracy vs epochs", plot_test_acc_epochs),
+    "fig5_test_acc_updates": ("Fig. 5: test accuracy vs parameter updates", plot_test_acc_updates),
     "noise_scale_epochs": ("Noise scale vs epochs (equal-g schedules overlap)", plot_noise_scale),
     "val_loss_wall_time": ("Validation loss vs training time", plot_val_loss_wall_time),
 }
@@ -798,12 +918,12 @@ def write_figures(folder: Path, group: Group, rows: list[dict], baseline: str | 
 
 
 def plot_optimizer_panels(panels: list[tuple[str, Group]], styles: dict, title: str) -> Figure:
-    """Figures 3 and 4: validation accuracy against epochs, one panel per optimizer."""
+    """Figures 3 and 4: test accuracy against epochs, one panel per optimizer."""
     fig, axes = _figure(title, ncols=len(panels))
     shown: dict[str, Curve] = {}
     for letter, ax, (panel_title, group) in zip("abcd", axes, panels):
         curves = [curve for curve in group.curves.values() if curve.finished]
-        _val_acc_epochs(ax, curves, styles)
+        _test_acc_epochs(ax, curves, styles)
         ax.set_title(f"({letter}) {panel_title}")
         for curve in curves:
             shown.setdefault(curve.schedule, curve)
@@ -844,7 +964,7 @@ def write_optimizer_figures(folder: Path, groups: list[Group], styles: dict, tit
 def _fmt(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if name == FINAL_VAL_ACC:
+    if name in (FINAL_TEST_ACC, FINAL_VAL_ACC):
         return f"{100 * value:.2f}"
     if name == TOTAL_PARAM_UPDATES:
         return f"{value:,.0f}"
@@ -954,7 +1074,7 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
     and the optimizer panels."""
     failed = [run for run in runs if not run.finished]
     env = environment(runs)
-    margin, confidence, min_seeds = options["margin_points"], options["confidence"], options["min_seeds"]
+    fraction, confidence, min_seeds = options["margin_error_fraction"], options["confidence"], options["min_seeds"]
     md = [f"# Sweep {sweep_id}", "", "Environment (what every time below depends on):", ""]
     md += [f"- {name}: " + (f"`{value}`" if name in ("commit", "command") and value != "not logged" else value)
            for name, value in env.items()]
@@ -965,13 +1085,17 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         "differ only in the seed; mean ± std over its seeds; accuracy in %, times in seconds (train "
         "time: the training steps only; total wall time: the whole job).",
         "",
-        f"Verdict: each schedule's final validation accuracy minus the baseline's, in accuracy points, "
-        f"paired by seed (the same seed: the same initial weights), with a {100 * confidence:g}% Student-t "
-        f"interval over the paired seeds (n - 1 degrees of freedom). **matched**: the whole interval "
-        f"lies within ±{margin:g} point(s); **differs**: it lies wholly outside; otherwise **inconclusive**; "
-        f"with fewer than {min_seeds} paired seeds always **inconclusive (n seeds)**. Also the largest gap "
-        "between the mean validation-accuracy curves at any epoch from the first milestone on (the first "
-        "epoch whose lr, B or noise scale differs from the epoch before's).",
+        f"Verdict: each schedule's final TEST accuracy (the held-out split no decision reads) minus the "
+        f"baseline's, in accuracy points, paired by seed (the same seed: the same initial weights), a seed "
+        f"whose loss diverged counted at chance, with a {100 * confidence:g}% t interval over the paired "
+        f"seeds computed on the atanh scale so that it stays within ±100 points (src/intervals.py). The "
+        f"margin is {fraction:g} of the baseline's test error rate, in points. **matched**: the whole "
+        f"interval lies within ± the margin, and so does the largest per-epoch test-accuracy gap from the "
+        f"first milestone on (the first epoch whose lr, B or noise scale differs from the epoch before's; "
+        f"its interval at the Bonferroni level over the epochs searched); **differs**: either lies wholly "
+        f"outside; otherwise **inconclusive**; with fewer than "
+        f"{min_seeds} paired seeds always **inconclusive (n seeds)**. 'detectable': the smallest true "
+        f"difference these seeds would detect with {100 * options['power']:g}% power, from their paired spread.",
         "",
     ]
     if not any(run.finished for run in runs):
@@ -1002,7 +1126,8 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         writer.writerows(flat)
     summary = {
         "sweep_id": sweep_id, "experiment": experiment, "environment": env,
-        "margin_points": margin, "confidence": confidence, "interval": "Student t over paired seeds",
+        "margin_error_fraction": fraction, "confidence": confidence,
+        "interval": "t over paired seeds on the atanh scale (src.intervals)",
         "min_seeds": min_seeds, "axes": sweep_axes(runs), "baselines": baselines, "rows": flat,
         "failed_runs": [{"run_id": r.run_id, "name": r.tags.get(RUN_NAME_TAG), "schedule": r.schedule,
                          "seed": r.tags.get(SEED_TAG), "status": r.status, "error": r.tags.get(ERROR_TAG)}
@@ -1037,8 +1162,7 @@ def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunDa
     schedules = sorted({run.schedule for run in runs}, key=lambda s: _schedule_order(s, [baseline] if baseline else candidates))
     styles = styles_for(schedules)
     baselines = {group.label: pick_baseline(group, baseline, candidates) for group in groups}
-    sections = {group.label: report_rows(group, baselines[group.label], options["margin_points"],
-                                         options["confidence"], options["min_seeds"]) for group in groups}
+    sections = {group.label: report_rows(group, baselines[group.label], options) for group in groups}
     figures = []
     for group in groups:
         title = f"sweep {sweep_id}" + (f"  [{group.label}]" if group.label else "")
@@ -1060,10 +1184,10 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _points(text: str) -> float:
+def _fraction(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 accuracy points, got '{text}'")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the error rate in 0..1, got '{text}'")
     return value
 
 
@@ -1086,8 +1210,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="read only runs with this tag (repeatable)")
     parser.add_argument("--baseline", help="the schedule the others are compared with; none: the first of "
                         f"{', '.join(options['baselines'])} that ran (conf/figures.yaml)")
-    parser.add_argument("--margin", "--tolerance", dest="margin", type=_points, default=options["margin_points"],
-                        help="matched = the whole interval of the accuracy difference within ± this many points")
+    parser.add_argument("--margin", "--tolerance", dest="margin", type=_fraction,
+                        default=options["margin_error_fraction"],
+                        help="matched = the whole interval of the accuracy difference within ± this fraction of "
+                             "the baseline's test error rate")
     parser.add_argument("--output-dir", type=Path,
                         help=f"files go to OUTPUT_DIR/<sweep_id>/ (default: paths.output_dir/{options['folder']})")
     args = parser.parse_args(argv)
@@ -1127,7 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     folder = args.output_dir / _folder_name(sweep_id)
-    written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_points": args.margin})
+    written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_error_fraction": args.margin})
     record = record_run(client, client.get_experiment_by_name(args.experiment).experiment_id, sweep_id, runs)
     if record:
         for path in written:

@@ -7,7 +7,8 @@ quantity is unbounded and map it back:
 
 - a difference of two accuracies (points, within [-100, +100]): atanh(d / 100);
 - an accuracy (%, within [0, 100]): logit(a / 100);
-- a ratio of two positive numbers (times, updates): log(r).
+- a ratio of two positive numbers (times, updates): log(r);
+- a quantity with no bounds (a difference of losses): as it is.
 
 Near the middle of the range each transform is close to linear (atanh(x) ~ x for |x| < 0.1,
 so a difference of a few points keeps the plain t interval's numbers); near the ends it bends so
@@ -40,6 +41,8 @@ SCALES: dict[str, tuple[Callable[[float], float], Callable[[float], float]]] = {
     "percent": (lambda a: math.atanh(_clip(2 * a / 100 - 1)), lambda z: 50 * (math.tanh(z) + 1)),
     # a ratio of positive numbers, (0, inf)
     "ratio": (math.log, math.exp),
+    # a quantity with no bounds (a difference of two losses): the plain t interval
+    "unbounded": (float, float),
 }
 
 

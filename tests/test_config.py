@@ -4,7 +4,7 @@ names the key and the exit status 2. (tests/test_bad_input.py runs a few of them
 
 import pytest
 from omegaconf import OmegaConf
-from helpers.configs import DIGITS_N_TRAIN, DIGITS_N_VAL, TINY, compose_config
+from helpers.configs import DIGITS_N_TEST, DIGITS_N_TRAIN, DIGITS_N_VAL, TINY, compose_config
 
 from src.config import validate, validate_against_data
 from src.cli import one_line_error
@@ -70,7 +70,7 @@ def refusal(*overrides: str) -> tuple[str, int] | None:
     try:
         cfg = compose_config(*TINY, *overrides)
         validate(cfg)
-        validate_against_data(cfg, DIGITS_N_TRAIN, DIGITS_N_VAL)
+        validate_against_data(cfg, DIGITS_N_TRAIN, DIGITS_N_VAL, DIGITS_N_TEST)
     except Exception as error:
         return one_line_error(error)
     return None

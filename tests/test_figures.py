@@ -24,19 +24,21 @@ from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group
                          load_sweep, minus_one_spread, pick_baseline, plot_totals, report_rows,
                          series, styles_for, sweep_axes, sweeps_of, write_all)
 from src.errors import ConfigError
+from src.intervals import interval
 from src.tracking import open_existing_store, tracked_run
 
 # The tiny config with a model that learns digits in 3 epochs (~85%, not the 8% of the default
 # bottleneck MLP): accuracies that differ between schedules and seeds.
 LEARNS = [*TINY, "model.hidden=[128]", "model.dropout_after=[]"]
-PAPER = ["fig1_lr_batch_size", "fig2a_train_loss_epochs", "fig2b_train_loss_updates", "fig3_val_acc_epochs",
-         "fig5_val_acc_updates"]
+PAPER = ["fig1_lr_batch_size", "fig2a_train_loss_epochs", "fig2b_train_loss_updates", "fig3_test_acc_epochs",
+         "fig5_test_acc_updates"]
 EXTRA = ["noise_scale_epochs", "val_loss_wall_time", "totals_bars"]
 REPORTS = ["report.md", "report.csv", "report.json"]
-REPORTED = [schema.FINAL_VAL_ACC, schema.FINAL_VAL_LOSS, "best_val_loss", schema.TOTAL_PARAM_UPDATES,
+REPORTED = [schema.FINAL_TEST_ACC, schema.FINAL_TEST_LOSS, schema.FINAL_VAL_ACC, schema.FINAL_VAL_LOSS, "best_val_loss", schema.TOTAL_PARAM_UPDATES,
             schema.TOTAL_WALL_TIME_S, schema.TRAIN_TIME_S]
 EXPERIMENT = schema.default_experiment()  # where the runs go by default, and what the command reads
 T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (from tables)
+OPTIONS = {"margin_error_fraction": 0.1, "confidence": 0.95, "power": 0.8, "min_seeds": 3}
 
 
 def run_figures(store, *args: str, output_dir=None) -> subprocess.CompletedProcess:
@@ -109,7 +111,7 @@ def test_writes_the_paper_figures_and_the_extras(sweep):
     updates = {run.data.tags[schema.SCHEDULE_TAG]: run.data.metrics[schema.TOTAL_PARAM_UPDATES]
                for run in runs_of(client, sweep_id)}
     for stem, axis in [("fig2a_train_loss_epochs", "training cross-entropy"), ("fig2b_train_loss_updates", "parameter updates"),
-                       ("fig3_val_acc_epochs", "epochs trained"), ("fig5_val_acc_updates", "parameter updates")]:
+                       ("fig3_test_acc_epochs", "epochs trained"), ("fig5_test_acc_updates", "parameter updates")]:
         svg = (folder / f"{stem}.svg").read_text()
         assert axis in svg and "increase_bs (3 seeds)" in svg and "band: min to max" in svg, stem
         for schedule, total in updates.items():  # every curve's end is labelled with its updates
@@ -146,9 +148,10 @@ def test_report_numbers_are_the_stores(sweep):
 
 
 def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
-    """Recomputed from the store: per seed, the final accuracy difference to decay_lr in points;
-    mean ± t(0.975, 2) s/sqrt(3); the word from the interval against ±1 point; the largest mean
-    per-epoch gap from the first milestone (epoch 2: milestones after epoch 1 and 2) on."""
+    """Recomputed from the store: per seed, the final TEST accuracy difference to decay_lr in
+    points; its mean, and the t interval on the atanh scale; the word from the interval against
+    ± 0.1 of decay_lr's test error rate; the first milestone (epoch 2: milestones after epoch 1
+    and 2)."""
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
     by = {(r.data.tags[schema.SCHEDULE_TAG], r.data.tags[schema.SEED_TAG]): r for r in runs_of(client, sweep_id)}
@@ -157,21 +160,28 @@ def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
     md = (folder / "report.md").read_text()
     for schedule in ("hybrid", "increase_bs"):
         row = rows[schedule]
-        diffs = np.array([100 * (by[schedule, s].data.metrics[schema.FINAL_VAL_ACC]
-                                 - by["decay_lr", s].data.metrics[schema.FINAL_VAL_ACC]) for s in "012"])
-        half = T_975_2 * diffs.std(ddof=1) / np.sqrt(3)
-        low, high = diffs.mean() - half, diffs.mean() + half
-        assert row["n_paired"] == "3"
+        diffs = np.array([100 * (by[schedule, s].data.metrics[schema.FINAL_TEST_ACC]
+                                 - by["decay_lr", s].data.metrics[schema.FINAL_TEST_ACC]) for s in "012"])
+        z = np.arctanh(diffs / 100)
+        half = T_975_2 * z.std(ddof=1) / np.sqrt(3)
+        low, high = 100 * np.tanh(z.mean() - half), 100 * np.tanh(z.mean() + half)
+        margin = 0.1 * 100 * (1 - np.mean([by["decay_lr", s].data.metrics[schema.FINAL_TEST_ACC] for s in "012"]))
+        assert row["n_paired"] == "3" and float(row["margin_points"]) == pytest.approx(margin)
         assert float(row["acc_diff_points"]) == pytest.approx(diffs.mean(), abs=1e-9)
         assert (float(row["acc_diff_low"]), float(row["acc_diff_high"])) == pytest.approx((low, high), abs=1e-9)
-        word = "matched" if -1 <= low and high <= 1 else "differs" if high < -1 or low > 1 else "inconclusive"
-        assert row["verdict"] == word
-        gaps = np.mean([100 * (np.array(values_of(client, by[schedule, s], schema.VAL_ACC))
-                               - np.array(values_of(client, by["decay_lr", s], schema.VAL_ACC))) for s in "012"], axis=0)
+        word = "matched" if -margin <= low and high <= margin else "differs" if high < -margin or low > margin else (
+            "inconclusive")
+        # the whole curve decides with the end: a gap outside the margin can only move the word away from matched
+        assert row["verdict"] in {"matched": (word, "inconclusive (matched at the end, not along the curve)"),
+                                  "inconclusive": (word, "differs (along the curve)"), "differs": (word,)}[word]
         assert row["first_milestone_epoch"] == "2"
+        gaps = np.mean([100 * (np.array(values_of(client, by[schedule, s], schema.TEST_ACC))
+                               - np.array(values_of(client, by["decay_lr", s], schema.TEST_ACC))) for s in "012"],
+                       axis=0)
         at = 1 + int(np.argmax(np.abs(gaps[1:])))  # epochs 2 and 3 (0-based 1 and 2)
         assert int(row["max_gap_epoch"]) == at + 1 and float(row["max_gap_points"]) == pytest.approx(gaps[at], abs=1e-9)
-        assert f"- **{schedule}**: {word}. {diffs.mean():+.2f} points (95% t interval {low:+.2f} to {high:+.2f}, 3 paired seeds)" in md
+        assert (f"- **{schedule}**: {row['verdict']}. test accuracy {diffs.mean():+.2f} points (95% interval "
+                f"[{low:+.2f}, {high:+.2f}], 3 paired seeds; margin ±{margin:.2f}") in md
 
 
 def test_one_seed_writes_the_paper_figures_and_says_inconclusive(sweep):
@@ -183,7 +193,7 @@ def test_one_seed_writes_the_paper_figures_and_says_inconclusive(sweep):
         "decay_lr": "baseline", "hybrid": "inconclusive (1 seed)", "increase_bs": "inconclusive (1 seed)"}
     assert rows["hybrid"]["acc_diff_low"] == "" and rows["hybrid"]["n_finished"] == "1"
     assert "inconclusive (1 seed)" in (folder / "report.md").read_text()
-    for stem in ("fig2a_train_loss_epochs", "fig3_val_acc_epochs", "fig5_val_acc_updates"):
+    for stem in ("fig2a_train_loss_epochs", "fig3_test_acc_epochs", "fig5_test_acc_updates"):
         svg = (folder / f"{stem}.svg").read_text()
         assert "band" not in svg and "decay_lr (1 seed)" in svg, stem  # no band, no band legend
 
@@ -215,7 +225,7 @@ def test_totals_bars_use_the_training_time(sweep):
                                       if r.data.tags[schema.SCHEDULE_TAG] == s)
                   for s in ("decay_lr", "hybrid", "increase_bs")}
     [group] = group_runs(load_sweep(client, EXPERIMENT, sweep_id)[1], ["decay_lr"])
-    fig = plot_totals(report_rows(group, "decay_lr"), styles_for(list(group.curves)), "title", "decay_lr")
+    fig = plot_totals(report_rows(group, "decay_lr", OPTIONS), styles_for(list(group.curves)), "title", "decay_lr")
     heights = [bar.get_height() for bar in fig.axes[0].patches]
     assert heights == pytest.approx(list(train_time.values()), rel=1e-12)
     assert fig.axes[0].get_ylabel() == "training time per run (s)"
@@ -261,7 +271,7 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
     failed_section = md[md.index("## Failed runs"):]
     assert "| increase_bs seed=1 | increase_bs | 1 | FAILED | MemoryError: simulated out of memory |" in failed_section
     assert "| increase_bs | 1 (+1 failed) |" in md
-    assert "increase_bs (1 seed, 1 failed, left out)" in (folder / "fig3_val_acc_epochs.svg").read_text()
+    assert "increase_bs (1 seed, 1 failed, left out)" in (folder / "fig3_test_acc_epochs.svg").read_text()
     [failed] = json.loads((folder / "report.json").read_text())["failed_runs"]
     assert failed["status"] == "FAILED" and failed["error"] == "MemoryError: simulated out of memory"
 
@@ -328,8 +338,8 @@ def test_an_optimizer_sweep_draws_figures_3_and_4_as_panels(tmp_path, data_dir):
     made = run_figures(tmp_path)
     assert made.returncode == 0, made.stderr[-3000:]
     [folder] = (tmp_path / "figures").iterdir()
-    for stem, panels in [("fig3_val_acc_epochs_momentum_nesterov", ["(a) SGD with momentum", "(b) Nesterov momentum"]),
-                         ("fig4_val_acc_epochs_sgd_adam", ["(a) vanilla SGD", "(b) Adam"])]:
+    for stem, panels in [("fig3_test_acc_epochs_momentum_nesterov", ["(a) SGD with momentum", "(b) Nesterov momentum"]),
+                         ("fig4_test_acc_epochs_sgd_adam", ["(a) vanilla SGD", "(b) Adam"])]:
         svg = (folder / f"{stem}.svg").read_text()
         assert all(panel in svg for panel in panels), stem
     for name in ("adam", "momentum", "nesterov", "sgd"):
@@ -344,17 +354,19 @@ def test_an_optimizer_sweep_draws_figures_3_and_4_as_panels(tmp_path, data_dir):
 # --- the rules, on runs made up as plain data ---------------------------------------------------
 
 
-def rows_by_schedule(runs, baseline="decay_lr", margin=1.0, min_seeds=3):
+def rows_by_schedule(runs, baseline="decay_lr", margin=0.1, min_seeds=3):
     [group] = group_runs(runs, [baseline])
-    return {row["schedule"]: row for row in report_rows(group, baseline, margin, 0.95, min_seeds)}
+    options = {**OPTIONS, "margin_error_fraction": margin, "min_seeds": min_seeds}
+    return {row["schedule"]: row for row in report_rows(group, baseline, options)}
 
 
 @pytest.mark.parametrize("diffs,word", [
     ([0.1, 0.2, -0.1], "matched"),          # mean 0.067, interval [-0.31, +0.45]
     ([-3.0, -2.8, -3.2], "differs"),        # [-3.50, -2.50]
-    ([-0.5, -1.5, -1.0], "inconclusive"),   # [-2.24, +0.24]: crosses -1
+    ([-0.5, -1.5, -1.0], "inconclusive"),   # [-2.24, +0.24]: crosses -1.5 (0.1 of a 15% error rate)
 ])
 def test_verdict_from_the_paired_t_interval(diffs, word):
+    """Differences of a few points: the atanh scale keeps the plain t interval's numbers (to 0.01)."""
     base = [0.80, 0.85, 0.90]
     runs = [fake_run("decay_lr", s, a) for s, a in enumerate(base)]
     runs += [fake_run("increase_bs", s, a + d / 100, updates=100.0) for s, (a, d) in enumerate(zip(base, diffs))]
@@ -362,10 +374,11 @@ def test_verdict_from_the_paired_t_interval(diffs, word):
     half = T_975_2 * statistics.stdev(diffs) / 3 ** 0.5
     assert row["acc_diff_points"] == pytest.approx(statistics.fmean(diffs))
     assert (row["acc_diff_low"], row["acc_diff_high"]) == pytest.approx((statistics.fmean(diffs) - half,
-                                                                         statistics.fmean(diffs) + half))
+                                                                         statistics.fmean(diffs) + half), abs=0.01)
+    assert row["margin_points"] == pytest.approx(1.5)
     assert row["verdict"] == word and row["n_paired"] == 3
     assert "3.0x fewer parameter updates" in row["verdict_detail"]
-    assert rows_by_schedule(runs, margin=5.0)["increase_bs"]["verdict"] == "matched"  # the margin is used
+    assert rows_by_schedule(runs, margin=0.5)["increase_bs"]["verdict"] == "matched"  # the margin is used
     assert rows_by_schedule(runs, margin=0.0)["increase_bs"]["verdict"] in ("differs", "inconclusive")
 
 
@@ -375,7 +388,9 @@ def test_fewer_than_three_paired_seeds_is_always_inconclusive():
     runs += [fake_run("increase_bs", 7, 0.1)]  # seed 7 has no decay_lr partner: left out of the pairs
     row = rows_by_schedule(runs)["increase_bs"]
     assert row["n_paired"] == 2 and row["acc_diff_points"] == 0 and row["verdict"] == "inconclusive (2 seeds)"
-    assert rows_by_schedule(runs, min_seeds=2)["increase_bs"]["verdict"] == "matched"
+    # identical pairs and no other arm to pool from: no interval, never a zero-width one
+    row = rows_by_schedule(runs, min_seeds=2)["increase_bs"]
+    assert row["acc_diff_low"] is None and row["verdict"] == "inconclusive (no spread to build an interval from)"
 
 
 def test_seeds_pair_by_seed_with_the_newest_finished_run_of_each():
@@ -387,7 +402,7 @@ def test_seeds_pair_by_seed_with_the_newest_finished_run_of_each():
     curve = Curve("increase_bs", [fake_run("increase_bs", s, 0.8) for s in (0, 1, 7)] + [again, failed])
     assert [(run.run_id, run.start_time, other.run_id) for run, other in curve.paired_with(base)] == [
         ("increase_bs-0", 0, "decay_lr-0"), ("increase_bs-1", 10, "decay_lr-1")]  # seed 7: no partner
-    assert compare(curve, base, 1.0, 0.95, 3)["n_paired"] == 2
+    assert compare(curve, base, OPTIONS)["n_paired"] == 2
 
 
 def test_training_runs_are_those_with_no_kind_and_not_superseded():
@@ -413,14 +428,14 @@ def test_largest_gap_counts_from_the_first_milestone():
     """The lr changes at the third epoch: the gaps of epochs 1-2 (same schedule so far) do not count."""
     def run(schedule, seed, curve):
         made = fake_run(schedule, seed, curve[-1])
-        made.history[schema.VAL_ACC] = curve
+        made.history[schema.TEST_ACC] = curve
         return made
     base = run("decay_lr", 0, [0.5, 0.6, 0.7])
     other = run("increase_bs", 0, [0.1, 0.6, 0.69])  # 40 points behind at epoch 1, 1 point at epoch 3
-    row = compare(Curve("increase_bs", [other]), Curve("decay_lr", [base]), 1.0, 0.95, 3)
+    row = compare(Curve("increase_bs", [other]), Curve("decay_lr", [base]), OPTIONS)
     assert change_steps(base) == [2] and row["first_milestone_epoch"] == 3
     assert row["max_gap_epoch"] == 3 and row["max_gap_points"] == pytest.approx(-1.0)
-    assert series([base], schema.VAL_ACC)["x"].tolist() == [1, 2, 3]  # epochs are 1-based
+    assert series([base], schema.TEST_ACC)["x"].tolist() == [1, 2, 3]  # epochs are 1-based
 
 
 def test_grouping_uses_the_whole_config_minus_seed_and_execution_keys():
@@ -449,7 +464,7 @@ def test_baseline_is_decay_lr_else_plateau_decay_lr_else_none():
     assert pick_baseline(group("plateau_increase_bs", "plateau_decay_lr"), None, candidates) == "plateau_decay_lr"
     assert pick_baseline(group("increase_bs", "hybrid"), None, candidates) is None
     assert pick_baseline(group("increase_bs", "hybrid"), "hybrid", candidates) == "hybrid"
-    rows = {r["schedule"]: r for r in report_rows(group("increase_bs", "hybrid"), None)}
+    rows = {r["schedule"]: r for r in report_rows(group("increase_bs", "hybrid"), None, OPTIONS)}
     assert rows["hybrid"]["verdict"] == "no baseline" and rows["hybrid"]["total_param_updates_ratio"] is None
 
 

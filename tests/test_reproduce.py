@@ -20,8 +20,10 @@ from src.reproduce import NOT_RUN, evaluate_claim, load_plan, load_study, select
 from src.schema import CONF_DIR
 
 PLAN = load_plan()
-OPTIONS = {"margin_points": 1.0, "confidence": 0.95, "min_seeds": 3}
+OPTIONS = {"margin_error_fraction": 0.1, "small_loss_error_fraction": 0.175, "confidence": 0.95, "power": 0.8,
+           "min_seeds": 3}
 CLAIM = {"baseline": "decay_lr", "arms": ["increase_bs"], "expect": "matched"}
+NO_CONTROL = " (no control ran beside it: the test's power is not shown)"
 
 
 def reproduce(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -62,9 +64,9 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
     result = reproduce("run", "default", "blog_covtype_quick", "--seeds", "4,5", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("python -m src.run")]
-    assert len(commands) == 3  # the default study's two sweeps, the blog's one
+    assert len(commands) == 4  # the default study's three sweeps (its control's included), the blog's one
     assert all("trainer.seed=4,5" in c and "hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands)
-    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[2]
+    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[3]
     minutes = 2 * (PLAN["studies"]["default"].minutes + PLAN["studies"]["blog_covtype_quick"].minutes)
     assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
 
@@ -96,7 +98,7 @@ def test_a_missing_arm_is_not_run_and_the_claim_does_not_hold():
     runs = [fake_run("decay_lr", seed, 0.8) for seed in range(3)]
     measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
     assert f"increase_bs: {NOT_RUN}" in measured and f"increase_bs {NOT_RUN}" in verdict
-    assert "matched" not in verdict and verdict.endswith("undecided")
+    assert "matched" not in verdict and verdict.endswith("undecided" + NO_CONTROL)
 
 
 @pytest.mark.parametrize("diffs,word,reading", [
@@ -105,8 +107,10 @@ def test_a_missing_arm_is_not_run_and_the_claim_does_not_hold():
     ([-0.5, -1.5, -1.0], "inconclusive", "undecided"),
 ])
 def test_verdict_and_reading_from_the_paired_interval(diffs, word, reading):
+    """The baseline's error rate is 15% on average, so the margin is 1.5 points."""
     measured, verdict, _ = evaluate_claim(CLAIM, arms(diffs), OPTIONS)
-    assert verdict == f"increase_bs **{word}**: {reading}"
+    assert verdict == f"increase_bs **{word}**: {reading}{NO_CONTROL}"
+    assert "margin ±1.50 points" in measured
     mean = sum(diffs) / 3
     assert f"({mean:+.2f} [" in measured and "100 updates (0.33x)" in measured
     assert evaluate_claim({**CLAIM, "expect": "none"}, arms(diffs), OPTIONS)[1] == f"increase_bs **{word}**"
@@ -115,22 +119,77 @@ def test_verdict_and_reading_from_the_paired_interval(diffs, word, reading):
 def test_one_seed_is_inconclusive_whatever_the_numbers():
     runs = [r for r in arms([0.0, 0.0, 0.0]) if r.seed == "0"]
     measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
-    assert verdict == "increase_bs **inconclusive (1 seed)**: undecided"
+    assert verdict == "increase_bs **inconclusive (1 seed)**: undecided" + NO_CONTROL
 
 
-def test_a_seed_that_diverged_makes_the_arm_differ():
-    """Two seeds match, the third's loss went NaN: the arm did not reach the baseline's accuracy
-    in every seed, so it differs (the rule alone would say inconclusive (2 seeds))."""
+def bounds_in(text: str) -> list[tuple[float, float]]:
+    """Every [low, high] interval printed in a cell."""
+    return [(float(a), float(b)) for a, b in re.findall(r"\[([-+]?[\d.]+), ([-+]?[\d.]+)\]", text)]
+
+
+def test_a_seed_that_diverged_counts_at_chance_with_a_bounded_interval():
+    """Two seeds match, the third's loss went NaN: that seed is an outcome, counted at chance
+    (10% for 10 classes): -80 points; the interval stays within +-100 points (a plain t interval
+    would print about -160 to +110), and the cell says how many seeds diverged, with the exact
+    binomial interval of that share and the per-seed values."""
     runs = arms([0.1, 0.2, 0.0])
     runs[-1].status = "FAILED"
     runs[-1].tags["error"] = "Diverged: loss is nan (train) / nan (val) after epoch 4: diverged"
     measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
-    assert verdict == "increase_bs **differs (1 of 3 seeds diverged)**: does not hold here"
-    assert "seed 2 diverged (loss not finite)" in measured
+    assert verdict == "increase_bs **inconclusive (1 of 3 seeds diverged)**: undecided" + NO_CONTROL
+    assert "1 of 3 seeds diverged [1, 91]%, counted at chance" in measured and "seed 2 diverged" in measured
+    assert "per seed 80.1 / 85.2 / div." in measured
+    [diff] = [b for b in bounds_in(measured) if b[0] < -50]
+    assert -100 <= diff[0] < diff[1] <= 100
     runs[-1].tags["error"] = "RuntimeError: out of memory"  # a fault, not a result: only noted
     measured, verdict, _ = evaluate_claim(CLAIM, runs, OPTIONS)
-    assert verdict == "increase_bs **inconclusive (2 seeds)**: undecided"
+    assert verdict == "increase_bs **inconclusive (2 seeds)**: undecided" + NO_CONTROL
     assert "seed 2 FAILED: RuntimeError: out of memory" in measured
+
+
+def with_control(runs, diffs_points, name="no_anneal"):
+    """A control run beside the arms, `diffs_points` from the baseline's seed by seed."""
+    base = {r.seed: r.metrics[schema.FINAL_TEST_ACC] for r in runs if r.schedule == "decay_lr"}
+    return runs + [fake_run(name, int(seed), acc + d / 100) for (seed, acc), d in zip(base.items(), diffs_points)]
+
+
+def test_a_control_that_does_not_differ_turns_the_row_to_cannot_tell():
+    """The arm matches either way; only a control that came out different lets "holds" stand."""
+    claim = {**CLAIM, "controls": ["no_anneal"]}
+    runs = arms([0.1, 0.2, -0.1])
+    _, verdict, _ = evaluate_claim(claim, with_control(runs, [-10.0, -12.0, -11.0]), OPTIONS)
+    assert verdict == "increase_bs **matched**; no_anneal (control) **differs**: holds"
+    _, verdict, _ = evaluate_claim(claim, with_control(runs, [0.1, -0.1, 0.0]), OPTIONS)
+    assert verdict.endswith(": cannot tell here: a control that must differ did not (matched)")
+    _, verdict, _ = evaluate_claim(claim, runs, OPTIONS)
+    assert verdict.endswith(f"cannot tell here: a control that must differ did not ({NOT_RUN})")
+
+
+def test_identical_pairs_and_bimodal_arms_give_bounded_intervals_of_nonzero_width():
+    """An arm identical to the baseline in every seed has no spread of its own: its interval uses
+    the spread pooled over the study's other arms, never a zero-width one; an arm at chance in
+    half its seeds stays within +-100 points."""
+    claim = {**CLAIM, "arms": ["increase_bs", "hybrid"], "expect": "none"}
+    runs = arms([0.0, 0.0, 0.0])
+    base = {r.seed: r.metrics[schema.FINAL_TEST_ACC] for r in runs if r.schedule == "decay_lr"}
+    runs += [fake_run("hybrid", int(seed), acc + d / 100) for (seed, acc), d in zip(base.items(), [0.3, -0.4, 0.2])]
+    measured, _, _ = evaluate_claim(claim, runs, OPTIONS)
+    identical = re.search(r"increase_bs: [\d.]+% \(\+0\.00 \[([-+\d.]+), ([-+\d.]+)\]", measured)
+    assert identical and float(identical[1]) < 0 < float(identical[2])
+    bimodal = arms([0.0, -75.0, 0.0], base_acc=(0.85, 0.85, 0.85))
+    bimodal += [fake_run("decay_lr", 3, 0.85), fake_run("increase_bs", 3, 0.10)]
+    measured, _, _ = evaluate_claim({**CLAIM, "expect": "none"}, bimodal, OPTIONS)
+    assert all(-100 <= low < high <= 100 for low, high in bounds_in(measured) if low < 0 and high <= 100)
+
+
+def test_claim_3b_expects_a_small_loss_within_the_papers_relative_cost():
+    """Baseline error 15%: the tolerance is 0.175 x 15 = 2.6 points. A loss of about 1 point is the
+    small loss the paper reports; 6 points is larger; an arm that matches is within it too."""
+    claim = {**CLAIM, "expect": "small_loss"}
+    _, verdict, _ = evaluate_claim(claim, arms([-1.0, -1.2, -0.9]), OPTIONS)
+    assert verdict.startswith("increase_bs **small loss (within -2.62)**") and ": holds" in verdict
+    _, verdict, _ = evaluate_claim(claim, arms([-6.0, -6.5, -5.8]), OPTIONS)
+    assert "**larger loss (beyond -2.62)**" in verdict and ": does not hold here" in verdict
 
 
 def test_an_arm_with_no_seed_in_common_with_the_baseline_is_inconclusive_not_a_crash():
@@ -140,12 +199,13 @@ def test_an_arm_with_no_seed_in_common_with_the_baseline_is_inconclusive_not_a_c
     measured, verdict, short = evaluate_claim({**CLAIM, "checks": {"train_time_s": "lower"}}, runs, OPTIONS)
     assert "increase_bs: no seed finished in both increase_bs and decay_lr" in measured
     assert short.endswith("increase_bs: no seed finished in both increase_bs and decay_lr")
-    assert verdict == "increase_bs **inconclusive (0 seeds)**: undecided"
+    assert verdict == "increase_bs **inconclusive (0 seeds)**: undecided" + NO_CONTROL
 
 
 def test_a_divergence_is_read_from_the_error_tag_as_tracking_writes_it():
     from src.errors import Diverged
-    from src.reproduce import has_diverged, provisional_reason
+    from src.figures import has_diverged
+    from src.reproduce import provisional_reason
 
     run = fake_run("increase_bs", 0, 0.1)
     run.status = "FAILED"
@@ -160,9 +220,17 @@ def test_a_time_check_reads_the_paired_ratio():
     claim = {**CLAIM, "checks": {"train_time_s": "lower"}}
     faster = arms([0.1, 0.2, -0.1], times=(0.5, 0.55, 0.6))
     measured, verdict, _ = evaluate_claim(claim, faster, OPTIONS)
-    assert "train time 0.55x [" in measured and verdict.endswith("train time lower: holds")
+    assert "train time 0.55x [" in measured and verdict.endswith("train time lower: holds" + NO_CONTROL)
     slower = arms([0.1, 0.2, -0.1], times=(1.5, 1.6, 1.55))
-    assert evaluate_claim(claim, slower, OPTIONS)[1].endswith("train time higher: does not hold here")
+    assert evaluate_claim(claim, slower, OPTIONS)[1].endswith("train time higher: does not hold here" + NO_CONTROL)
+
+
+def test_a_wide_time_spread_keeps_the_ratio_above_zero():
+    """Ratios 0.1 to 1.9: a plain t interval of their mean goes below 0; on the log scale the
+    interval of the (geometric) mean stays positive."""
+    measured, _, _ = evaluate_claim(CLAIM, arms([0.1, 0.2, -0.1], times=(0.1, 1.0, 1.9)), OPTIONS)
+    [ratio] = re.findall(r"train time ([\d.]+)x \[([-\d.]+), ([-\d.]+)\]", measured)
+    assert 0 < float(ratio[1]) < float(ratio[0]) < float(ratio[2])
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -228,14 +296,14 @@ def test_side_by_side_table_gives_each_schedule_with_intervals_and_paired_ratios
     runs = arms([0.1, 0.2, -0.1], times=(0.5, 0.6, 0.7))
     lines = study_table(runs, "decay_lr", OPTIONS)
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:] if line.startswith("| ")}
-    assert rows["decay_lr"][1:5] == ["3", "85.00 [72.58, 97.42]", "(baseline)", "300"]
+    assert rows["decay_lr"][1:5] == ["3", "85.00 [68.18, 94.18]", "(baseline)", "300"]  # the logit scale: below 100
     assert rows["increase_bs"][1] == "3"
     assert rows["increase_bs"][3].startswith("+0.07 [") and rows["increase_bs"][3].endswith("**matched**")
     assert rows["increase_bs"][4] == "100 (0.33x)"
-    assert rows["increase_bs"][6].startswith("0.60x [")  # the mean of the per-seed ratios 0.5, 0.6, 0.7
+    assert rows["increase_bs"][6].startswith("0.59x [")  # the geometric mean of the per-seed ratios 0.5, 0.6, 0.7
     runs[-1].status, runs[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
     rows = {line.split(" | ")[0][2:]: line for line in study_table(runs, "decay_lr", OPTIONS)[2:]}
-    assert "| 2 (+1 diverged) |" in rows["increase_bs"] and "**differs (1 of 3 seeds diverged)**" in rows["increase_bs"]
+    assert "| 2 (+1 diverged) |" in rows["increase_bs"] and "(1 of 3 seeds diverged)**" in rows["increase_bs"]
 
 
 def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
@@ -250,11 +318,13 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     ref[-1].status, ref[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
     own = [fake_run("decay_lr", s, 0.50 + s / 100) for s in range(3)] + [fake_run("increase_lr", s, 0.50 + s / 100)
                                                                           for s in range(3)]
-    borrowed = [fake_run("increase_lr", s, 0.98 + s / 1000) for s in range(3)]
+    borrowed = [fake_run("increase_lr", s, 0.98 + s / 10000) for s in range(3)]  # within 0.1 x 2% = 0.2 points
     lines, measured, verdict = ablation_table(plan, {"ref": ref, "own": own, "borrowed": borrowed}, OPTIONS)
     rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    # the diverged seed counts at chance: -88 points in every seed; the spread pooled from "borrowed"
     assert "10.0 / 10.0 / div." in rows["ref"] and "**differs (1 of 3 seeds diverged)**" in rows["ref"]
-    assert "+0.0 [+0.0, +0.0] **matched** |" in rows["own"]  # its own decay_lr, not the reference's 98%
+    [own_bounds] = re.findall(r"\+0\.00 \[([-+\d.]+), ([-+\d.]+)\] \*\*matched\*\* \|", rows["own"])  # its own decay_lr
+    assert float(own_bounds[0]) < 0 < float(own_bounds[1])  # identical pairs: a pooled spread, not a zero-width interval
     assert rows["borrowed"].endswith("**matched** (reference's) |")
     assert verdict.startswith("increase_lr: recovered by own, borrowed")
     assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
@@ -318,19 +388,19 @@ def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(t
     monkeypatch.setattr(reproduce, "study_table", lambda *args: tables.append(args[0]) or study_table(*args))
     stale = out / "reproduction" / "default" / "model=old"
     stale.mkdir(parents=True)
-    (stale / "fig5_val_acc_updates.png").write_bytes(b"")
+    (stale / "fig5_test_acc_updates.png").write_bytes(b"")
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     (tmp_path / "README.md").write_text("<!-- reproduction:summary -->\n<!-- /reproduction:summary -->\n"
                                         "<!-- reproduction:table -->\n<!-- /reproduction:table -->\n")
     args = ["report", "--output", str(doc), "--output-dir", str(out), "--write-readme"]
     assert reproduce.report(reproduce.parse_args(args), PLAN) == 0
-    assert not stale.exists() and (out / "reproduction" / "default" / "fig5_val_acc_updates.png").is_file()
+    assert not stale.exists() and (out / "reproduction" / "default" / "fig5_test_acc_updates.png").is_file()
     assert not list(doc.parent.rglob("model=old"))
     text = doc.read_text()
     [row] = [line for line in text.splitlines() if line.startswith("| 1b | ")]
-    assert "model=old" not in row and "](reproduction/default/fig5_val_acc_updates.png)" in row
+    assert "model=old" not in row and "](reproduction/default/fig5_test_acc_updates.png)" in row
     assert "measured here (mean [90% interval] over seeds)" in text and "[95% interval]" not in text
-    assert "| schedule | seeds | final val acc (%, mean [90% interval]) |" in text
+    assert "| schedule | seeds | final test acc (%, mean [90% interval]) |" in text
     readme = (tmp_path / "README.md").read_text()
     assert "accuracy minus baseline (points, 90% interval)" in readme and "**default** (`" in readme
     assert len(tables) == 1 and tables[0] is runs  # default, the one study of `tables` that ran: once

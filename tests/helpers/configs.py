@@ -9,7 +9,7 @@ ROOT = CONF_DIR.parent
 # A tiny but real configuration: sklearn's bundled digits, 3 epochs with steps after epochs 1
 # and 2 (the default fractional milestones need at least 4 epochs), the default model.
 TINY = ["dataset=digits", "trainer.epochs=3", "schedule.milestones=[1,2]", "trainer.threads=1"]
-DIGITS_N_TRAIN, DIGITS_N_VAL = 1437, 360  # digits' samples (conf/dataset/digits.yaml: 1,797, 360 for validation)
+DIGITS_N_TRAIN, DIGITS_N_VAL, DIGITS_N_TEST = 1437, 180, 180  # digits (conf/dataset/digits.yaml: 1,797 samples)
 # MNIST-1D small enough to generate in about a second.
 TINY_MNIST1D = ["dataset.n_samples=2500", "dataset.n_val=500", "dataset.n_test=500"]
 
