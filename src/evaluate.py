@@ -10,15 +10,20 @@ Nothing is logged.
 The overrides (KEY=VALUE, as src.run takes them) locate the store through conf/config.yaml
 (paths.output_dir=..., tracking.uri=...), and those under paths and trainer.device also apply to
 the run's config: where the data are on this machine (paths.data_dir=...) and where to evaluate.
-A missing run, or a run without weights, is a one-line error and exit code 2.
+The store is only read, never created (src.tracking.open_existing_store): a path where no
+MLflow store is, or a file that is not one, is refused and left as it is. A missing run, a run
+without weights, a run whose artifact folder is gone, or weights or a config.yaml that cannot be
+read (named by their place in the store) is a one-line error and exit code 2.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 # Keys of the run's own config that an override may change: where things are on this machine
 # and where to evaluate, not what the run computed.
@@ -37,38 +42,95 @@ def split_arguments(argv: Sequence[str]) -> tuple[str, list[str]]:
     return run_ids[0], [a for a in argv if not a.startswith("run_id=")]
 
 
+def _place(run, name: str) -> str:
+    """Where the run's artifact `name` lives: a path for a local store, else its URI."""
+    root = run.info.artifact_uri.rstrip("/")
+    if root.startswith("file:"):
+        root = unquote(urlsplit(root).path)
+    return f"{root}/{name}"
+
+
+def _download(client, run, name: str, folder: str) -> str:
+    """The run's artifact `name`, downloaded into `folder`; an EvaluationError saying why not: the
+    run's whole artifact folder gone, the weights never logged (tracking.log_weights=false, or
+    the run did not finish), or the one file missing."""
+    from mlflow.exceptions import MlflowException
+
+    from src import schema
+
+    try:
+        return client.download_artifacts(run.info.run_id, name, folder)
+    except (MlflowException, OSError):
+        pass
+    try:
+        present = client.list_artifacts(run.info.run_id)
+    except (MlflowException, OSError):
+        present = []
+    where = _place(run, name)
+    if not present:
+        why = f"its artifacts are gone: nothing at {_place(run, '').rstrip('/')} (deleted or moved)"
+    elif name != schema.WEIGHTS_ARTIFACT:
+        why = f"no {where}"
+    elif run.info.status != "FINISHED":
+        why = f"no {name}: the run is {run.info.status}, and weights are logged when a run finishes"
+    elif run.data.params.get("tracking.log_weights") == "False":
+        why = f"no {name}: logged with tracking.log_weights=false"
+    else:
+        why = f"{where} is gone (deleted or moved)"
+    raise EvaluationError(f"run_id={run.info.run_id}: {why}")
+
+
+def _unreadable(error: BaseException) -> str:
+    """Why torch.load could not read a file, in a few words: torch's weights_only advice around
+    the reason is no news for a file this project wrote."""
+    text = " ".join(str(error).split())
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0].split(". ")[0]
+    return f"{type(error).__name__}: {reason.strip() or 'the file ends early'}"
+
+
 def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
     """The run's weights on its validation and test sets: {val_loss, val_acc, test_loss, test_acc,
     logged (the run's final metrics), digest (of the data now), logged_digest, device, run_name}."""
     import torch
+    import yaml
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
     from src import devices, schema
     from src.config import compose
-    from src.tracking import open_store
+    from src.tracking import open_existing_store
     from src.build import build_run
     from src.step import evaluate_split
 
     tracking = compose(*overrides).tracking
-    client = open_store(tracking.uri)  # one line naming tracking.uri if it cannot be opened
+    client = open_existing_store(tracking.uri)  # one line naming tracking.uri; creates nothing
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise EvaluationError(f"run_id={run_id}: no such run in {tracking.uri}") from None
     with tempfile.TemporaryDirectory() as folder:
+        weights_path = _download(client, run, schema.WEIGHTS_ARTIFACT, folder)
         try:
-            weights_path = client.download_artifacts(run_id, schema.WEIGHTS_ARTIFACT, folder)
-        except (MlflowException, OSError):
-            raise EvaluationError(f"run_id={run_id}: no {schema.WEIGHTS_ARTIFACT} (logged with tracking.log_weights=false,"
-                                  " or not FINISHED)") from None
-        weights = torch.load(weights_path, map_location="cpu", weights_only=True)
-        cfg = OmegaConf.load(client.download_artifacts(run_id, schema.CONFIG_ARTIFACT, folder))
+            with warnings.catch_warnings():  # torch's note on the pickle protocol of a file that is not its own
+                warnings.simplefilter("ignore")
+                weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises what its zip reader or unpickler met
+            raise EvaluationError(f"run_id={run_id}: {_place(run, schema.WEIGHTS_ARTIFACT)} is not a weights file "
+                                  f"torch can read ({_unreadable(error)})") from None
+        try:
+            cfg = OmegaConf.load(_download(client, run, schema.CONFIG_ARTIFACT, folder))
+        except yaml.YAMLError as error:
+            raise EvaluationError(f"run_id={run_id}: {_place(run, schema.CONFIG_ARTIFACT)} is not valid YAML "
+                                  f"({' '.join(str(error).split())[:200]})") from None
     cfg.merge_with_dotlist([o for o in overrides if o.startswith(MACHINE_KEYS)])
 
     device = devices.pick_device(cfg.trainer.device)
     parts = build_run(cfg, device)
-    parts.model.load_state_dict(weights)
+    try:
+        parts.model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as error:  # another model's weights, or not a state_dict
+        raise EvaluationError(f"run_id={run_id}: {_place(run, schema.WEIGHTS_ARTIFACT)} does not fit the model its "
+                              f"config builds ({' '.join(str(error).split())[:200]})") from None
     measured = {}
     for split, x, y in (("val", parts.data.x_val, parts.data.y_val), ("test", parts.data.x_test, parts.data.y_test)):
         measured[f"{split}_loss"], measured[f"{split}_acc"] = evaluate_split(

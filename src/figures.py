@@ -87,7 +87,7 @@ from src.config import compose
 from src.errors import ConfigError, Diverged
 from src.files import check_folder
 from src.intervals import Interval, binomial_interval, detectable_difference, interval, pooled_spread
-from src.tracking import NOT_IDENTITY, SQLITE_PREFIX, open_store
+from src.tracking import NOT_IDENTITY, open_existing_store
 
 DEFAULTS = CONF_DIR / "figures.yaml"
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
@@ -1030,7 +1030,10 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
     return env
 
 
-def _markdown_section(rows: list[dict], baseline: str | None, figure_folder: str) -> list[str]:
+def _markdown_section(rows: list[dict], baseline: str | None, figure_folder: str,
+                      drawn: Sequence[str]) -> list[str]:
+    """One group's tables, verdicts and links to its paper figures: those of `drawn` (the files
+    written, relative to the report) only."""
     lines = [
         "| schedule | runs | " + " | ".join(REPORTED.values()) + " |",
         "|---" * (len(REPORTED) + 2) + "|",
@@ -1054,17 +1057,21 @@ def _markdown_section(rows: list[dict], baseline: str | None, figure_folder: str
     lines += ["", f"Verdict against {baseline or 'no baseline'}:", ""]
     lines += [f"- **{row['schedule']}**: {row['verdict']}" + (f". {row['verdict_detail']}" if row["verdict_detail"] else "")
               for row in rows]
-    lines += ["", "| figure | file |", "|---|---|"]
-    lines += [f"| {heading} | [{stem}.png]({figure_folder}{stem}.png) |"
-              for stem, (heading, _) in list(FIGURES.items())[:5]]
+    links = [f"| {heading} | [{stem}.png]({figure_folder}{stem}.png) |"
+             for stem, (heading, _) in list(FIGURES.items())[:5] if f"{figure_folder}{stem}.png" in drawn]
+    if links:
+        lines += ["", "| figure | file |", "|---|---|", *links]
+    else:
+        lines += ["", "No figures: no run of this group finished."]
     return lines + [""]
 
 
 def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Group], sections: dict[str, list[dict]],
                  baselines: dict[str, str | None], runs: Sequence[RunData], options: dict,
-                 optimizer_figures: Sequence[Path] = ()) -> list[Path]:
+                 optimizer_figures: Sequence[Path] = (), figures: Sequence[Path] = ()) -> list[Path]:
     """report.md, report.csv and report.json: the same numbers, one row per (group, schedule);
-    report.md links each group's paper figures and the optimizer panels."""
+    report.md links each group's paper figures that were written (`figures`, write_figures')
+    and the optimizer panels."""
     failed = [run for run in runs if not run.finished]
     env = environment(runs)
     fraction, confidence, min_seeds = options["margin_error_fraction"], options["confidence"], options["min_seeds"]
@@ -1091,11 +1098,14 @@ def write_report(folder: Path, sweep_id: str, experiment: str, groups: list[Grou
         f"difference these seeds would detect with {100 * options['power']:g}% power, from their paired spread.",
         "",
     ]
+    if not any(run.finished for run in runs):
+        md += ["**No run finished**: no numbers, no figures; the failed runs below say why.", ""]
+    drawn = {path.relative_to(folder).as_posix() for path in figures}
     for group in groups:
         label = group.label
         if label:
             md += [f"## {label}", ""]
-        md += _markdown_section(sections[label], baselines[label], f"{_folder_name(label)}/" if label else "")
+        md += _markdown_section(sections[label], baselines[label], f"{_folder_name(label)}/" if label else "", drawn)
     panels = [path.relative_to(folder).as_posix() for path in optimizer_figures if path.suffix == ".png"]
     if panels:
         md += ["## Figures 3 and 4: one panel per optimizer", ""]
@@ -1153,15 +1163,15 @@ def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunDa
     styles = styles_for(schedules)
     baselines = {group.label: pick_baseline(group, baseline, candidates) for group in groups}
     sections = {group.label: report_rows(group, baselines[group.label], options) for group in groups}
-    written = []
+    figures = []
     for group in groups:
         title = f"sweep {sweep_id}" + (f"  [{group.label}]" if group.label else "")
         target = folder / _folder_name(group.label) if group.label else folder
-        written += write_figures(target, group, sections[group.label], baselines[group.label], styles, title)
+        figures += write_figures(target, group, sections[group.label], baselines[group.label], styles, title)
     panels = write_optimizer_figures(folder, groups, styles, f"sweep {sweep_id}")
     folder.mkdir(parents=True, exist_ok=True)
-    written += panels + write_report(folder, sweep_id, experiment, groups, sections, baselines, runs, options, panels)
-    return written
+    return figures + panels + write_report(folder, sweep_id, experiment, groups, sections, baselines, runs, options,
+                                           panels, figures)
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -1215,14 +1225,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.experiment = args.experiment or cfg.tracking.experiment
     args.output_dir = args.output_dir or Path(cfg.paths.output_dir) / options["folder"]
     return args
-
-
-def open_existing_store(uri: str, key: str = "--tracking-uri", hint: str = "") -> MlflowClient:
-    """open_store for reading runs back: a SQLite file that does not exist is a StoreError (MLflow
-    would create an empty one), its message one line ending with `hint` in brackets if given."""
-    if uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
-        raise StoreError(f"no MLflow store at {uri[len(SQLITE_PREFIX):]}" + (f" ({hint})" if hint else ""))
-    return open_store(uri, key)  # one line if it cannot be opened, a server that does not answer
 
 
 def record_run(client: MlflowClient, experiment_id: str, sweep_id: str, runs: Sequence[RunData]) -> str | None:

@@ -41,6 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "reproduction.yaml"
 RUN_LISTS = ("reproduction", "ablation")
 NOT_RUN = "not run"
+# The keys of conf/reproduction.yaml that `run` and `report` read at its top level.
+PLAN_KEYS = ("seeds", "experiment_prefix", "jobs", "studies", "tables", "claims", "ablation")
+OUTPUT_DIR = Path("outputs")  # the reproduction's runs (paths.output_dir of conf/config.yaml); its store in it
+DOC = Path("docs") / "reproduction.md"  # the committed report, under the repository
+OTHER_STORE_REPORT = "report"  # the report of another store goes in <its --output-dir>/report/
 
 
 @dataclass(frozen=True)
@@ -771,26 +776,78 @@ def write_readme(readme: Path, blocks: dict[str, str]) -> None:
     readme.write_text(text)
 
 
-def report(args: argparse.Namespace, plan: dict) -> int:
-    from src.errors import ConfigError
-    from src.figures import StoreError, _folder_name, load_options, open_existing_store, write_all
+def studies_with_runs(doc: Path, plan: dict) -> set[str]:
+    """The studies of `plan` an earlier report at `doc` has runs of: those its list of sweep
+    commands does not give as `- <study>: not run` (render's last list). None there: empty."""
+    if not doc.is_file():
+        return set()
+    found = set()
+    for line in doc.read_text(errors="replace").splitlines():
+        name, sep, rest = line.removeprefix("- ").partition(": ")
+        if line.startswith("- ") and sep and name in plan["studies"] and rest != NOT_RUN:
+            found.add(name)
+    return found
+
+
+def _is_default_store(uri: str) -> bool:
+    """Whether `uri` is the reproduction's own store, <OUTPUT_DIR>/mlflow.db, whose report is the
+    committed one."""
     from src.tracking import SQLITE_PREFIX
 
-    uri = args.tracking_uri or f"{SQLITE_PREFIX}{Path(args.output_dir) / 'mlflow.db'}"
-    try:
+    return uri.startswith(SQLITE_PREFIX) and (Path(uri[len(SQLITE_PREFIX):]).resolve()
+                                              == (OUTPUT_DIR / "mlflow.db").resolve())
+
+
+def report_target(args: argparse.Namespace, uri: str, output_dir: Path) -> tuple[Path | None, str | None]:
+    """(where the report goes, None) or (None, why it may not be written there, in one line).
+    By default the committed docs/reproduction.md for the reproduction's own store, and
+    <output-dir>/report/reproduction.md for any other: another store's runs never replace the
+    committed report unless --output names it. README's tables go with the committed report."""
+    committed = ROOT / DOC
+    if args.output:
+        doc = Path(args.output)
+    else:
+        doc = committed if _is_default_store(uri) else output_dir / OTHER_STORE_REPORT / DOC.name
+    if (doc.parent / doc.stem).resolve() == (output_dir / "reproduction").resolve():
+        return None, (f"--output {doc}: its figures would go in {output_dir / 'reproduction'}, where each study's "
+                      "src.figures output is written; choose another file")
+    if args.write_readme and doc.resolve() != committed.resolve():
+        return None, (f"--write-readme: README.md's tables go with {committed}, not {doc}; give --output "
+                      f"{committed} (or leave out --write-readme)")
+    return doc, None
+
+
+def report(args: argparse.Namespace, plan: dict) -> int:
+    from src.errors import ConfigError
+    from src.figures import _folder_name, load_options, write_all
+    from src.tracking import SQLITE_PREFIX, open_existing_store
+
+    output_dir = Path(args.output_dir) if args.output_dir else OUTPUT_DIR
+    uri = args.tracking_uri or f"{SQLITE_PREFIX}{output_dir / 'mlflow.db'}"
+    doc, refusal = report_target(args, uri, output_dir)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:  # read-only: a store that is not there or not MLflow's is refused, never created
         client = open_existing_store(uri, "--tracking-uri", "run `python -m src.reproduce run` first")
-    except (StoreError, ConfigError) as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     options = load_options()
     prefix = plan["experiment_prefix"]
     runs_by_study = {name: load_study(client, experiment_name(prefix, name), study.preset)
                      for name, study in plan["studies"].items()}
-    doc = Path(args.output)
+    had, has = studies_with_runs(doc, plan), {name for name, runs in runs_by_study.items() if runs}
+    if had - has and not args.allow_fewer:  # before anything is removed or written
+        lacking = sorted(had - has)
+        print(f"error: {doc} has runs of {len(had)} studies, {uri} of {len(has)} of them (not "
+              f"{', '.join(lacking[:4])}{' ...' if len(lacking) > 4 else ''}): not replaced; --allow-fewer "
+              "replaces it, --output PATH writes elsewhere", file=sys.stderr)
+        return 2
     for name in plan["studies"]:  # no figure left over from an earlier report (and nothing else removed)
         shutil.rmtree(doc.parent / doc.stem / name, ignore_errors=True)
     (doc.parent / doc.stem / plan["ablation"]["figure"]).unlink(missing_ok=True)
-    study_root = Path(args.output_dir) / "reproduction"  # each study's src.figures output, in full
+    study_root = output_dir / "reproduction"  # each study's src.figures output, in full
     for name, runs in runs_by_study.items():
         shutil.rmtree(study_root / _folder_name(name), ignore_errors=True)  # no group left from an earlier report
         if runs:
@@ -871,22 +928,59 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run_parser.add_argument("--output-dir", help="paths.output_dir of every run (the store is <dir>/mlflow.db)")
     run_parser.add_argument("--dry-run", action="store_true", help="print the commands and times, run nothing")
     report_parser = commands.add_parser("report", help="write docs/reproduction.md from the logged runs")
-    report_parser.add_argument("--output", default="docs/reproduction.md", help="the report; figures go beside it")
-    report_parser.add_argument("--output-dir", default="outputs", help="where the runs were logged (<dir>/mlflow.db)")
+    report_parser.add_argument("--output", help=f"the report; figures go beside it (default: {DOC} for the "
+                               f"reproduction's store, {OUTPUT_DIR}/mlflow.db; for another store "
+                               f"<output-dir>/{OTHER_STORE_REPORT}/{DOC.name})")
+    report_parser.add_argument("--output-dir", help=f"where the runs were logged (<dir>/mlflow.db; default: "
+                               f"{OUTPUT_DIR}); each study's figures go in <dir>/reproduction/")
     report_parser.add_argument("--tracking-uri", help="the MLflow store, if not <output-dir>/mlflow.db")
+    report_parser.add_argument("--allow-fewer", action="store_true",
+                               help="replace a report that has runs of studies this store has none of "
+                               "(refused by default: a report never replaces results with less by accident)")
     report_parser.add_argument("--provisional", metavar="WHY", help="mark the report provisional, saying why "
                                "(it is, unaided, when a study has fewer than 3 seeds)")
     report_parser.add_argument("--write-readme", action="store_true",
                                help="also fill README.md's 'Does the claim hold?' table and the default study's "
-                               "side-by-side table (the output must be under the repository)")
+                               f"side-by-side table (with the committed report, {DOC}, only)")
     for sub in (run_parser, report_parser):
         sub.add_argument("--config", type=Path, default=CONFIG, help="the studies and claims")
     return parser.parse_args(argv)
 
 
+def read_plan(path: Path) -> dict:
+    """load_plan, whatever stops it told in one line naming the file (a ConfigError): a file that
+    cannot be read, is not valid YAML, or lacks what a plan holds."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    from src.cli import one_line_error
+    from src.errors import ConfigError
+
+    try:
+        plan = load_plan(path)
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {one_line_error(error)[0]}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OmegaConfBaseException) as error:
+        raise ConfigError(f"--config {path}: not a reproduction plan like conf/reproduction.yaml "
+                          f"({type(error).__name__}: {error})") from None
+    missing = [key for key in PLAN_KEYS if key not in plan]
+    if missing:
+        raise ConfigError(f"--config {path}: not a reproduction plan like conf/reproduction.yaml (no "
+                          f"{', '.join(missing)})")
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from src.errors import ConfigError
+
     args = parse_args(argv)
-    plan = load_plan(args.config)
+    try:
+        plan = read_plan(args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.command == "run":
         if args.jobs is None:
             args.jobs = plan["jobs"]

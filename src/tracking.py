@@ -1,7 +1,8 @@
 """Everything MLflow, behind a few calls: prepare_store, tracked_run and TrackedRun.log for a
 training run; start_sweep and end_sweep for the parent run of a multirun.
 
-The store is opened in one place, open_store (prepare_store adds the experiment): whatever stops
+The store is opened in one place, open_store (prepare_store adds the experiment; readers use
+open_existing_store, which creates nothing and refuses what is not an MLflow store): whatever stops
 it from opening (a URI MLflow cannot use, a folder that cannot be created, a file that is not a
 database, a server that does not answer, an experiment name MLflow refuses or has deleted) is
 one line naming the key, raised before anything is logged.
@@ -25,7 +26,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -194,6 +195,42 @@ def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:
     with _opening(uri, key), _store_lock(uri, key):
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)  # the first request: creates the tables, reaches a server
+    return client
+
+
+# The tables by which a SQLite file is an MLflow store: those every MLflow version has made.
+MLFLOW_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "tags")
+
+
+def _check_sqlite_store(db: Path, key: str, uri: str, hint: str) -> None:
+    """Raise ConfigError unless `db` is a SQLite file with MLflow's tables, looked at read-only:
+    MLflow itself would create a missing file, and its ~40 tables in any other database."""
+    import sqlite3
+
+    if not db.exists():
+        raise ConfigError(f"no MLflow store at {db}" + (f" ({hint})" if hint else ""))
+    if not db.is_file():
+        raise ConfigError(f"{key}={uri}: {db} is a folder (or another non-file), not an MLflow store")
+    try:  # mode=ro: never a journal, a lock or a table written
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        raise ConfigError(f"{key}={uri}: {db} is not an SQLite database ({error}), so not an MLflow store") from None
+    missing = [table for table in MLFLOW_TABLES if table not in tables]
+    if missing:
+        raise ConfigError(f"{key}={uri}: {db} is not an MLflow store (an SQLite file without MLflow's tables "
+                          f"{', '.join(missing)}); left as it is")
+
+
+def open_existing_store(uri: str, key: str = "tracking.uri", hint: str = "") -> MlflowClient:
+    """A client of the store at `uri` for reading runs back: open_store without creating anything.
+    A SQLite store must exist and be MLflow's (checked read-only, before MLflow touches it);
+    a missing one is `no MLflow store at <path> (<hint>)`. Raises ConfigError naming `key`."""
+    if uri.startswith(SQLITE_PREFIX):
+        _check_sqlite_store(Path(uri[len(SQLITE_PREFIX) :]), key, uri, hint)
+    with _opening(uri, key):  # no _store_lock: an existing store's tables are not created again
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
     return client
 
 

@@ -20,11 +20,12 @@ from matplotlib.image import imread
 from scipy import stats
 
 from src import schema
-from src.figures import (HISTORIES, Curve, RunData, StoreError, change_steps, compare, group_runs, is_training_run,
-                         load_sweep, minus_one_spread, open_existing_store, pick_baseline, plot_totals, report_rows,
+from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group_runs, is_training_run,
+                         load_sweep, minus_one_spread, pick_baseline, plot_totals, report_rows,
                          series, styles_for, sweep_axes, sweeps_of, write_all)
+from src.errors import ConfigError
 from src.intervals import interval
-from src.tracking import tracked_run
+from src.tracking import open_existing_store, tracked_run
 
 # The tiny config with a model that learns digits in 3 epochs (~85%, not the 8% of the default
 # bottleneck MLP): accuracies that differ between schedules and seeds.
@@ -412,9 +413,9 @@ def test_training_runs_are_those_with_no_kind_and_not_superseded():
 
 def test_a_store_file_that_does_not_exist_is_not_created_but_one_line(tmp_path):
     missing = tmp_path / "mlflow.db"
-    with pytest.raises(StoreError, match=f"^no MLflow store at {missing}$"):
+    with pytest.raises(ConfigError, match=f"^no MLflow store at {missing}$"):
         open_existing_store(f"sqlite:///{missing}")
-    with pytest.raises(StoreError, match=rf"^no MLflow store at {missing} \(run it first\)$"):
+    with pytest.raises(ConfigError, match=rf"^no MLflow store at {missing} \(run it first\)$"):
         open_existing_store(f"sqlite:///{missing}", hint="run it first")
     assert not missing.exists()
     result = subprocess.run([sys.executable, "-m", "src.figures", f"--tracking-uri=sqlite:///{missing}"], cwd=ROOT,
