@@ -46,7 +46,7 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
 
     from src import devices, schema
     from src.config import compose
-    from src.tracking import open_store
+    from src.stores import open_store
     from src.build import build_run
     from src.step import evaluate_split
 

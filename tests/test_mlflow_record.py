@@ -26,7 +26,7 @@ from src.evaluate import evaluate_run
 from src.evaluate import main as evaluate_main
 from src.errors import ConfigError
 from src.progress import CLEAR_LINE
-from src.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+from src.stores import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from src.train import train
 
 SMOKE = "smoke"  # the experiment the smoke preset logs to
