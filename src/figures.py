@@ -900,7 +900,7 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
     loads = []
     for span in ("1m", "15m"):
         names = (LOAD_AVERAGE_START[span], LOAD_AVERAGE_END[span])
-        values = [run.metrics[name] for run in runs for name in names if name in run.metrics]
+        values = [float(run.tags[name]) for run in runs for name in names if name in run.tags]
         if values:
             loads.append(f"{span[:-1]}-minute {min(values):.2f} to {max(values):.2f}")
     env["load"] = ("load average at the runs' starts and ends: " + ", ".join(loads)) if loads else "not logged"

@@ -64,6 +64,9 @@ MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # (hash_config's data_digest), so moving them, or another folder per node, changes nothing.
 NOT_IDENTITY = ("paths", "tracking", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
                 "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
+# Keys of the config not logged as params: how the store and console present a run, not what it is
+# (config.yaml, the run's artifact, still holds them). A key and everything under it.
+NOT_PARAMS = ("tracking.description", "tracking.ui_url", "tracking.progress")
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
@@ -170,6 +173,10 @@ class TrackedRun:
         batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def tag(self, values: Mapping[str, object]) -> None:
+        """One batched write of tags: what a run ran in (the machine's load), not what it measured."""
+        self.client.log_batch(self.run_id, tags=[RunTag(name, str(value)) for name, value in values.items()])
+
     def log_dataset(self, data: Dataset) -> None:
         self.client.log_inputs(self.run_id, datasets=[dataset_input(data)])
 
@@ -186,6 +193,9 @@ class Untracked:
         return -1  # logs nothing, so holds nothing
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def tag(self, values: Mapping[str, object]) -> None:
         pass
 
     def log_dataset(self, data: Dataset) -> None:
@@ -283,7 +293,8 @@ def tracked_run(
                     client.delete_tag(run_id, stale)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            params = [Param(k, v) for k, v in flatten(resolved).items()]
+            params = [Param(k, v) for k, v in flatten(resolved).items()
+                      if not any(k == key or k.startswith(key + ".") for key in NOT_PARAMS)]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
