@@ -165,7 +165,7 @@ def main() -> None:
 
     c.header("4. Logging overhead: MLflow tracking on against off", device)
     with c.Load():
-        from src.tracking import prepare_store
+        from src.stores import prepare_store
 
         start = time.perf_counter()
         prepare_store(c.compose(common, output_dir).tracking)

@@ -56,7 +56,7 @@ def main() -> None:
     with c.Load():
         from hydra.utils import instantiate
 
-        from src.tracking import prepare_store
+        from src.stores import prepare_store
 
         for name in arms:  # the data cache and the stores exist before the first round
             cfg = c.compose([*args.job.split(), *args.overrides], stores[name])

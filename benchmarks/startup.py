@@ -131,7 +131,7 @@ def main() -> None:
 
     c.header("5. Start-up", c.device_from(args.device))
     with c.Load():
-        from src.tracking import prepare_store
+        from src.stores import prepare_store
 
         prepare_store(c.compose(train_args).tracking)  # the store exists, as in a sweep
         results: list[dict] = []

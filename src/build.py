@@ -10,8 +10,9 @@ created, rather than a traceback at the first step.
 from __future__ import annotations
 
 import random
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -90,6 +91,47 @@ def _built_from(cfg: DictConfig, group: str, what: str):
         raise ConfigError(f"{group}._target_={cfg[group]._target_}: {what}: {type(cause).__name__}: {said}") from None
 
 
+def _returned(value: object) -> str:
+    """What a dataset function returned, as a message names it: a tensor by dtype and shape."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__ if value is not None else "None"
+
+
+def check_dataset(target: str, data: object) -> None:
+    """What a dataset function (dataset._target_, the project's or a user's) must return: a
+    src.data.Dataset whose x_* are floating tensors of one sample shape, whose y_* are 1-D int64
+    class indices in 0..n_classes-1, one per sample, and whose source is a URI MLflow resolves
+    (the runs' Dataset column). Anything else is one ConfigError naming `target` and what it
+    returned, before any MLflow run exists."""
+    def refuse(what: str) -> None:
+        raise ConfigError(f"dataset._target_={target}: must return a src.data.Dataset (README: Your own data "
+                          f"and model); {what}")
+
+    if not isinstance(data, Dataset):
+        refuse(f"returned {_returned(data)}")
+    splits = [f.name[2:] for f in fields(Dataset) if f.name.startswith("x_")]  # train, val (and test)
+    for split in splits:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            refuse(f"x_{split} is {_returned(x)}, not a floating tensor of (samples, features...)")
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
+            refuse(f"y_{split} is {_returned(y)}, not int64 class indices, one per sample of x_{split} ({len(x)})")
+        if x.shape[1:] != data.x_train.shape[1:]:
+            refuse(f"x_{split} samples have shape {tuple(x.shape[1:])}, x_train's {tuple(data.x_train.shape[1:])}")
+        if len(y) and not (isinstance(data.n_classes, int) and 0 <= int(y.min()) <= int(y.max()) < data.n_classes):
+            refuse(f"y_{split} holds classes {int(y.min())}..{int(y.max())}, not 0..n_classes-1 (n_classes={data.n_classes!r})")
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with warnings.catch_warnings():  # file: and the empty scheme both resolve to MLflow's local source
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            resolve_dataset_source(data.source)
+    except MlflowException:
+        refuse(f"source={data.source!r} is no URI MLflow can resolve (a file:// path, https://, s3:// ...)")
+
+
 def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision: Precision) -> torch.nn.Module:
     """cfg.model built for the data's input shape and classes, and one sample passed through it
     (in eval mode: no batch-norm statistics move, no dropout is drawn, so no number of the run
@@ -115,7 +157,9 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World(), dat
     seed_everything(trainer.seed)  # before anything is built
     if data is None:
         with _built_from(cfg, "dataset", "cannot make its data"):
-            data = instantiate(cfg.dataset).to(device)
+            data = instantiate(cfg.dataset)
+        check_dataset(cfg.dataset._target_, data)
+        data = data.to(device)
     validate_against_data(cfg, data.n_train, data.n_val, data.n_test)
     precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = build_model(cfg, data, device, precision)

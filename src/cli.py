@@ -93,11 +93,11 @@ def _null_group_override(error: BaseException) -> str | None:
 
 
 def _is_store_error(error: BaseException) -> bool:
-    """src.tracking.is_store_error, without loading MLflow for an error raised before it was
+    """src.stores.is_store_error, without loading MLflow for an error raised before it was
     (a bad config fails in about a second: src/run.py)."""
-    if "src.tracking" not in sys.modules:
+    if "src.stores" not in sys.modules:
         return False
-    from src.tracking import is_store_error
+    from src.stores import is_store_error
 
     return is_store_error(error)
 
@@ -162,7 +162,7 @@ def one_line_error(error: BaseException, overrides: list[str] | None = None) -> 
             return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
         return _one_line(text), 2
     if _is_store_error(error):  # the store failed under a running job: full, read-only, locked
-        from src.tracking import store_error_text
+        from src.stores import store_error_text
 
         return f"the MLflow store failed: {type(error).__name__}: {store_error_text(error)[:500]}", 1
     return f"{type(error).__name__}: {_one_line(text)}", 1
@@ -208,7 +208,7 @@ def preflight(cfg: DictConfig) -> None:
     MLflow store opens, with its experiment (created if missing: parallel first writers of a fresh
     SQLite store would crash MLflow's table creation). Each failure is a ConfigError naming the
     key. A multirun calls it from the study sweeper once every job is validated."""
-    from src.tracking import prepare_store
+    from src.stores import prepare_store
 
     with hydra_config_of(cfg):
         check_folder("paths.output_dir", cfg.paths.output_dir)

@@ -331,7 +331,7 @@ def _check_ranges(cfg: Mapping) -> None:
 def _check_tracking(tracking: Mapping) -> None:
     """The store's address and experiment are given (MLflow's other refusals, an experiment name
     over its length limit, a URI it cannot open, are told where the store is opened:
-    src.tracking.prepare_store); what tracking switches need: MLflow's system metrics need
+    src.stores.prepare_store); what tracking switches need: MLflow's system metrics need
     psutil, an optional extra."""
     for key in ("uri", "experiment"):
         if not tracking[key].strip():

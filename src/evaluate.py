@@ -10,7 +10,7 @@ Nothing is logged.
 The overrides (KEY=VALUE, as src.run takes them) locate the store through conf/config.yaml
 (paths.output_dir=..., tracking.uri=...), and those under paths and trainer.device also apply to
 the run's config: where the data are on this machine (paths.data_dir=...) and where to evaluate.
-The store is only read, never created (src.tracking.open_existing_store): a path where no
+The store is only read, never created (src.stores.open_existing_store): a path where no
 MLflow store is, or a file that is not one, is refused and left as it is. A missing run, a run
 without weights, a run whose artifact folder is gone, or weights or a config.yaml that cannot be
 read (named by their place in the store) is a one-line error and exit code 2.
@@ -98,7 +98,7 @@ def evaluate_run(run_id: str, overrides: Sequence[str] = ()) -> dict:
 
     from src import devices, schema
     from src.config import compose
-    from src.tracking import open_existing_store
+    from src.stores import open_existing_store
     from src.build import build_run
     from src.step import evaluate_split
 

@@ -87,7 +87,8 @@ from src.config import compose
 from src.errors import ConfigError, Diverged
 from src.files import check_folder
 from src.intervals import Interval, binomial_interval, detectable_difference, interval, pooled_spread
-from src.tracking import NOT_IDENTITY, open_existing_store
+from src.stores import open_existing_store
+from src.tracking import NOT_IDENTITY
 
 DEFAULTS = CONF_DIR / "figures.yaml"
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
@@ -1020,7 +1021,9 @@ def environment(runs: Sequence[RunData]) -> dict[str, str]:
     loads = []
     for span in ("1m", "15m"):
         names = (LOAD_AVERAGE_START[span], LOAD_AVERAGE_END[span])
-        values = [run.metrics[name] for run in runs for name in names if name in run.metrics]
+        # tags; metrics in stores written before the load averages became tags
+        values = [float(run.tags.get(name, run.metrics.get(name))) for run in runs for name in names
+                  if name in run.tags or name in run.metrics]
         if values:
             loads.append(f"{span[:-1]}-minute {min(values):.2f} to {max(values):.2f}")
     env["load"] = ("load average at the runs' starts and ends: " + ", ".join(loads)) if loads else "not logged"

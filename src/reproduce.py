@@ -792,7 +792,7 @@ def studies_with_runs(doc: Path, plan: dict) -> set[str]:
 def _is_default_store(uri: str) -> bool:
     """Whether `uri` is the reproduction's own store, <OUTPUT_DIR>/mlflow.db, whose report is the
     committed one."""
-    from src.tracking import SQLITE_PREFIX
+    from src.stores import SQLITE_PREFIX
 
     return uri.startswith(SQLITE_PREFIX) and (Path(uri[len(SQLITE_PREFIX):]).resolve()
                                               == (OUTPUT_DIR / "mlflow.db").resolve())
@@ -820,7 +820,7 @@ def report_target(args: argparse.Namespace, uri: str, output_dir: Path) -> tuple
 def report(args: argparse.Namespace, plan: dict) -> int:
     from src.errors import ConfigError
     from src.figures import _folder_name, load_options, write_all
-    from src.tracking import SQLITE_PREFIX, open_existing_store
+    from src.stores import SQLITE_PREFIX, open_existing_store
 
     output_dir = Path(args.output_dir) if args.output_dir else OUTPUT_DIR
     uri = args.tracking_uri or f"{SQLITE_PREFIX}{output_dir / 'mlflow.db'}"

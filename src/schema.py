@@ -74,12 +74,14 @@ WEIGHTS_ARTIFACT = "model/state_dict.pt"
 # The artifact every run keeps its resolved config in (YAML); src.evaluate rebuilds the run from it.
 CONFIG_ARTIFACT = "config.yaml"
 
-# Logged twice: right after the run opens (START) and with the final metrics (END). The machine's
+# Tags set twice: right after the run opens (START) and with the final metrics (END). The machine's
 # 1-, 5- and 15-minute load averages (runnable processes, all users; os.getloadavg's order): the
-# context a wall time is read in. span -> metric name.
+# context a wall time is read in, not a result, so tags, not metrics. span -> tag name.
 LOAD_SPANS = ("1m", "5m", "15m")
 LOAD_AVERAGE_START = {span: f"load_{span}_start" for span in LOAD_SPANS}
 LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
+# The model's parameter count (trainable or not), a metric logged once when a run opens.
+MODEL_PARAMETERS = "model_parameters"
 
 # Tags of a training run.
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: the name the UI shows (tracking.run_name, or the sweeper's)

@@ -1,11 +1,6 @@
-"""Everything MLflow, behind a few calls: prepare_store, tracked_run and TrackedRun.log for a
-training run; start_sweep and end_sweep for the parent run of a multirun.
-
-The store is opened in one place, open_store (prepare_store adds the experiment; readers use
-open_existing_store, which creates nothing and refuses what is not an MLflow store): whatever stops
-it from opening (a URI MLflow cannot use, a folder that cannot be created, a file that is not a
-database, a server that does not answer, an experiment name MLflow refuses or has deleted) is
-one line naming the key, raised before anything is logged.
+"""Everything MLflow a run logs, behind a few calls: tracked_run and TrackedRun.log for a
+training run; start_sweep and end_sweep for the parent run of a multirun. Opening the store (and
+its one-line errors) is src.stores'.
 
 One MLflow run per job; a multirun is one parent run (created by the study sweeper in the
 launching process) with its jobs as child runs (MLflow's mlflow.parentRunId tag, which the UI
@@ -22,29 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from filelock import FileLock
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST,
-                                          ErrorCode)
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ConfigError
-from src.files import check_folder
 from src.processes import close_dead_runs, process_tags
+from src.stores import is_server, is_store_error, prepare_store, store_error_text, store_lock
 from src.schema import (
     COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, RUN_NAME_TAG,
     SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
@@ -53,10 +43,6 @@ from src.schema import (
 if TYPE_CHECKING:
     from src.data import Dataset
 
-# What an experiment is for, to MLflow 3: model training (runs, metrics, the runs table), not
-# GenAI development (traces, token usage).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
 # MLflow 3.17's UI takes GenAI or model training from its own toggle (top left; GenAI until a
 # browser has chosen), not from the tag, so the links we print ask for model training.
 UI_MODEL_TRAINING = "workflowType=machine_learning"
@@ -64,15 +50,8 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 # git commit, branch and repository. A sweep's jobs take their parent's (below).
 CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
 
-# MLflow announces a fresh SQLite store's table creation at INFO on stderr: two lines before any
-# run's output or error; a store being created is no news (the README says where it is). And it
-# logs every database error it re-raises at ERROR, with the SQL statement and a traceback (a
-# screen per failed write on a full or locked store): the error itself is told in one line
-# (store_error_text), so only what it never raises gets through.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 log = logging.getLogger(__name__)
 
-SQLITE_PREFIX = "sqlite:///"
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # Keys that say where a run reads or writes, how it is recorded or how fast it goes, not what it
 # computes: left out of the config hash that identifies a run for skipping and resuming, and out
@@ -82,203 +61,9 @@ MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # (hash_config's data_digest), so moving them, or another folder per node, changes nothing.
 NOT_IDENTITY = ("paths", "tracking", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
                 "trainer.threads", "trainer.resume", "trainer.eval_batch_size")
-# How long opening a tracking server may take: one retry, 3 s per attempt, so ~7 s at worst.
-# MLflow's own policy (7 retries with exponential backoff, 120 s timeouts: ~4.5 minutes against a
-# port nothing listens on) stays for every later request, where riding out a server restart in
-# the middle of a long run is what is wanted. MLflow reads these variables at each request.
-OPENING_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
-
-
-@contextmanager
-def _store_lock(uri: str, key: str) -> Iterator[None]:
-    """Serialise the first writers of a fresh SQLite store: MLflow's table creation crashes when
-    two processes run it at once. Other stores (a server) serialise themselves."""
-    if not uri.startswith(SQLITE_PREFIX):
-        yield
-        return
-    db = Path(uri[len(SQLITE_PREFIX) :])
-    check_folder(key, db.parent, value=uri)
-    if db.exists() and not db.is_file():  # MLflow would retry opening it for ~2 minutes
-        raise ConfigError(f"{key}={uri}: {db} is a folder (or another non-file), not an SQLite store; "
-                          "move it away or point tracking.uri elsewhere")
-    with FileLock(db.with_name(db.name + ".lock")):
-        yield
-
-
-def _shown(value: str, most: int = 60) -> str:
-    """A value as a message quotes it: a long one cut, with its length."""
-    return repr(value) if len(value) <= most else f"{value[:most]!r}... ({len(value)} characters)"
-
-
-def _is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _not_answering(error: BaseException) -> str | None:
-    """Why a request reached no server (refused, no such host, timed out), or None when one
-    answered. MLflow wraps the requests library's error, keeping it as the cause or context."""
-    import requests
-
-    while error is not None:
-        if isinstance(error, requests.exceptions.Timeout):
-            return "timed out"
-        if isinstance(error, requests.exceptions.ConnectionError):
-            text = str(error)
-            for reason in ("timed out", "Connection refused", "Name or service not known", "nodename nor servname",
-                           "No route to host", "Network is unreachable", "Temporary failure in name resolution"):
-                if reason in text:
-                    return reason.lower()
-            return "no connection"
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _start_a_server(uri: str) -> str:
-    """How to start a tracking server where `uri` points."""
-    parts = urlsplit(uri)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return (f"start one there: mlflow server --host {parts.hostname} --port {port} "
-            "--backend-store-uri sqlite:///mlflow.db (README: A remote tracking server)")
-
-
-@contextmanager
-def _opening(uri: str, key: str) -> Iterator[None]:
-    """Around the first requests to a store: a server gets OPENING_PATIENCE; whatever fails
-    becomes a ConfigError, one line naming `key` (tracking.uri, or the figures' --tracking-uri).
-    MLflow raises its own exceptions, SQLAlchemy's or the requests library's, so all are caught;
-    a ConfigError (a folder, an experiment name) passes as it is."""
-    saved = {name: os.environ.get(name) for name in OPENING_PATIENCE}
-    retries = logging.getLogger("urllib3.connectionpool")  # warns of each retry: the error says it all
-    saved_level = retries.level
-    if _is_server(uri):
-        os.environ.update(OPENING_PATIENCE)
-        retries.setLevel(logging.ERROR)
-    try:
-        yield
-    except ConfigError:
-        raise
-    except Exception as error:
-        reason = _not_answering(error) if _is_server(uri) else None
-        if reason:
-            raise ConfigError(
-                f"{key}={uri}: no MLflow server answers there ({reason}); {_start_a_server(uri)}") from None
-        cause = getattr(error, "orig", None) or error  # SQLAlchemy's wrapper: the driver's own message
-        detail = cause.message if isinstance(cause, MlflowException) else str(cause)
-        raise ConfigError(f"{key}={uri}: MLflow cannot open this store ({type(cause).__name__}: "
-                          f"{detail[:300]})") from None
-    finally:
-        retries.setLevel(saved_level)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def is_store_error(error: BaseException) -> bool:
-    """Whether MLflow's store failed (a full disk, a read-only or locked file, a server gone):
-    MLflow's own exception or SQLAlchemy's, which a run cannot do anything about."""
-    return type(error).__module__.split(".")[0] in ("mlflow", "sqlalchemy")
-
-
-def store_error_text(error: BaseException) -> str:
-    """A store's error in one line: SQLAlchemy's text without the statement and parameters it
-    appends (screens of SQL that say nothing more)."""
-    return " ".join(str(error).split("[SQL:")[0].split("(Background on this error")[0].split())
-
-
-def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:
-    """A client of the store at `uri`, opened: a SQLite file is created with its tables if
-    missing (serialised across processes), a server has answered within OPENING_PATIENCE.
-    Raises ConfigError naming `key`."""
-    with _opening(uri, key), _store_lock(uri, key):
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # the first request: creates the tables, reaches a server
-    return client
-
-
-# The tables by which a SQLite file is an MLflow store: those every MLflow version has made.
-MLFLOW_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "tags")
-
-
-def _check_sqlite_store(db: Path, key: str, uri: str, hint: str) -> None:
-    """Raise ConfigError unless `db` is a SQLite file with MLflow's tables, looked at read-only:
-    MLflow itself would create a missing file, and its ~40 tables in any other database."""
-    import sqlite3
-
-    if not db.exists():
-        raise ConfigError(f"no MLflow store at {db}" + (f" ({hint})" if hint else ""))
-    if not db.is_file():
-        raise ConfigError(f"{key}={uri}: {db} is a folder (or another non-file), not an MLflow store")
-    try:  # mode=ro: never a journal, a lock or a table written
-        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as error:
-        raise ConfigError(f"{key}={uri}: {db} is not an SQLite database ({error}), so not an MLflow store") from None
-    missing = [table for table in MLFLOW_TABLES if table not in tables]
-    if missing:
-        raise ConfigError(f"{key}={uri}: {db} is not an MLflow store (an SQLite file without MLflow's tables "
-                          f"{', '.join(missing)}); left as it is")
-
-
-def open_existing_store(uri: str, key: str = "tracking.uri", hint: str = "") -> MlflowClient:
-    """A client of the store at `uri` for reading runs back: open_store without creating anything.
-    A SQLite store must exist and be MLflow's (checked read-only, before MLflow touches it);
-    a missing one is `no MLflow store at <path> (<hint>)`. Raises ConfigError naming `key`."""
-    if uri.startswith(SQLITE_PREFIX):
-        _check_sqlite_store(Path(uri[len(SQLITE_PREFIX) :]), key, uri, hint)
-    with _opening(uri, key):  # no _store_lock: an existing store's tables are not created again
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
-    return client
-
-
-def prepare_store(tracking: DictConfig) -> str:
-    """Open the store as open_store does and create the experiment if missing; return the
-    experiment id. Safe to call from many processes at once. Raises ConfigError naming
-    tracking.uri, tracking.experiment or tracking.artifact_root when one cannot be used."""
-    with _opening(tracking.uri, "tracking.uri"), _store_lock(tracking.uri, "tracking.uri"):
-        client = MlflowClient(tracking.uri)
-        experiment = client.get_experiment_by_name(tracking.experiment)  # the first request
-        if experiment is None:
-            location = artifact_location(tracking)
-            if location is not None:
-                check_folder("tracking.artifact_root", tracking.artifact_root)
-            try:
-                return client.create_experiment(tracking.experiment, artifact_location=location,
-                                                tags=experiment_tags(tracking))
-            except MlflowException as error:
-                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                    if error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):  # too long, for one
-                        raise ConfigError(f"tracking.experiment={_shown(tracking.experiment)}: MLflow refuses "
-                                          f"this name ({error.message})") from None
-                    raise
-                experiment = client.get_experiment_by_name(tracking.experiment)  # another process made it first
-        if experiment.lifecycle_stage == LifecycleStage.DELETED:
-            raise ConfigError(
-                f"tracking.experiment={tracking.experiment!r}: deleted in {tracking.uri} (id "
-                f"{experiment.experiment_id}); restore it (MLFLOW_TRACKING_URI={tracking.uri} mlflow experiments "
-                f"restore -x {experiment.experiment_id}) or choose another name")
-        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before experiments had a kind
-            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-    return experiment.experiment_id
-
-
-def experiment_tags(tracking: DictConfig) -> dict[str, str]:
-    """A new experiment's tags: the MLflow 3 UI opens it on its runs (model training), with
-    tracking.description as its description."""
-    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, MLFLOW_RUN_NOTE: tracking.description}
-
-
-def artifact_location(tracking: DictConfig) -> str | None:
-    """Where a new experiment keeps its artifacts. A local store: artifact_root, as a file URI.
-    A tracking server (http/https): None, so the server picks its own root (its artifact proxy,
-    mlflow-artifacts:/, with `mlflow server --artifacts-destination`) and the runs of every
-    machine keep their artifacts in one place."""
-    if _is_server(tracking.uri):
-        return None
-    return Path(tracking.artifact_root).resolve().as_uri()
+# Keys of the config not logged as params: how the store and console present a run, not what it is
+# (config.yaml, the run's artifact, still holds them). A key and everything under it.
+NOT_PARAMS = ("tracking.description", "tracking.ui_url", "tracking.progress")
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
@@ -336,13 +121,13 @@ def run_is_in_store(cfg: DictConfig, run_id: str | None, experiment_id: str) -> 
 def run_url(tracking: DictConfig, experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI, in its model-training view: on the tracking server
     itself, or where `mlflow ui` serves a local store (tracking.ui_url)."""
-    server = tracking.uri if _is_server(tracking.uri) else tracking.ui_url
+    server = tracking.uri if is_server(tracking.uri) else tracking.ui_url
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING}"
 
 
 def ui_command(tracking: DictConfig) -> str | None:
     """The command that serves a local store in the UI; None for a tracking server (its own UI)."""
-    if _is_server(tracking.uri):
+    if is_server(tracking.uri):
         return None
     port = tracking.ui_url.rstrip("/").rsplit(":", 1)[-1]
     return f"mlflow ui --backend-store-uri {tracking.uri}" + ("" if port == "5000" else f" --port {port}")
@@ -351,7 +136,7 @@ def ui_command(tracking: DictConfig) -> str | None:
 def dataset_input(data: Dataset) -> DatasetInput:
     """The data set as an MLflow dataset input (the runs table's Dataset column): its name, its
     digest (Dataset.digest: the samples themselves), where it came from, and a profile with N
-    train / validation / test, the classes and the input shape."""
+    train / N validation, the classes and the input shape."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -385,6 +170,10 @@ class TrackedRun:
         batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def tag(self, values: Mapping[str, object]) -> None:
+        """One batched write of tags: what a run ran in (the machine's load), not what it measured."""
+        self.client.log_batch(self.run_id, tags=[RunTag(name, str(value)) for name, value in values.items()])
+
     def log_dataset(self, data: Dataset) -> None:
         self.client.log_inputs(self.run_id, datasets=[dataset_input(data)])
 
@@ -401,6 +190,9 @@ class Untracked:
         return -1  # logs nothing, so holds nothing
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def tag(self, values: Mapping[str, object]) -> None:
         pass
 
     def log_dataset(self, data: Dataset) -> None:
@@ -498,7 +290,8 @@ def tracked_run(
                     client.delete_tag(run_id, stale)
         else:
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            params = [Param(k, v) for k, v in flatten(resolved).items()]
+            params = [Param(k, v) for k, v in flatten(resolved).items()
+                      if not any(k == key or k.startswith(key + ".") for key in NOT_PARAMS)]
             for start in range(0, len(params), MAX_PARAMS_PER_CALL):
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
@@ -543,7 +336,7 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
     tracking.note, the number of jobs, and this process (pid, host)."""
     experiment_id = prepare_store(tracking)
     client = MlflowClient(tracking.uri)
-    with _store_lock(tracking.uri, "tracking.uri"):  # two sweeps started at once in one folder get two ids
+    with store_lock(tracking.uri, "tracking.uri"):  # two sweeps started at once in one folder get two ids
         close_dead_runs(client, experiment_id)
         sweep_id, number = folder, 1
         while client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}' and tags.{KIND_TAG} = "

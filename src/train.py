@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> dict:
                 if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
             )
             with tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs):
-                run.log(load_average(schema.LOAD_AVERAGE_START))
+                run.tag(load_average(schema.LOAD_AVERAGE_START))
                 job_number, parallel = devices.this_job()
                 console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs,
                                   cfg.tracking.progress, parallel)
@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict:
                                    tracking.ui_command(cfg.tracking), loop.epochs_done if saved_state else None)
                 if not resume_run_id:  # a new MLflow run, also when it continues a checkpoint whose run is gone
                     run.log_dataset(parts.data)
+                    run.log({schema.MODEL_PARAMETERS: sum(p.numel() for p in parts.model.parameters())})
                 logged = run.last_logged_epoch() if resume_run_id else -1  # the last epoch this MLflow run holds
                 # A new run continuing a checkpoint (the checkpoint's run was gone): every epoch so
                 # far; killed between checkpoint and log: the last one.
@@ -131,7 +132,8 @@ def train(cfg: DictConfig) -> dict:
                                            time.perf_counter() - epoch_began)
 
                 final = _final_metrics(loop, started)
-                run.log({**final, **load_average(schema.LOAD_AVERAGE_END)})
+                run.log(final)
+                run.tag(load_average(schema.LOAD_AVERAGE_END))
                 if cfg.tracking.log_weights:
                     log_weights(run, parts.model)
             if world.is_main:

@@ -3,12 +3,17 @@ Helpers that are not fixtures live in tests/helpers/."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers.configs import compose_config
 from helpers.data_files import write_cifar10_files, write_covtype_cache
 from helpers.store import client_for
+
+# The tests name their own stores: a user's MLFLOW_TRACKING_URI (conf/tracking/mlflow.yaml reads
+# it) must not send their runs to the user's server, here or in the processes they start.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

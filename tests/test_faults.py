@@ -22,7 +22,7 @@ from src import schema
 from src.devices import pick_device
 from src.errors import ConfigError
 from src.files import check_folder
-from src.tracking import prepare_store
+from src.stores import prepare_store
 from src.train import train
 
 

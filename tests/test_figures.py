@@ -25,7 +25,8 @@ from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group
                          series, styles_for, sweep_axes, sweeps_of, write_all)
 from src.errors import ConfigError
 from src.intervals import interval
-from src.tracking import open_existing_store, tracked_run
+from src.stores import open_existing_store
+from src.tracking import tracked_run
 
 # The tiny config with a model that learns digits in 3 epochs (~85%, not the 8% of the default
 # bottleneck MLP): accuracies that differ between schedules and seeds.
@@ -210,7 +211,7 @@ def test_report_opens_with_the_environment(sweep):
     assert "- command: `python -m src.run -m schedule=decay_lr,increase_bs,hybrid trainer.seed=0,1,2 " in head
     assert f"- torch: {torch.__version__}\n" in head and "- device: cpu\n" in head
     assert "- threads: 1 per run" in head
-    starts = [r.data.metrics[names["1m"]] for r in runs for names in (schema.LOAD_AVERAGE_START, schema.LOAD_AVERAGE_END)]
+    starts = [float(r.data.tags[names["1m"]]) for r in runs for names in (schema.LOAD_AVERAGE_START, schema.LOAD_AVERAGE_END)]
     assert f"1-minute {min(starts):.2f} to {max(starts):.2f}" in head
     assert json.loads((folder / "report.json").read_text())["environment"]["torch"] == torch.__version__
 

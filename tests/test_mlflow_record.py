@@ -15,18 +15,20 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from helpers.cli import run_cli
 from helpers.configs import ROOT, TINY
 from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
 
 from src import figures, schema
-from src.config import validate
+from src.build import build_run
+from src.config import compose, validate
 from src.data import load_digits
 from src.evaluate import evaluate_run
 from src.evaluate import main as evaluate_main
 from src.errors import ConfigError
 from src.progress import CLEAR_LINE
-from src.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+from src.stores import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from src.train import train
 
 SMOKE = "smoke"  # the experiment the smoke preset logs to
@@ -100,6 +102,23 @@ def test_run_names_tell_the_jobs_apart_and_tags_name_the_options(sweep):
         tags = run.data.tags
         assert (tags[schema.DATASET_TAG], tags[schema.MODEL_TAG], tags[schema.PRESET_TAG]) == ("digits", "mlp", "smoke")
         assert run.info.run_name == f"decay_lr optimizer={tags[schema.OPTIMIZER_TAG]} seed=0"
+
+
+def test_metrics_are_results_load_is_a_tag_and_params_are_the_config(sweep, data_dir):
+    """No load average among a run's metrics (they are tags: the context of a wall time); the
+    model's parameter count is a metric; params hold what the config means, not how the store or
+    the console present a run."""
+    _, _, _, runs = sweep
+    for run in runs:
+        loads = {*schema.LOAD_AVERAGE_START.values(), *schema.LOAD_AVERAGE_END.values()}
+        assert not loads & set(run.data.metrics) and loads <= set(run.data.tags)
+        assert float(run.data.tags[schema.LOAD_AVERAGE_END["1m"]]) >= 0
+        assert not [k for k in run.data.params if k.startswith(("tracking.description", "tracking.ui_url",
+                                                                   "tracking.progress"))]
+        assert "tracking.experiment" in run.data.params and "schedule.name" in run.data.params
+    cfg = compose("experiment=smoke", f"paths.data_dir={data_dir}")
+    model = build_run(cfg, torch.device("cpu")).model
+    assert runs[0].data.metrics[schema.MODEL_PARAMETERS] == sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_samples_per_second_every_epoch(sweep):

@@ -386,7 +386,7 @@ def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(t
     study's src.figures output and from the figures the claims copy beside the report; the
     intervals' level is conf/figures.yaml's; each side-by-side table is computed once."""
     from src import figures, reproduce
-    from src.tracking import open_store
+    from src.stores import open_store
 
     out, doc = tmp_path / "outputs", tmp_path / "docs" / "reproduction.md"
     open_store(f"sqlite:///{out}/mlflow.db")  # an empty store: the runs come from load_study below

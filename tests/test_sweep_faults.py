@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.study_sweeper.study_sweeper import _product
 from src import schema
 from src.processes import close_dead_runs
-from src.tracking import prepare_store
+from src.stores import prepare_store
 
 
 def told(result: subprocess.CompletedProcess) -> str:
