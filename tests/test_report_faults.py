@@ -16,7 +16,8 @@ from helpers.configs import ROOT, TINY
 from helpers.store import client_for, runs_in
 
 from src import evaluate, figures, reproduce, schema
-from src.tracking import MLFLOW_TABLES, tracked_run
+from src.stores import MLFLOW_TABLES
+from src.tracking import tracked_run
 from src.train import train
 
 PLAN = reproduce.load_plan()
