@@ -292,11 +292,16 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
 
     client = client_for(out)
     counted = load_study(client, "reproduction/default", "default")
-    swept = [item.split("=", 1)[1] for sweep in PLAN["studies"]["default"].sweeps for job in jobs_of(sweep)
-             for item in job if item.startswith("schedule=")]
+    def schedule_of(job: list[str]) -> str:  # a control's schedule.name, else the schedule option
+        values = dict(item.split("=", 1) for item in job)
+        return values.get("schedule.name", values["schedule"])
+
+    swept = [schedule_of(job) for sweep in PLAN["studies"]["default"].sweeps for job in jobs_of(sweep)]
     assert sorted(r.schedule for r in counted) == sorted(swept) and "critical_bs" in swept  # one run per job
+    assert "no_anneal" in swept  # the control, under its own name
     again = reproduce(*args)
-    assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == 3
+    sweeps = len(PLAN["studies"]["default"].sweeps) + len(PLAN["studies"]["blog_covtype_quick"].sweeps)
+    assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == sweeps
     assert len(load_study(client, "reproduction/default", "default")) == len(counted)
 
 
