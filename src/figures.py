@@ -86,14 +86,15 @@ from src.cli import one_line_error
 from src.config import compose
 from src.errors import ConfigError, Diverged
 from src.files import check_folder
-from src.intervals import Interval, binomial_interval, detectable_difference, interval, pooled_spread
+from src.intervals import Interval, binomial_interval, bounds_text, detectable_difference, interval, pooled_spread
 from src.stores import open_existing_store
 from src.tracking import NOT_IDENTITY
 
 DEFAULTS = CONF_DIR / "figures.yaml"
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
-HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, WALL_TIME_S)
+HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES,
+             WALL_TIME_S)
 # A schedule's phase changes when one of these differs from the epoch before: a milestone.
 PHASE_METRICS = (LR, BATCH_SIZE, NOISE_SCALE)
 SEED_PARAM = "trainer.seed"  # the one config key the runs of a curve may differ in
@@ -525,14 +526,10 @@ def compare(curve: Curve, base: Curve, options: dict, pooled_sd: float | None = 
     return row
 
 
-def _bounds(low: float | None, high: float | None, fmt: str) -> str:
-    return "" if low is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
-
-
 def _comparison_detail(row: dict, found: Interval, gap: Interval | None, n: int, confidence: float) -> str:
     """compare()'s numbers as one sentence."""
     pooled = ", spread pooled over the group's arms" if found.pooled else ""
-    interval_text = (f"{100 * confidence:g}% interval{_bounds(found.low, found.high, '+.2f')}{pooled}"
+    interval_text = (f"{100 * confidence:g}% interval{bounds_text(found.low, found.high, '+.2f')}{pooled}"
                      if found.low is not None else "no interval: too few seeds")
     detail = (f"test accuracy {row['acc_diff_points']:+.2f} points ({interval_text}, {n} paired seed{'s' * (n != 1)}; "
               f"margin ±{row['margin_points']:.2f}")
@@ -545,12 +542,13 @@ def _comparison_detail(row: dict, found: Interval, gap: Interval | None, n: int,
     if gap is not None:
         since = (f"from epoch {row['first_milestone_epoch']}, the first milestone" if row["first_milestone_epoch"]
                  else "no milestone: every epoch")
-        detail += (f"; largest per-epoch test-accuracy gap {row['max_gap_points']:+.2f}{_bounds(gap.low, gap.high, '+.2f')} "
+        detail += (f"; largest per-epoch test-accuracy gap {row['max_gap_points']:+.2f}"
+                   f"{bounds_text(gap.low, gap.high, '+.2f')} "
                    f"points at epoch {row['max_gap_epoch']} ({since}; interval at the Bonferroni level over "
                    "those epochs)")
     if row["loss_gap"] is not None:
         detail += (f"; largest training-loss gap {row['loss_gap']:+.4f}"
-                   f"{_bounds(row['loss_gap_low'], row['loss_gap_high'], '+.4f')} at epoch {row['loss_gap_epoch']}")
+                   f"{bounds_text(row['loss_gap_low'], row['loss_gap_high'], '+.4f')} at epoch {row['loss_gap_epoch']}")
     return detail
 
 

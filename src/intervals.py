@@ -101,6 +101,11 @@ def interval(values: Sequence[float], scale: str, confidence: float, pooled_sd: 
     return Interval(back(centre_z), back(centre_z - half), back(centre_z + half), n, pooled)
 
 
+def bounds_text(low: float | None, high: float | None, fmt: str) -> str:
+    """An interval as the reports print it after its centre: " [low, high]", or "" when there is none."""
+    return "" if low is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
+
+
 def detectable_difference(sd_points: float | None, n: int, confidence: float, power: float) -> float | None:
     """The smallest true paired difference (points) that a two-sided paired t test at this
     confidence detects with this power, from the paired differences' standard deviation in

@@ -35,7 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from src import schema
-from src.intervals import interval, pooled_spread
+from src.intervals import bounds_text, interval, pooled_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "reproduction.yaml"
@@ -205,10 +205,6 @@ def _percent(confidence: float) -> str:
     return f"{100 * confidence:g}%"
 
 
-def _interval(low: float | None, high: float | None, fmt: str) -> str:
-    return "" if low is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
-
-
 # --- claims ------------------------------------------------------------------------------------
 
 
@@ -295,21 +291,22 @@ def _arm_cells(arm: str, row: dict, curve, base_curve, base_error: float, expect
 
     confidence, min_seeds = options["confidence"], options["min_seeds"]
     text = (f"{arm}: {_fmt(schema.FINAL_TEST_ACC, row[f'{schema.FINAL_TEST_ACC}_mean'])}% "
-            f"({row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} points"
+            f"({row['acc_diff_points']:+.2f}{bounds_text(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} points"
             + (f", detectable {row['detectable_points']:.2f}" if row["detectable_points"] is not None else "")
             + f"; per seed {_per_seed(curve)})")
     if row["max_gap_points"] is not None:
         text += (f", largest per-epoch gap {row['max_gap_points']:+.2f}"
-                 f"{_interval(row['max_gap_low'], row['max_gap_high'], '+.2f')} at epoch {row['max_gap_epoch']}")
+                 f"{bounds_text(row['max_gap_low'], row['max_gap_high'], '+.2f')} at epoch {row['max_gap_epoch']}")
     if row["loss_gap"] is not None:
-        text += (f", train-loss gap {row['loss_gap']:+.3f}{_interval(row['loss_gap_low'], row['loss_gap_high'], '+.3f')}"
+        text += (f", train-loss gap {row['loss_gap']:+.3f}"
+                 f"{bounds_text(row['loss_gap_low'], row['loss_gap_high'], '+.3f')}"
                  f" at epoch {row['loss_gap_epoch']}")
     text += (f", {_fmt('total_param_updates', row['total_param_updates_mean'])} updates "
              f"({row['total_param_updates_ratio']:.2f}x)")
     ratio = direction_word(paired_values(curve, base_curve, schema.TRAIN_TIME_S), 1.0, confidence, min_seeds,
                            ratio=True)
     if ratio[1] is not None:
-        text += f", train time {ratio[1]:.2f}x{_interval(ratio[2], ratio[3], '.2f')}"
+        text += f", train time {ratio[1]:.2f}x{bounds_text(ratio[2], ratio[3], '.2f')}"
     if row["n_diverged"]:
         text += (f"; {row['n_diverged']} of {row['n_paired']} seeds diverged "
                  f"[{100 * row['diverged_low']:.0f}, {100 * row['diverged_high']:.0f}]%, counted at chance")
@@ -328,10 +325,10 @@ def _arm_cells(arm: str, row: dict, curve, base_curve, base_error: float, expect
         check, mean, low, high = direction_word(paired_values(curve, base_curve, metric), reference, confidence,
                                                 min_seeds, ratio=metric == schema.TRAIN_TIME_S)
         if metric != schema.TRAIN_TIME_S:
-            text += f", {label} {mean:+.4f}{_interval(low, high, '+.4f')}"
+            text += f", {label} {mean:+.4f}{bounds_text(low, high, '+.4f')}"
         verdict += f"; {label} {check}"
         words.append((check, wanted))
-    short = (f"{arm} {row['acc_diff_points']:+.1f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} "
+    short = (f"{arm} {row['acc_diff_points']:+.1f}{bounds_text(row['acc_diff_low'], row['acc_diff_high'], '+.1f')} "
              f"points, {row['total_param_updates_ratio']:.2f}x updates"
              + (f", {ratio[1]:.2f}x train time" if ratio[1] is not None else ""))
     return text + _failure_note(curve), verdict, short, words
@@ -465,7 +462,7 @@ def ablation_table(plan: dict, runs_by_study: dict, options: dict) -> tuple[list
             if curve.finished or failures(curve)[0]:
                 row = compare(curve, base, options, pooled)
                 word = arm_word(row["verdict"], curve)
-                diff = (f"{row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')}"
+                diff = (f"{row['acc_diff_points']:+.2f}{bounds_text(row['acc_diff_low'], row['acc_diff_high'], '+.2f')}"
                         if row["n_paired"] else f"no seed finished in both {arm} and {spec['baseline']}")
                 cells.append(f"{diff} **{word}**"
                              + ("" if own.finished or study.name == spec["reference"] else " (reference's)"))
@@ -523,14 +520,15 @@ def study_table(runs: list, baseline: str, options: dict) -> list[str]:
                 diff = ratio = "-" if base is None else "(baseline)"
             else:
                 diff = "-" if row["acc_diff_points"] is None else (
-                    f"{row['acc_diff_points']:+.2f}{_interval(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} "
+                    f"{row['acc_diff_points']:+.2f}{bounds_text(row['acc_diff_low'], row['acc_diff_high'], '+.2f')} "
                     f"**{arm_word(row['verdict'], curve)}**")
                 updates += f" ({row['total_param_updates_ratio']:.2f}x)"
                 paired = direction_word(paired_values(curve, group.curves[base], schema.TRAIN_TIME_S), 1.0,
                                         confidence, min_seeds, ratio=True)
-                ratio = "-" if paired[1] is None else f"{paired[1]:.2f}x{_interval(paired[2], paired[3], '.2f')}"
-            lines.append(f"| {schedule} | {seeds} | {statistics.fmean(accs):.2f}{_interval(acc.low, acc.high, '.2f')} | "
-                         f"{diff} | {updates} | {statistics.fmean(times):.1f}{_interval(time_s.low, time_s.high, '.1f')} "
+                ratio = "-" if paired[1] is None else f"{paired[1]:.2f}x{bounds_text(paired[2], paired[3], '.2f')}"
+            lines.append(f"| {schedule} | {seeds} | {statistics.fmean(accs):.2f}"
+                         f"{bounds_text(acc.low, acc.high, '.2f')} | "
+                         f"{diff} | {updates} | {statistics.fmean(times):.1f}{bounds_text(time_s.low, time_s.high, '.1f')} "
                          f"| {ratio} |")
         lines.append("")
     return lines
