@@ -69,7 +69,12 @@ class CNN1d(nn.Module):
     whether that is what lets it take the figure-5 lr). Its statistics are over what one forward
     pass sees: the whole batch in one process, but a DDP rank's share under torchrun and each half
     of a step measured for the noise scale (trainer.gns, one step in trainer.gns_every), which
-    then trains a little differently; micro-batches are refused with it (src/config.py)."""
+    then trains a little differently; micro-batches are refused with it (src/config.py).
+
+    ghost_batch_size (given as `+model.ghost_batch_size=51`; absent, None): batch norm over ghost
+    batches of that many samples (GhostBatchNorm1d), as the paper's WRN normalises 128 of 50,000
+    at any B, so that the normalisation's noise does not shrink as the batch grows; None: over the
+    whole forward pass, whose noise does shrink as B grows."""
 
     def __init__(
         self,
@@ -78,8 +83,11 @@ class CNN1d(nn.Module):
         channels: Sequence[int],
         kernel_size: int,
         batch_norm: bool,
+        ghost_batch_size: int | None = None,  # None: not in conf/model/cnn1d.yaml, plain batch norm
     ):
         super().__init__()
+        if ghost_batch_size is not None and not batch_norm:
+            raise ValueError(f"ghost_batch_size={ghost_batch_size} needs batch_norm=true")
         if len(input_shape) == 1:
             in_channels, length = 1, input_shape[0]
             layers: list[nn.Module] = [nn.Unflatten(1, (1, length))]
@@ -89,7 +97,8 @@ class CNN1d(nn.Module):
         for out_channels in channels:
             layers.append(nn.Conv1d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(out_channels))
+                layers.append(nn.BatchNorm1d(out_channels) if ghost_batch_size is None
+                              else GhostBatchNorm1d(out_channels, ghost_batch_size))
             layers.append(nn.ReLU())
             in_channels = out_channels
             length = (length - 1) // 2 + 1  # stride 2, 'same' padding
@@ -100,11 +109,12 @@ class CNN1d(nn.Module):
         return self.net(x)
 
 
-class GhostBatchNorm2d(nn.BatchNorm2d):
+class _GhostBatches:
     """Ghost batch norm (Hoffer et al. 2017), as the paper uses it: in training the batch is cut
     into chunks of `ghost_batch_size` samples (the last may be smaller) and each chunk is
     normalised with its own mean and variance, so the normalisation noise does not shrink as B
-    grows. With ghost_batch_size >= the batch, and in eval mode, it is nn.BatchNorm2d.
+    grows. With ghost_batch_size >= the batch, and in eval mode, it is the plain batch norm it extends
+    (GhostBatchNorm2d for images, GhostBatchNorm1d for 1-D feature maps).
 
     The running statistics take one update per forward call in training, as plain BN's do,
     towards the mean over chunks of the chunk means and of the (unbiased) chunk variances: what
@@ -137,6 +147,14 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             self.running_var.lerp_(variances.mean(0), self.momentum)
             self.num_batches_tracked.add_(1)
         return torch.cat(outputs)
+
+
+class GhostBatchNorm2d(_GhostBatches, nn.BatchNorm2d):
+    """Ghost batch norm over (N, C, H, W): the wide ResNet's."""
+
+
+class GhostBatchNorm1d(_GhostBatches, nn.BatchNorm1d):
+    """Ghost batch norm over (N, C, L): cnn1d's, with `+model.ghost_batch_size`."""
 
 
 class _WideBasicBlock(nn.Module):

@@ -29,11 +29,14 @@ History = Mapping[str, Sequence[float]]
 
 @dataclass(frozen=True)
 class Plan:
-    """What one epoch trains with."""
+    """What one epoch trains with. lr is its first step's; with lr_end, each step's lr moves
+    linearly from lr towards lr_end (the next epoch's first lr) over the epoch's steps: a
+    per-iteration warm-up (Goyal et al. 2017). Without it every step trains at lr."""
 
     lr: float
     batch_size: int
     momentum: float
+    lr_end: float | None = None
 
 
 class Schedule(Protocol):
@@ -107,7 +110,8 @@ class StepSchedule:
         large_batch_scaled B = max_batch_size from the start, lr scaled by B / B0 and warmed up
                            linearly over the first epochs (Goyal et al. 2017), decays as decay_lr
 
-    During the first `warmup_epochs` epochs lr rises linearly from `warmup_start_lr` to `lr`.
+    During the first `warmup_epochs` epochs lr rises linearly, step by step (Plan.lr_end), from
+    `warmup_start_lr` to `lr`, as Goyal et al. warm up per iteration.
     """
 
     name: str
@@ -150,8 +154,9 @@ class StepSchedule:
         batch_size * lr_boost * (1 - optimizer_momentum) / (1 - momentum) (paper section 5.2:
         eps 0.1 -> 0.5 with B0 128 -> 640; m 0.9 -> 0.98 with B0 -> 3200).
         scale_to_cap: B0 = the cap and lr x cap / B0.
-        warmup: over this fraction of the epochs lr rises linearly from schedule.lr (the
-        small-batch lr, before lr_boost and scale_to_cap: Goyal et al.'s warm-up) to the first lr.
+        warmup: over this fraction of the epochs (rounded to whole epochs, at least one) lr
+        rises linearly per step from schedule.lr (the small-batch lr, before lr_boost and
+        scale_to_cap: Goyal et al.'s warm-up) to the first lr.
         """
         steps = milestone_epochs(milestones, epochs)
         cap = batch_cap(max_batch_size, n_train)
@@ -175,7 +180,7 @@ class StepSchedule:
             milestones=steps,
             batch_growth_steps=len(steps) if batch_growth_steps is None else int(batch_growth_steps),
             max_batch_size=cap,
-            warmup_epochs=math.ceil(warmup * epochs),
+            warmup_epochs=max(1, math.floor(warmup * epochs + 0.5)) if warmup > 0 else 0,
             warmup_start_lr=float(lr),
         )
 
@@ -191,9 +196,13 @@ class StepSchedule:
                    factor=1.0, milestones=(), batch_growth_steps=0, max_batch_size=int(batch_size))
 
     def __call__(self, epoch: int, history: History = {}) -> Plan:
-        lr, batch_size = self.lr, self.batch_size
-        if epoch < self.warmup_epochs:
-            lr = self.warmup_start_lr + (self.lr - self.warmup_start_lr) * epoch / self.warmup_epochs
+        batch_size, lr = self._after_milestones(epoch, self._warmed_up(epoch))
+        lr_end = self._after_milestones(epoch, self._warmed_up(epoch + 1))[1] if epoch < self.warmup_epochs else None
+        return Plan(lr=lr, batch_size=batch_size, momentum=self.momentum, lr_end=lr_end)
+
+    def _after_milestones(self, epoch: int, lr: float) -> tuple[int, float]:
+        """B and lr at `epoch` from B0 and `lr`, after the milestones reached so far."""
+        batch_size = self.batch_size
         for step, milestone in enumerate(self.milestones):
             if epoch < milestone:
                 break
@@ -201,7 +210,13 @@ class StepSchedule:
                 batch_size, lr = drop_by_growing(batch_size, lr, self.factor, self.max_batch_size)
             else:
                 lr /= self.factor
-        return Plan(lr=lr, batch_size=batch_size, momentum=self.momentum)
+        return batch_size, lr
+
+    def _warmed_up(self, epochs_done: float) -> float:
+        """The lr before any milestone after `epochs_done` epochs: the warm-up's line, then lr."""
+        if epochs_done >= self.warmup_epochs:
+            return self.lr
+        return self.warmup_start_lr + (self.lr - self.warmup_start_lr) * epochs_done / self.warmup_epochs
 
     def state_dict(self) -> dict:
         return {}

@@ -31,7 +31,7 @@ VAL_ACC = "val_acc"  # fraction 0..1
 # this study read validation only).
 TEST_LOSS = "test_loss"  # mean cross-entropy on the test set
 TEST_ACC = "test_acc"  # fraction 0..1
-LR = "lr"  # as applied: the schedule's lr x optimizer.lr_scale
+LR = "lr"  # as applied at the epoch's first step: the schedule's lr x optimizer.lr_scale (a warm-up ramps it per step)
 BATCH_SIZE = "batch_size"
 MOMENTUM = "momentum"
 NOISE_SCALE = "noise_scale"  # the paper's g = lr / (1 - m) (N / B - 1), units of lr

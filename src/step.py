@@ -71,11 +71,14 @@ class Learner:
 
 
 def train_epoch(learner: Learner, order: torch.Tensor, batch_size: int,
-                progress: EpochProgress | None = None) -> tuple[float, int, int]:
+                progress: EpochProgress | None = None, lr_ramp: tuple[float, float] | None = None
+                ) -> tuple[float, int, int]:
     """The updates drawn while the permutation `order` is consumed, in batches of batch_size cut
     by learner.batches (under carry they include the samples carried in from the epoch before,
     and the samples carried out are left to the next). Returns (mean train loss over the samples
     of these updates, updates, samples). `progress` hears of every step (src/progress.py).
+    lr_ramp (first, end): step i of n trains at first + (end - first) * i / n, a per-iteration
+    warm-up (src.schedules.Plan.lr_end); None: the optimizer's lr as it is.
 
     Augmentation (if the data have one) is drawn for the whole batch first, so it depends
     neither on the micro-batch size nor on the number of ranks. Under DDP each rank trains on its
@@ -90,7 +93,11 @@ def train_epoch(learner: Learner, order: torch.Tensor, batch_size: int,
     epoch_batches = learner.batches.epoch(order, batch_size)
     if progress is not None:
         progress.start(len(epoch_batches))
-    for index in epoch_batches:
+    for step, index in enumerate(epoch_batches):
+        if lr_ramp is not None:
+            first, end = lr_ramp
+            for group in learner.optimizer.param_groups:
+                group["lr"] = first + (end - first) * step / len(epoch_batches)
         x, y = data.x_train[index], data.y_train[index]
         if data.augment is not None:
             x = data.augment(x, learner.batch_order)

@@ -177,7 +177,8 @@ def _train_and_validate(parts: RunParts, learner: Learner, loop: LoopState, epoc
         torch.cuda.reset_peak_memory_stats(device)
 
     epoch_start = time.perf_counter()
-    train_loss, updates, samples = train_epoch(learner, order, plan.batch_size, progress)
+    lr_ramp = None if plan.lr_end is None else (plan.lr * parts.lr_scale, plan.lr_end * parts.lr_scale)
+    train_loss, updates, samples = train_epoch(learner, order, plan.batch_size, progress, lr_ramp)
     epoch_train_s = time.perf_counter() - epoch_start  # .item() above waited for the device
     loop.train_time += epoch_train_s
     loop.param_updates += updates

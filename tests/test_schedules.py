@@ -4,6 +4,7 @@ schedule's config holds: the keys it reads, no other (real Hydra composition, re
 import inspect
 
 import pytest
+import torch
 from helpers.cli import run_cli
 from helpers.configs import compose_config, group_options
 from hydra.utils import get_method
@@ -157,12 +158,40 @@ def test_paper_figure5_raising_the_effective_learning_rate():
 
 
 def test_large_batch_scaled_after_goyal():
-    big = paper("large_batch_scaled", 0, 5120, scale_to_cap=True, warmup=0.05)
-    assert big.warmup_epochs == 10  # 5% of 200 epochs
+    """Goyal et al.'s 5 epochs of 90 = 11 of 200; lr ramps per step (Plan.lr_end) from B0's lr."""
+    big = paper("large_batch_scaled", 0, 5120, scale_to_cap=True, warmup=5 / 90)
+    assert big.warmup_epochs == 11
     assert {big(e).batch_size for e in range(EPOCHS)} == {5120}
     scaled = 0.1 * 5120 / 128
-    assert [big(e).lr for e in (0, 5, 10, 59, 60, 120, 160)] == pytest.approx(
-        [0.1, 0.1 + (scaled - 0.1) / 2, scaled, scaled, scaled / 5, scaled / 25, scaled / 125])
+    assert [big(e).lr for e in (0, 11, 59, 60, 120, 160)] == pytest.approx(
+        [0.1, scaled, scaled, scaled / 5, scaled / 25, scaled / 125])
+    assert big(5).lr == pytest.approx(0.1 + (scaled - 0.1) * 5 / 11)
+    # each warm-up epoch's steps end where the next epoch's first step starts; none after it
+    assert [big(e).lr_end for e in range(11)] == pytest.approx([big(e + 1).lr for e in range(11)])
+    assert {big(e).lr_end for e in range(11, EPOCHS)} == {None}
+    assert paper("decay_lr", 0, 5120)(0).lr_end is None
+
+
+def test_the_loop_ramps_lr_per_step():
+    """train_epoch with a Plan's ramp sets step i of n to first + (end - first) * i / n: the lr
+    each optimizer step ran with, read off the optimizer as it steps."""
+    from src.batching import BatchStream
+    from src.data import load_digits
+    from src.models import MLP
+    from src.step import Learner, Precision, StepSettings, train_epoch
+
+    data = load_digits(n_val=180, n_test=180, split_seed=0)
+    model = MLP((64,), 10, hidden=[16], dropout=0.0, dropout_after=[], init="torch")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stepped = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: stepped.append(opt.param_groups[0]["lr"]))
+    settings = StepSettings(micro_batch_size=None, precision=Precision(torch.device("cpu"), False, False))
+    learner = Learner(model, optimizer, data, BatchStream("keep"), torch.Generator(), settings, noise=None)
+    train_epoch(learner, torch.arange(400), batch_size=100, lr_ramp=(0.1, 0.5))
+    assert stepped == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    stepped.clear()
+    train_epoch(learner, torch.arange(400), batch_size=100)
+    assert stepped == pytest.approx([0.4] * 4)  # no ramp: the optimizer's lr as it was left
 
 
 def test_warmup_rises_from_the_unboosted_lr():
@@ -170,6 +199,7 @@ def test_warmup_rises_from_the_unboosted_lr():
     increase_lr warmed up over 5% of 200 epochs goes 0.1 -> 0.5 in 10 epochs, B0 stays 640."""
     warm = paper("increase_lr", None, 5120, lr_boost=5, warmup=0.05)
     assert [warm(e).lr for e in (0, 5, 10, 59)] == pytest.approx([0.1, 0.3, 0.5, 0.5])
+    assert warm(9).lr_end == pytest.approx(0.5)
     assert warm(0).batch_size == 640
 
 
