@@ -267,9 +267,10 @@ def _check_ranges(cfg: Mapping) -> None:
                 f"trainer.micro_batch_size={micro}: must be a multiple of model.ghost_batch_size={ghost}, "
                 "or ghost batches straddle micro-batches"
             )
-        if cfg["model"].get("batch_norm"):
-            raise ConfigError(f"trainer.micro_batch_size={micro}: not with model.batch_norm=true, whose statistics "
-                              "would be per micro-batch and change the update (micro-batches must not)")
+        if cfg["model"].get("batch_norm") and not ghost:
+            raise ConfigError(f"trainer.micro_batch_size={micro}: not with model.batch_norm=true over the whole "
+                              "batch, whose statistics would be per micro-batch and change the update (micro-batches "
+                              "must not); ghost batch norm (+model.ghost_batch_size) is fine")
     check_last_batch(trainer["last_batch"])
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")

@@ -97,6 +97,11 @@ def test_micro_batches_are_refused_with_plain_batch_norm_only():
     assert code == 2 and message.startswith("trainer.micro_batch_size=8: not with model.batch_norm=true"), message
     assert refusal("model=cnn1d", "model.batch_norm=true") is None
     assert refusal("model=cnn1d", "trainer.micro_batch_size=8") is None
+    # ghost batch norm: its ghost batches lie whole within a micro-batch that is a multiple of them
+    ghost = ("model=cnn1d", "model.batch_norm=true", "+model.ghost_batch_size=4")
+    assert refusal(*ghost, "trainer.micro_batch_size=8") is None
+    message, code = refusal(*ghost, "trainer.micro_batch_size=6")
+    assert code == 2 and message.startswith("trainer.micro_batch_size=6: must be a multiple of"), message
 
 
 def test_a_config_built_by_hand_names_a_nested_keys_whole_path_and_value():

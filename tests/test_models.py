@@ -24,6 +24,24 @@ def test_cnn1d_flat_and_channel_inputs():
     assert CNN1d((2, 33), 4, channels=[8, 8], kernel_size=3, batch_norm=True)(torch.randn(3, 2, 33)).shape == (3, 4)
 
 
+def test_cnn1d_ghost_batch_norm_normalises_each_ghost_batch_apart():
+    """+model.ghost_batch_size: each ghost batch of the forward pass is normalised with its own
+    statistics, so a sample's output depends only on its ghost batch: a batch of 8 at ghost size 4
+    gives each half what the half alone gives; plain batch norm mixes the halves."""
+    from src.models import GhostBatchNorm1d
+
+    torch.manual_seed(0)
+    ghost = CNN1d((40,), 10, channels=[8, 8], kernel_size=3, batch_norm=True, ghost_batch_size=4).train()
+    assert {type(m) for m in ghost.modules() if isinstance(m, torch.nn.BatchNorm1d)} == {GhostBatchNorm1d}
+    plain = CNN1d((40,), 10, channels=[8, 8], kernel_size=3, batch_norm=True).train()
+    plain.load_state_dict(ghost.state_dict())
+    x = torch.randn(8, 40) * 3 + 1
+    assert torch.allclose(ghost(x), torch.cat([plain(x[:4]), plain(x[4:])]), atol=1e-5)
+    assert not torch.allclose(plain(x), torch.cat([plain(x[:4]), plain(x[4:])]), atol=1e-3)
+    with pytest.raises(ValueError, match="ghost_batch_size=4 needs batch_norm=true"):
+        CNN1d((40,), 10, channels=[8], kernel_size=3, batch_norm=False, ghost_batch_size=4)
+
+
 def linear_layers(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
