@@ -1,10 +1,10 @@
-"""Runs made up as plain data (src.figures.RunData): for the report's arithmetic, with no store
+"""Runs made up as plain data (src.runs.RunData): for the report's arithmetic, with no store
 and no training."""
 
 from __future__ import annotations
 
 from src import schema
-from src.figures import HISTORIES, RunData
+from src.runs import HISTORIES, RunData
 
 
 def fake_run(schedule: str, seed: int, acc: float, updates: float = 300.0, lr=(0.1, 0.1, 0.02),
