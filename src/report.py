@@ -243,13 +243,13 @@ def group_folder(label: str) -> str:
 
 @dataclass
 class Reproduction:
-    """What docs/reproduction.md says: the plan, the runs, and what src.claims made of them."""
+    """What docs/reproduction.md says: the reproduction's config, its runs, and what src.claims made of them."""
 
-    plan: dict  # conf/reproduction.yaml (src.studies.load_plan)
+    config: dict  # conf/reproduction.yaml (src.studies.load_reproduction)
     runs_by_study: dict[str, list[RunData]]
     rows: list[Row]  # one per claim, then claim A's
     ablation_lines: list[str]  # claim A's table (src.claims.ablation_table)
-    tables: dict[str, list[str]]  # the side-by-side table of each study of the plan's `tables` that ran
+    tables: dict[str, list[str]]  # the side-by-side table of each study of the config's `tables` that ran
     provisional: str | None  # why the report is not the study's result; None: it is
 
 
@@ -305,16 +305,16 @@ def _claims_section(doc: Reproduction, options: dict) -> list[str]:
     for row in doc.rows:
         links = ", ".join(f"[{Path(f).stem}]({f})" for f in row.figures) or "-"
         md.append(f"| {row.id} | {row.claim} | {row.reported} | {row.measured} | {row.verdict} | {links} |")
-    side_by_side = doc.plan["tables"]["studies"]
-    behind = ", ".join(str(claim["id"]) for claim in doc.plan["claims"] if claim["study"] in side_by_side)
+    side_by_side = doc.config["tables"]["studies"]
+    behind = ", ".join(str(claim["id"]) for claim in doc.config["claims"] if claim["study"] in side_by_side)
     md += ["", "## The studies side by side", "",
-           f"Every schedule of {', '.join(side_by_side)}, against {doc.plan['tables']['baseline']}: the numbers "
+           f"Every schedule of {', '.join(side_by_side)}, against {doc.config['tables']['baseline']}: the numbers "
            f"behind claims {behind}, with the interval of each mean over seeds. Training time counts "
            "the training steps (train_time_s); parallel jobs shared the machine, so the paired ratio is the "
            "number to read.", ""]
     for name in side_by_side:
         runs = doc.runs_by_study.get(name, [])
-        md += [f"### {name}", "", doc.plan["studies"][name].about, ""]
+        md += [f"### {name}", "", doc.config["studies"][name].about, ""]
         if not runs:
             md += [f"{NOT_RUN}: `python -m src.reproduce run {name}`", ""]
             continue
@@ -324,7 +324,7 @@ def _claims_section(doc: Reproduction, options: dict) -> list[str]:
 
 
 def _ablation_section(doc: Reproduction) -> list[str]:
-    spec = doc.plan["ablation"]
+    spec = doc.config["ablation"]
     md = ["## Claim A: the ablation", "",
           f"{spec['claim'][0].upper()}{spec['claim'][1:]}? Each study below changes one thing of "
           f"{spec['reference']} (`python -m src.reproduce run ablation`; commands below). Accuracy only "
@@ -346,7 +346,7 @@ def _studies_section(doc: Reproduction) -> list[str]:
     md = ["## Studies: where their values come from, how they ran", "",
           "| study | values (fixed before any run of this report) | seeds | runs | expected on 2 CPU cores |",
           "|---|---|---|---|---|"]
-    for name, study in doc.plan["studies"].items():
+    for name, study in doc.config["studies"].items():
         runs = doc.runs_by_study[name]
         finished = sum(r.finished for r in runs)
         state = (f"{finished} finished" + (f", {len(runs) - finished} not" if len(runs) > finished else "")
@@ -380,7 +380,7 @@ def readme_table(doc: Reproduction) -> str:
     """README's side-by-side tables: those of conf/reproduction.yaml's `tables` (each study's that
     ran, as render writes them), each with the command that made it."""
     lines = []
-    studies = doc.plan["tables"]["studies"]
+    studies = doc.config["tables"]["studies"]
     for name in studies:
         runs = doc.runs_by_study.get(name, [])
         lines += [f"**{name}**: {NOT_RUN} (`python -m src.reproduce run {name}`)", ""] if not runs else [
