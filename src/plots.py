@@ -62,9 +62,6 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # each curve's end, in every
 DPI = 100  # of the PNGs: 640 x 480 pixels for one panel of 6.4 x 4.8 inches
 
 
-# --- figures -----------------------------------------------------------------------------------
-
-
 def styles_for(schedules: Sequence[str]) -> dict[str, dict]:
     """schedule -> colour, line style and end marker, the same in every figure of a sweep."""
     return {s: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}

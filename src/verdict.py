@@ -358,6 +358,9 @@ def _updates_phrase(ratio: float) -> str:
     return f"{ratio:.1f}x as many parameter updates"
 
 
+# --- a curve's numbers per epoch, as the figures draw them -------------------------------------
+
+
 def series(runs: Sequence[RunData], y: str, x: str | None = None, y_scale: float = 1.0) -> dict[str, np.ndarray]:
     """A curve's numbers: x (1-based epochs, or the mean of metric x), the mean of y over the
     runs and its min and max (histories cut to the shortest)."""
