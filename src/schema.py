@@ -83,10 +83,14 @@ LOAD_AVERAGE_END = {span: f"load_{span}_end" for span in LOAD_SPANS}
 # The model's parameter count (trainable or not), a metric logged once when a run opens.
 MODEL_PARAMETERS = "model_parameters"
 
+# The config key of a run's seed, as an override (trainer.seed=0,1,2) and as a logged param: the
+# one key the runs of a curve may differ in.
+SEED_PARAM = "trainer.seed"
+
 # Tags of a training run.
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: the name the UI shows (tracking.run_name, or the sweeper's)
 SCHEDULE_TAG = "schedule"  # schedule.name
-SEED_TAG = "seed"  # trainer.seed
+SEED_TAG = "seed"  # SEED_PARAM's value
 SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
 # Every sweep that trained or reused the run, space-separated, oldest first: its own sweep_id, then
 # each re-run sweep that skipped or resumed it (which leaves sweep_id alone). src.figures reads a

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # Keys that say where a run reads or writes, how it is recorded or how fast it goes, not what it
 # computes: left out of the config hash that identifies a run for skipping and resuming, and out
-# of the figures' groups (src.figures.identity). Every path-valued key is here (paths, and the
+# of the figures' groups (src.groups.identity). Every path-valued key is here (paths, and the
 # dataset keys that interpolate ${paths.data_dir}; tests/test_identity.py checks every option of
 # conf/), as is dataset.download: the data themselves enter the identity by their digest
 # (hash_config's data_digest), so moving them, or another folder per node, changes nothing.

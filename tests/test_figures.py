@@ -20,9 +20,11 @@ from matplotlib.image import imread
 from scipy import stats
 
 from src import schema
-from src.figures import (HISTORIES, Curve, RunData, change_steps, compare, group_runs, is_training_run,
-                         load_sweep, minus_one_spread, pick_baseline, plot_totals, report_rows,
-                         series, styles_for, sweep_axes, sweeps_of, write_all)
+from src.figures import write_all
+from src.groups import Curve, group_runs, pick_baseline, sweep_axes
+from src.plots import plot_totals, styles_for
+from src.runs import HISTORIES, RunData, is_training_run, load_sweep, metric_history, sweeps_of
+from src.verdict import change_steps, compare, minus_one_spread, report_rows, series
 from src.errors import ConfigError
 from src.intervals import interval
 from src.stores import open_existing_store
@@ -68,7 +70,7 @@ def runs_of(client, sweep_id: str, kind: str | None = None):
 
 
 def values_of(client, run, name: str) -> list[float]:
-    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+    return metric_history(client, run.info.run_id, name)
 
 
 def recomputed(client, run, name: str) -> float:
@@ -358,7 +360,7 @@ def test_an_optimizer_sweep_draws_figures_3_and_4_as_panels(tmp_path, data_dir):
 def rows_by_schedule(runs, baseline="decay_lr", margin=0.1, min_seeds=3):
     [group] = group_runs(runs, [baseline])
     options = {**OPTIONS, "margin_error_fraction": margin, "min_seeds": min_seeds}
-    return {row["schedule"]: row for row in report_rows(group, baseline, options)}
+    return {row.schedule: row for row in report_rows(group, baseline, options)}
 
 
 @pytest.mark.parametrize("diffs,word", [
@@ -371,27 +373,27 @@ def test_verdict_from_the_paired_t_interval(diffs, word):
     base = [0.80, 0.85, 0.90]
     runs = [fake_run("decay_lr", s, a) for s, a in enumerate(base)]
     runs += [fake_run("increase_bs", s, a + d / 100, updates=100.0) for s, (a, d) in enumerate(zip(base, diffs))]
-    row = rows_by_schedule(runs)["increase_bs"]
+    row = rows_by_schedule(runs)["increase_bs"].comparison
     half = T_975_2 * statistics.stdev(diffs) / 3 ** 0.5
-    assert row["acc_diff_points"] == pytest.approx(statistics.fmean(diffs))
-    assert (row["acc_diff_low"], row["acc_diff_high"]) == pytest.approx((statistics.fmean(diffs) - half,
+    assert row.acc_diff_points == pytest.approx(statistics.fmean(diffs))
+    assert (row.acc_diff_low, row.acc_diff_high) == pytest.approx((statistics.fmean(diffs) - half,
                                                                          statistics.fmean(diffs) + half), abs=0.01)
-    assert row["margin_points"] == pytest.approx(1.5)
-    assert row["verdict"] == word and row["n_paired"] == 3
-    assert "3.0x fewer parameter updates" in row["verdict_detail"]
-    assert rows_by_schedule(runs, margin=0.5)["increase_bs"]["verdict"] == "matched"  # the margin is used
-    assert rows_by_schedule(runs, margin=0.0)["increase_bs"]["verdict"] in ("differs", "inconclusive")
+    assert row.margin_points == pytest.approx(1.5)
+    assert row.verdict == word and row.n_paired == 3
+    assert "3.0x fewer parameter updates" in row.verdict_detail
+    assert rows_by_schedule(runs, margin=0.5)["increase_bs"].comparison.verdict == "matched"  # the margin is used
+    assert rows_by_schedule(runs, margin=0.0)["increase_bs"].comparison.verdict in ("differs", "inconclusive")
 
 
 def test_fewer_than_three_paired_seeds_is_always_inconclusive():
     runs = [fake_run("decay_lr", s, 0.8) for s in (0, 1, 2)]
     runs += [fake_run("increase_bs", s, 0.8) for s in (0, 1)]  # identical accuracy, but 2 seeds
     runs += [fake_run("increase_bs", 7, 0.1)]  # seed 7 has no decay_lr partner: left out of the pairs
-    row = rows_by_schedule(runs)["increase_bs"]
-    assert row["n_paired"] == 2 and row["acc_diff_points"] == 0 and row["verdict"] == "inconclusive (2 seeds)"
+    row = rows_by_schedule(runs)["increase_bs"].comparison
+    assert row.n_paired == 2 and row.acc_diff_points == 0 and row.verdict == "inconclusive (2 seeds)"
     # identical pairs and no other arm to pool from: no interval, never a zero-width one
-    row = rows_by_schedule(runs, min_seeds=2)["increase_bs"]
-    assert row["acc_diff_low"] is None and row["verdict"] == "inconclusive (no spread to build an interval from)"
+    row = rows_by_schedule(runs, min_seeds=2)["increase_bs"].comparison
+    assert row.acc_diff_low is None and row.verdict == "inconclusive (no spread to build an interval from)"
 
 
 def test_seeds_pair_by_seed_with_the_newest_finished_run_of_each():
@@ -403,7 +405,7 @@ def test_seeds_pair_by_seed_with_the_newest_finished_run_of_each():
     curve = Curve("increase_bs", [fake_run("increase_bs", s, 0.8) for s in (0, 1, 7)] + [again, failed])
     assert [(run.run_id, run.start_time, other.run_id) for run, other in curve.paired_with(base)] == [
         ("increase_bs-0", 0, "decay_lr-0"), ("increase_bs-1", 10, "decay_lr-1")]  # seed 7: no partner
-    assert compare(curve, base, OPTIONS)["n_paired"] == 2
+    assert compare(curve, base, OPTIONS).n_paired == 2
 
 
 def test_training_runs_are_those_with_no_kind_and_not_superseded():
@@ -434,8 +436,8 @@ def test_largest_gap_counts_from_the_first_milestone():
     base = run("decay_lr", 0, [0.5, 0.6, 0.7])
     other = run("increase_bs", 0, [0.1, 0.6, 0.69])  # 40 points behind at epoch 1, 1 point at epoch 3
     row = compare(Curve("increase_bs", [other]), Curve("decay_lr", [base]), OPTIONS)
-    assert change_steps(base) == [2] and row["first_milestone_epoch"] == 3
-    assert row["max_gap_epoch"] == 3 and row["max_gap_points"] == pytest.approx(-1.0)
+    assert change_steps(base) == [2] and row.first_milestone_epoch == 3
+    assert row.max_gap_epoch == 3 and row.max_gap_points == pytest.approx(-1.0)
     assert series([base], schema.TEST_ACC)["x"].tolist() == [1, 2, 3]  # epochs are 1-based
 
 
@@ -465,8 +467,9 @@ def test_baseline_is_decay_lr_else_plateau_decay_lr_else_none():
     assert pick_baseline(group("plateau_increase_bs", "plateau_decay_lr"), None, candidates) == "plateau_decay_lr"
     assert pick_baseline(group("increase_bs", "hybrid"), None, candidates) is None
     assert pick_baseline(group("increase_bs", "hybrid"), "hybrid", candidates) == "hybrid"
-    rows = {r["schedule"]: r for r in report_rows(group("increase_bs", "hybrid"), None, OPTIONS)}
-    assert rows["hybrid"]["verdict"] == "no baseline" and rows["hybrid"]["total_param_updates_ratio"] is None
+    rows = {r.schedule: r for r in report_rows(group("increase_bs", "hybrid"), None, OPTIONS)}
+    assert rows["hybrid"].comparison.verdict == "no baseline"
+    assert rows["hybrid"].numbers[schema.TOTAL_PARAM_UPDATES].ratio is None
 
 
 def test_minus_one_spread_only_for_equal_approximate_noise_scales():

@@ -7,6 +7,7 @@ import torch
 
 from src import schema
 from src.gns import NoiseScaleEstimator
+from src.runs import metric_history
 
 
 def test_recovers_b_simple_of_linear_regression():
@@ -157,8 +158,8 @@ def test_adaptive_gns_run_is_deterministic_given_the_seed(make_cfg, shared_store
                        f"tracking.sweep_id={sweep}"))
         client = client_for(shared_store)
         run = only_run(shared_store, sweep)
-        curves.append({name: [None if math.isnan(m.value) else m.value  # nan != nan
-                              for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+        curves.append({name: [None if math.isnan(value) else value  # nan != nan
+                              for value in metric_history(client, run.info.run_id, name)]
                        for name in (schema.BATCH_SIZE, *schema.GNS_METRICS, schema.VAL_LOSS)})
     assert curves[0] == curves[1]
     measured = curves[0][schema.GNS_B_SIMPLE]  # nan while the smoothed |G|^2 estimate is still <= 0

@@ -11,7 +11,7 @@ from helpers.store import runs_in
 from omegaconf import OmegaConf
 
 from src import schema
-from src.figures import identity
+from src.groups import identity
 from src.tracking import NOT_IDENTITY, hash_config
 from src.train import train
 

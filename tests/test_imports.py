@@ -1,6 +1,6 @@
 """The imports of src/ flow one way: no module reaches itself through others (a function-level
-import counts: it is the same dependency, only later), and src/errors.py, which every module may
-raise from, imports nothing of the project."""
+import counts: it is the same dependency, only later), no module imports one of a higher layer
+(LAYERS), and src/errors.py, which every module may raise from, imports nothing of the project."""
 
 import ast
 from pathlib import Path
@@ -22,6 +22,35 @@ def project_imports(path: Path) -> set[str]:
             elif node.module.startswith("src."):
                 found.add(node.module)
     return found
+
+
+# src/'s modules from the bottom up: a module imports modules of its own layer or of lower ones,
+# never of a higher one (a reader of results never reaches into training, the statistics never
+# into matplotlib). A new module takes its place here.
+LAYERS = {
+    "names and pure helpers": {"errors", "schema", "intervals", "distributed", "models", "progress"},
+    "foundations": {"files", "processes", "gns", "schedules", "batching", "stores", "data", "devices"},
+    "config, commands' errors, logging": {"config", "cli", "tracking"},
+    "training": {"step", "build", "checkpoint", "train", "evaluate", "run"},
+    "reading runs back": {"runs", "groups", "studies"},
+    "statistics and verdicts": {"verdict", "claims"},
+    "figures and reports": {"plots", "report"},
+    "report commands": {"figures", "reproduce"},
+}
+
+
+def layer_of(module: str) -> int:
+    """The rank of `module` (src.x) in LAYERS, 0 at the bottom."""
+    name = module.removeprefix("src.")
+    ranks = [rank for rank, members in enumerate(LAYERS.values()) if name in members]
+    assert ranks, f"src/{name}.py has no layer: add it to tests/test_imports.py's LAYERS"
+    return ranks[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module of a higher layer, as 'importer -> imported'."""
+    return [f"{module} -> {imported}" for module, imports in sorted(graph.items()) for imported in sorted(imports)
+            if layer_of(imported) > layer_of(module)]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -64,3 +93,29 @@ def test_src_has_no_import_cycle():
 
 def test_errors_imports_nothing_of_the_project():
     assert project_imports(SRC / "errors.py") == set()
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"src.runs": {"src.schema"}, "src.verdict": {"src.runs"}}) == []
+    assert upward_imports({"src.verdict": {"src.plots"}}) == ["src.verdict -> src.plots"]
+
+
+def test_every_module_has_one_layer():
+    names = [name for members in LAYERS.values() for name in members]
+    assert len(names) == len(set(names)), "a module in two layers"
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_src_imports_no_module_of_a_higher_layer():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_statistics_load_no_matplotlib():
+    """src.verdict (and what it imports) is what a reader of the numbers needs: no figures."""
+    import subprocess
+    import sys
+
+    code = "import sys, src.verdict, src.claims; print('matplotlib' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert shown.stdout.strip() == "False", shown.stderr

@@ -10,6 +10,7 @@ from helpers.store import client_for, runs_in
 
 from src import schema
 from src.config import validate
+from src.runs import metric_history
 
 PRESETS = group_options("experiment")
 SMOKE = "smoke"  # not a study: a change tried end to end in seconds
@@ -57,7 +58,7 @@ def test_every_quick_variant_trains_end_to_end_on_cpu(tmp_path, data_dir, preset
 
 
 def history(client, run, name: str) -> list[float]:
-    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+    return metric_history(client, run.info.run_id, name)
 
 
 @pytest.mark.slow

@@ -16,11 +16,13 @@ from helpers.configs import ROOT, TINY
 from helpers.store import client_for, runs_in
 
 from src import evaluate, figures, reproduce, schema
+from src.claims import NOT_RUN
+from src.studies import load_reproduction
 from src.stores import MLFLOW_TABLES
 from src.tracking import tracked_run
 from src.train import train
 
-PLAN = reproduce.load_plan()
+REPRODUCTION = load_reproduction()
 SMOKE = "smoke"  # the experiment the smoke preset logs to
 
 
@@ -110,7 +112,7 @@ def repository(tmp_path, monkeypatch, blank_store):
 
 def committed_studies(doc: Path) -> set[str]:
     """The studies the committed report lists with their sweep commands (not `not run`)."""
-    return {name for name in PLAN["studies"] if f"- {name}: `python -m src.run" in doc.read_text()}
+    return {name for name in REPRODUCTION["studies"] if f"- {name}: `python -m src.run" in doc.read_text()}
 
 
 def test_a_report_with_fewer_studies_does_not_replace_the_committed_one(repository, capsys):
@@ -126,7 +128,7 @@ def test_a_report_with_fewer_studies_does_not_replace_the_committed_one(reposito
         assert snapshot(repository) == before  # no figure removed, no file written, README as it was
 
     assert reproduce.main(["report", "--allow-fewer"]) == 0  # on purpose
-    assert committed_studies(doc) == set() and f"| {reproduce.NOT_RUN} |" in doc.read_text()
+    assert committed_studies(doc) == set() and f"| {NOT_RUN} |" in doc.read_text()
     assert not (repository / "docs" / "reproduction" / "default").exists()
 
 

@@ -16,10 +16,12 @@ from hydra import compose, initialize_config_dir
 
 from src import schema
 from src.config import validate
-from src.reproduce import NOT_RUN, evaluate_claim, load_plan, load_study, select_studies
+from src.claims import NOT_RUN, evaluate_claim
+from src.runs import load_study
+from src.studies import load_reproduction, select_studies
 from src.schema import CONF_DIR
 
-PLAN = load_plan()
+REPRODUCTION = load_reproduction()
 OPTIONS = {"margin_error_fraction": 0.1, "small_loss_error_fraction": 0.175, "confidence": 0.95, "power": 0.8,
            "min_seeds": 3}
 CLAIM = {"baseline": "decay_lr", "arms": ["increase_bs"], "expect": "matched"}
@@ -39,19 +41,19 @@ def jobs_of(sweep: tuple[str, ...]) -> list[list[str]]:
 
 
 def test_every_claim_names_a_study_and_every_study_a_run_list():
-    studies = PLAN["studies"]
-    assert {claim["study"] for claim in PLAN["claims"]} <= set(studies)
-    assert PLAN["ablation"]["reference"] in studies
+    studies = REPRODUCTION["studies"]
+    assert {claim["study"] for claim in REPRODUCTION["claims"]} <= set(studies)
+    assert REPRODUCTION["ablation"]["reference"] in studies
     assert all(study.lists and set(study.lists) <= {"reproduction", "ablation"} for study in studies.values())
     quick = {path.stem for path in (CONF_DIR / "experiment").glob("*_quick.yaml")}
-    reproduction = {s.preset for s in select_studies(PLAN, ["reproduction"])}
+    reproduction = {s.preset for s in select_studies(REPRODUCTION, ["reproduction"])}
     assert quick | {"default"} <= reproduction  # every quick preset and the default study
     assert all(len(study.seeds) >= 3 for study in studies.values())
 
 
-@pytest.mark.parametrize("name", sorted(PLAN["studies"]))
+@pytest.mark.parametrize("name", sorted(REPRODUCTION["studies"]))
 def test_every_job_of_every_study_composes_and_validates(name):
-    study = PLAN["studies"][name]
+    study = REPRODUCTION["studies"][name]
     for sweep in study.sweeps:
         for job in jobs_of(sweep):
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -67,7 +69,7 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
     assert len(commands) == 5  # the default study's four sweeps (its controls included), the blog's one
     assert all("trainer.seed=4,5" in c and "hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands)
     assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[4]
-    minutes = 2 * (PLAN["studies"]["default"].minutes + PLAN["studies"]["blog_covtype_quick"].minutes)
+    minutes = 2 * (REPRODUCTION["studies"]["default"].minutes + REPRODUCTION["studies"]["blog_covtype_quick"].minutes)
     assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
 
 
@@ -204,8 +206,8 @@ def test_an_arm_with_no_seed_in_common_with_the_baseline_is_inconclusive_not_a_c
 
 def test_a_divergence_is_read_from_the_error_tag_as_tracking_writes_it():
     from src.errors import Diverged
-    from src.figures import has_diverged
     from src.reproduce import provisional_reason
+    from src.verdict import has_diverged
 
     run = fake_run("increase_bs", 0, 0.1)
     run.status = "FAILED"
@@ -268,15 +270,15 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
     assert "### default_large\n" in side_by_side and f"{NOT_RUN}: `python -m src.reproduce run default_large`" in side_by_side
     provisional = text.split("\n\n")[1]
     assert provisional.startswith("> **Provisional**: fewer than 3 seeds in default (1), ")
-    listed = [name for name, study in PLAN["studies"].items() if "reproduction" in study.lists]
+    listed = [name for name, study in REPRODUCTION["studies"].items() if "reproduction" in study.lists]
     for name in listed:  # every study of the reproduction, with the seeds it has
         assert f"{name} ({1 if name in ('default', 'blog_covtype_quick') else 0})" in provisional, name
     table = [line for line in text.splitlines() if re.match(r"\| (\w+) \| ", line) and "---" not in line]
     rows = {line.split(" | ")[0][2:]: line for line in table}
-    ids = [str(claim["id"]) for claim in PLAN["claims"]] + [PLAN["ablation"]["id"]]
+    ids = [str(claim["id"]) for claim in REPRODUCTION["claims"]] + [REPRODUCTION["ablation"]["id"]]
     assert set(ids) <= set(rows)
     ran = {"default", "blog_covtype_quick"}
-    for claim in PLAN["claims"]:
+    for claim in REPRODUCTION["claims"]:
         row = rows[str(claim["id"])]
         cells = row.split(" | ")
         if claim["study"] in ran:
@@ -287,7 +289,7 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
         else:
             assert cells[3] == NOT_RUN and cells[4] == f"**{NOT_RUN}**", row
         assert "matched" not in cells[4], row  # 1 seed or no runs: never matched
-    assert rows[PLAN["ablation"]["id"]].split(" | ")[3] == NOT_RUN
+    assert rows[REPRODUCTION["ablation"]["id"]].split(" | ")[3] == NOT_RUN
     assert "| smith2018_optimizers_quick | " in text and "## What this offline stand-in cannot show" in text
 
     client = client_for(out)
@@ -296,17 +298,17 @@ def test_runner_and_report_on_a_tiny_two_preset_sweep(tmp_path, data_dir):
         values = dict(item.split("=", 1) for item in job)
         return values.get("schedule.name", values["schedule"])
 
-    swept = [schedule_of(job) for sweep in PLAN["studies"]["default"].sweeps for job in jobs_of(sweep)]
+    swept = [schedule_of(job) for sweep in REPRODUCTION["studies"]["default"].sweeps for job in jobs_of(sweep)]
     assert sorted(r.schedule for r in counted) == sorted(swept) and "critical_bs" in swept  # one run per job
     assert "no_anneal" in swept  # the control, under its own name
     again = reproduce(*args)
-    sweeps = len(PLAN["studies"]["default"].sweeps) + len(PLAN["studies"]["blog_covtype_quick"].sweeps)
+    sweeps = len(REPRODUCTION["studies"]["default"].sweeps) + len(REPRODUCTION["studies"]["blog_covtype_quick"].sweeps)
     assert again.returncode == 0 and again.stderr.count("already FINISHED, nothing trained") == sweeps
     assert len(load_study(client, "reproduction/default", "default")) == len(counted)
 
 
 def test_side_by_side_table_gives_each_schedule_with_intervals_and_paired_ratios():
-    from src.reproduce import study_table
+    from src.claims import study_table
 
     runs = arms([0.1, 0.2, -0.1], times=(0.5, 0.6, 0.7))
     lines = study_table(runs, "decay_lr", OPTIONS)
@@ -322,19 +324,21 @@ def test_side_by_side_table_gives_each_schedule_with_intervals_and_paired_ratios
 
 
 def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
-    from src.reproduce import Study, ablation_table
+    from src.claims import ablation_table
+    from src.studies import Study
 
     def study(name):
         return Study(name, "p", f"changes {name}", (), 1.0, ("ablation",), (0, 1, 2))
 
-    plan = {"studies": {name: study(name) for name in ("ref", "own", "borrowed")},
-            "ablation": {"id": "A", "reference": "ref", "baseline": "decay_lr", "arms": ["increase_lr"]}}
+    reproduction = {"studies": {name: study(name) for name in ("ref", "own", "borrowed")},
+            "ablation": {"id": "A", "reference": "ref", "baseline": "decay_lr", "arms": ["increase_lr"],
+                         "also_shown": []}}
     ref = [fake_run("decay_lr", s, 0.98) for s in range(3)] + [fake_run("increase_lr", s, 0.1) for s in range(3)]
     ref[-1].status, ref[-1].tags["error"] = "FAILED", "Diverged: loss is nan"
     own = [fake_run("decay_lr", s, 0.50 + s / 100) for s in range(3)] + [fake_run("increase_lr", s, 0.50 + s / 100)
                                                                           for s in range(3)]
     borrowed = [fake_run("increase_lr", s, 0.98 + s / 10000) for s in range(3)]  # within 0.1 x 2% = 0.2 points
-    lines, measured, verdict = ablation_table(plan, {"ref": ref, "own": own, "borrowed": borrowed}, OPTIONS)
+    lines, measured, verdict = ablation_table(reproduction, {"ref": ref, "own": own, "borrowed": borrowed}, OPTIONS)
     rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
     # the diverged seed counts at chance: -88 points in every seed; the spread pooled from "borrowed"
     assert "10.0 / 10.0 / div." in rows["ref"] and "**differs (1 of 3 seeds diverged)**" in rows["ref"]
@@ -343,11 +347,11 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     assert rows["borrowed"].endswith("**matched** (reference's) |")
     assert verdict.startswith("increase_lr: recovered by own, borrowed")
     assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
-    _, measured, verdict = ablation_table(plan, {"own": own}, OPTIONS)
+    _, measured, verdict = ablation_table(reproduction, {"own": own}, OPTIONS)
     assert measured == NOT_RUN and NOT_RUN in verdict
     # its own decay_lr ran, but in no seed of its increase_lr: nothing to pair, never recovered
     apart = [fake_run("decay_lr", s, 0.5) for s in range(3)] + [fake_run("increase_lr", s, 0.5) for s in (3, 4, 5)]
-    lines, _, verdict = ablation_table(plan, {"ref": ref, "own": apart}, OPTIONS)
+    lines, _, verdict = ablation_table(reproduction, {"ref": ref, "own": apart}, OPTIONS)
     own_row = next(line for line in lines if line.startswith("| own |"))
     assert own_row.endswith("| no seed finished in both increase_lr and decay_lr **inconclusive (0 seeds)** |")
     assert verdict.startswith("increase_lr: not recovered")
@@ -390,7 +394,7 @@ def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(t
     """A group folder an earlier report drew (the runs then varied the model) is gone, from the
     study's src.figures output and from the figures the claims copy beside the report; the
     intervals' level is conf/figures.yaml's; each side-by-side table is computed once."""
-    from src import figures, reproduce
+    from src import reproduce
     from src.stores import open_store
 
     out, doc = tmp_path / "outputs", tmp_path / "docs" / "reproduction.md"
@@ -398,7 +402,7 @@ def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(t
     runs = arms([0.1, 0.2, -0.1])
     monkeypatch.setattr(reproduce, "load_study",
                         lambda client, experiment, preset: runs if experiment == "reproduction/default" else [])
-    monkeypatch.setattr(figures, "load_options", lambda: {**OPTIONS, "baselines": ["decay_lr"], "confidence": 0.9})
+    monkeypatch.setattr(reproduce, "load_options", lambda: {**OPTIONS, "baselines": ["decay_lr"], "confidence": 0.9})
     tables, study_table = [], reproduce.study_table
     monkeypatch.setattr(reproduce, "study_table", lambda *args: tables.append(args[0]) or study_table(*args))
     stale = out / "reproduction" / "default" / "model=old"
@@ -408,7 +412,7 @@ def test_report_leaves_no_figure_of_an_earlier_report_and_reads_the_confidence(t
     (tmp_path / "README.md").write_text("<!-- reproduction:summary -->\n<!-- /reproduction:summary -->\n"
                                         "<!-- reproduction:table -->\n<!-- /reproduction:table -->\n")
     args = ["report", "--output", str(doc), "--output-dir", str(out), "--write-readme"]
-    assert reproduce.report(reproduce.parse_args(args), PLAN) == 0
+    assert reproduce.report(reproduce.parse_args(args), REPRODUCTION) == 0
     assert not stale.exists() and (out / "reproduction" / "default" / "fig5_test_acc_updates.png").is_file()
     assert not list(doc.parent.rglob("model=old"))
     text = doc.read_text()

@@ -2,6 +2,7 @@
 schedule's config holds: the keys it reads, no other (real Hydra composition, real `python -m src.run`)."""
 
 import inspect
+import itertools
 
 import pytest
 import torch
@@ -61,12 +62,16 @@ def test_carry_counts_are_the_papers_within_a_few_steps():
     # increase_bs phase by phase, each phase one carried stream of its epochs' samples opened by
     # the leftover of the phase before: 60 epochs at 128 -> 23,437 steps, 64 left; 64 + 3,000,000
     # at 640 -> 4,687, 384 left; 384 + 2,000,000 at 3,200 -> 625, 384 left; at 16,000 -> 125
+    increase_bs = paper("increase_bs", None, UNCAPPED)
+    sizes = [increase_bs(epoch).batch_size for epoch in range(EPOCHS)]
+    by_phase = [(size, len(list(run))) for size, run in itertools.groupby(sizes)]  # from the schedule itself
+    assert by_phase == [(128, 60), (640, 60), (3_200, 40), (16_000, 40)]
     leftover, phases = 0, []
-    for batch_size, epochs in ((128, 60), (640, 60), (3_200, 40), (16_000, 40)):
+    for batch_size, epochs in by_phase:
         phases.append(updates_in_epoch(epochs * N, batch_size, "carry", leftover))
         leftover += epochs * N - phases[-1] * batch_size
     assert phases == [23_437, 4_687, 625, 125]
-    assert sum(phases) == planned_updates(paper("increase_bs", None, UNCAPPED), N, EPOCHS, "carry")
+    assert sum(phases) == planned_updates(increase_bs, N, EPOCHS, "carry")
 
 
 def test_whole_batch_counts_the_loop_makes():

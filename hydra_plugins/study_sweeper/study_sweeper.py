@@ -53,7 +53,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-SEED_KEY = "trainer.seed"  # last in a run's name
+from src.schema import SEED_PARAM as SEED_KEY  # last in a run's name
+
 SCHEDULE_KEY = "schedule"  # first in a run's name, as the schedule's name
 VALIDATION_NEWS_S = 5.0  # seconds between "validated k of n jobs" lines while a long sweep is checked
 

@@ -1,10 +1,10 @@
-"""Runs made up as plain data (src.figures.RunData): for the report's arithmetic, with no store
+"""Runs made up as plain data (src.runs.RunData): for the report's arithmetic, with no store
 and no training."""
 
 from __future__ import annotations
 
 from src import schema
-from src.figures import HISTORIES, RunData
+from src.runs import HISTORIES, RunData
 
 
 def fake_run(schedule: str, seed: int, acc: float, updates: float = 300.0, lr=(0.1, 0.1, 0.02),
@@ -17,6 +17,6 @@ def fake_run(schedule: str, seed: int, acc: float, updates: float = 300.0, lr=(0
                     schema.NOISE_SCALE: [x / 0.1 * (1000 / 64 - 1) for x in lr]})
     metrics = {schema.FINAL_TEST_ACC: acc, schema.FINAL_TEST_LOSS: 1.0, schema.FINAL_VAL_ACC: acc, schema.FINAL_VAL_LOSS: 1.0, schema.TOTAL_PARAM_UPDATES: updates,
                schema.TOTAL_WALL_TIME_S: 2.0, schema.TRAIN_TIME_S: 1.5}
-    params = {"schedule.name": schedule, "trainer.seed": str(seed), **params}
+    params = {"schedule.name": schedule, schema.SEED_PARAM: str(seed), **params}
     tags = {schema.SCHEDULE_TAG: schedule, schema.SEED_TAG: str(seed)}
     return RunData(f"{schedule}-{seed}", "FINISHED", seed, seed + 1, tags, params, metrics, history, n_classes=10)

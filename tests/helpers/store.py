@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from src.runs import metric_points
 from src.schema import KIND_TAG, SWEEP_KIND, SWEEP_TAG, default_experiment
 
 
@@ -42,6 +43,6 @@ def only_run(output_dir: Path, sweep_id: str):
     return runs[0]
 
 
-def history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:
-    """(step, value) of every logged value of one metric, by step."""
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+# (step, value) of every logged value of one metric, by step: src.runs' reader, the one the
+# figures and the reports read the store with.
+history = metric_points
