@@ -15,7 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from src.figures import Curve, RunData, compare, has_diverged
+from src.groups import Curve
+from src.runs import RunData
+from src.verdict import Comparison, compare, has_diverged
 from src.schema import BATCH_SIZE, FINAL_TEST_ACC, GNS_B_SIMPLE, NOISE_SCALE, TOTAL_PARAM_UPDATES
 
 # The params that set a grid run's noise scale, as the runs log them (the flattened config).
@@ -49,12 +51,12 @@ class Setting:
 class GridArm:
     setting: Setting
     curve: Curve
-    comparison: dict | None  # compare() against its set's reference; None for the reference itself
+    comparison: Comparison | None  # compare() against its set's reference; None for the reference itself
     b_simple: float | None  # the median over seeds of the final smoothed B_simple (src.gns)
 
     @property
     def verdict(self) -> str | None:
-        return None if self.comparison is None else self.comparison["verdict"]
+        return None if self.comparison is None else self.comparison.verdict
 
 
 @dataclass
@@ -137,14 +139,14 @@ def equal_g_sets(runs: Sequence[RunData], options: dict) -> list[EqualGSet]:
     return sets
 
 
-def g_controls(sets: Sequence[EqualGSet], options: dict) -> list[tuple[float, float, dict]]:
+def g_controls(sets: Sequence[EqualGSet], options: dict) -> list[tuple[float, float, Comparison]]:
     """(g, the next smaller g, compare()) of each set's reference against the next set's: the same
     B at a different g, which the theory says must end different (else the grid cannot tell)."""
     return [(low.g, high.g, compare(low.reference.curve, high.reference.curve, options))
             for high, low in zip(sets, sets[1:])]
 
 
-def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, float, dict]]) -> str:
+def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, float, Comparison]]) -> str:
     """The claim "the noise scale alone sets the final accuracy", from the sets' verdicts:
     holds (every arm matched its reference), holds up to B = ... (below some B every set matched,
     and each set that stopped matching came out different there), does not hold here (some set
@@ -152,7 +154,7 @@ def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, floa
     neighbouring g came out different (the test would not have seen a change of g either)."""
     if not sets:
         return "not run"
-    if not any(c["verdict"].startswith("differs") for _, _, c in controls):
+    if not any(c.verdict.startswith("differs") for _, _, c in controls):
         return "cannot tell here (no two neighbouring g came out different)"
     arms = [arm for s in sets for arm in s.arms]
     if arms and all(arm.verdict == "matched" for arm in arms):
@@ -173,7 +175,7 @@ class FactorRow:
 
     factor: float
     schedule: str
-    comparison: dict
+    comparison: Comparison
     update_ratio: float | None  # mean total updates over decay_lr's
     reached_cap: bool  # B reached schedule.max_batch_size, so lr decay took the rest of the anneal
 

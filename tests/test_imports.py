@@ -33,7 +33,7 @@ LAYERS = {
     "config, commands' errors, logging": {"config", "cli", "tracking"},
     "training": {"step", "build", "checkpoint", "train", "evaluate", "run"},
     "reading runs back": {"runs", "groups", "studies"},
-    "statistics and verdicts": {"verdict", "claims"},
+    "statistics and verdicts": {"verdict", "noise_dial", "claims"},
     "figures and reports": {"plots", "report"},
     "report commands": {"figures", "reproduce"},
 }

@@ -51,7 +51,7 @@ def test_runs_at_equal_g_form_one_set_against_the_smallest_batch():
         assert {a.verdict for a in s.arms} == {"matched"}
         assert s.matched_up_to == 100 and s.breaks_at is None
     controls = g_controls(sets, OPTIONS)
-    assert [c["verdict"] for _, _, c in controls] == ["differs"]
+    assert [c.verdict for _, _, c in controls] == ["differs"]
     assert grid_verdict(sets, controls) == "holds"
 
 
@@ -94,4 +94,4 @@ def test_factor_rows_go_by_number_and_say_when_b_reached_its_cap():
     assert [(r.factor, r.schedule) for r in rows] == [(2.0, "increase_bs"), (5.0, "increase_bs"), (10.0, "increase_bs")]
     assert [r.reached_cap for r in rows] == [False, False, True]
     assert [r.update_ratio for r in rows] == pytest.approx([0.4] * 3)
-    assert {r.comparison["verdict"] for r in rows} == {"matched"}
+    assert {r.comparison.verdict for r in rows} == {"matched"}
