@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from src.groups import Curve, group_runs
 from src.intervals import bounds_text, interval, pooled_spread
 from src.runs import RunData
-from src.schema import ERROR_TAG, FINAL_TEST_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S
+from src.schema import BATCH_SIZE, ERROR_TAG, FINAL_TEST_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S
 from src.verdict import (
     ReportRow, accuracy_differences, compare, diverged_runs, format_reported, has_diverged, report_rows,
 )
@@ -294,7 +294,32 @@ def evaluate_claim(claim: dict, runs: list[RunData], options: dict) -> tuple[str
             arm = Arm(name, rows.get(name), group.curves.get(name), base_curve, base_error,
                       "differs" if control else expect, {} if control else claim.get("checks", {}))
             _add_arm(cells, arm, prefix, control, options)
+        cap = claim.get("cap")
+        if cap and cap["schedule"] in group.curves and cap["without"] in group.curves:
+            text = prefix + cap_binding(group.curves[cap["schedule"]], group.curves[cap["without"]])
+            cells.measured.append(text)
+            cells.verdicts.append(text)
+            cells.short.append(text)
     return "<br>".join(cells.measured), _verdict_cell(cells, expect, bool(controls)), "; ".join(cells.short)
+
+
+def cap_binding(capped: Curve, uncapped: Curve) -> str:
+    """Whether a schedule's cap on B (critical_bs's: the measured critical batch size) bound, seed
+    by seed: it did in a seed where its batch size at some epoch fell below that of the same
+    schedule without the cap (increase_bs, the same seed), from that epoch on."""
+    pairs = capped.paired_with(uncapped)
+    bound = []
+    for run, other in pairs:
+        ours, theirs = run.history[BATCH_SIZE], other.history[BATCH_SIZE]
+        epoch = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a < b), None)
+        if epoch is not None:
+            bound.append(f"seed {run.seed}: B {ours[epoch]:,.0f} < {theirs[epoch]:,.0f} from epoch {epoch + 1}")
+    if not pairs:
+        return f"{capped.schedule}'s cap: no seed finished in both it and {uncapped.schedule}"
+    if not bound:
+        return (f"{capped.schedule}'s cap never bound ({seeds_phrase(len(pairs))}): the same decisions as "
+                f"{uncapped.schedule}")
+    return f"{capped.schedule}'s cap bound in {len(bound)} of {len(pairs)} seeds ({'; '.join(bound)})"
 
 
 def _verdict_cell(cells: _Cells, expect: str, has_controls: bool) -> str:

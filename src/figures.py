@@ -22,8 +22,10 @@ from src.cli import one_line_error
 from src.config import compose
 from src.errors import ConfigError
 from src.files import check_folder
-from src.groups import folder_name, group_runs, pick_baseline, schedule_order
-from src.plots import paper_figure_links, styles_for, write_figures, write_optimizer_figures
+from src.groups import folder_name, group_runs, numeric_axis, pick_baseline, schedule_order
+from src.plots import (
+    ACROSS, DPI, paper_figure_links, plot_across, save, styles_for, write_figures, write_optimizer_figures,
+)
 from src.report import SweepReport, group_folder, write_report
 from src.runs import RunData, StoreError, load_sweep, record_run
 from src.stores import open_existing_store
@@ -50,11 +52,16 @@ def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunDa
         figures += write_figures(target, group, sections[group.label], baselines[group.label], styles, title)
     panels = write_optimizer_figures(folder, groups, styles, f"sweep {sweep_id}")
     folder.mkdir(parents=True, exist_ok=True)
+    axis = numeric_axis(groups)
+    across = []  # a sweep over one number: each schedule against its baseline across the values
+    if axis:
+        across = save(plot_across(axis, groups, sections, styles, f"{ACROSS[1]} {axis}\nsweep {sweep_id}"), folder,
+                      f"{ACROSS[0]}{axis}", DPI)
     drawn = {path.relative_to(folder).as_posix() for path in figures}
     links = {group.label: paper_figure_links(drawn, group_folder(group.label)) for group in groups}
     report = SweepReport(sweep_id, experiment, runs, groups, sections, baselines, links,
-                         [path.relative_to(folder).as_posix() for path in panels if path.suffix == ".png"])
-    return figures + panels + write_report(folder, report, options)
+                         [path.relative_to(folder).as_posix() for path in panels if path.suffix == ".png"], axis)
+    return figures + panels + across + write_report(folder, report, options)
 
 
 # --- command line ------------------------------------------------------------------------------

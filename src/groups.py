@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from src.runs import RunData
-from src.schema import SEED_PARAM
+from src.schema import BATCH_SIZE, SEED_PARAM
 from src.tracking import NOT_IDENTITY
+
+
+MAX_BATCH_PARAM = "schedule.max_batch_size"  # a step schedule's cap on B, as runs log it (None: N / 10)
 
 
 @dataclass
@@ -151,7 +154,37 @@ def group_runs(runs: Sequence[RunData], baselines: Sequence[str] = ()) -> list[G
         for run in sorted(group_runs_, key=lambda r: schedule_order(r.schedule, baselines)):
             group.curves.setdefault(run.schedule, Curve(run.schedule, [])).runs.append(run)
         groups.append(group)
-    return sorted(groups, key=lambda g: g.label)
+    return sorted(groups, key=lambda g: natural_key(g.label))
+
+
+def natural_key(label: str) -> tuple:
+    """A label's sort key with its numbers read as numbers: factor=2 before factor=10."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
+    return tuple((0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(parts) if part)
+
+
+def numeric_axis(groups: Sequence[Group]) -> str | None:
+    """The one axis a sweep's groups differ in when each group's value of it is a number (a sweep
+    over a parameter: schedule.factor=2,5,10); None otherwise."""
+    keys = {key for group in groups for key in group.setting}
+    if len(groups) < 2 or len(keys) != 1:
+        return None
+    [key] = keys
+    try:
+        [float(group.setting[key]) for group in groups]
+    except (TypeError, ValueError):
+        return None
+    return key
+
+
+def reached_cap(curve: Curve) -> bool | None:
+    """Whether a finished run of the curve grew its batch to schedule.max_batch_size (from there
+    the schedule's anneal is lr decay); None where the cap is not a number the run logged."""
+    try:
+        cap = int(float(curve.runs[0].params[MAX_BATCH_PARAM]))
+    except (IndexError, KeyError, ValueError):
+        return None
+    return any(max(run.history.get(BATCH_SIZE, [0])) >= cap for run in curve.finished)
 
 
 def pick_baseline(group: Group, requested: str | None, candidates: Sequence[str]) -> str | None:

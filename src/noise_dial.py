@@ -1,11 +1,13 @@
 """The noise scale as the one dial (the paper's section 2, after Smith & Le 2018), read back from
 logged runs: SGD's noise scale g = lr / (1 - m) (N / B - 1), not lr or B alone, should set where
-training ends, so runs at equal g should end alike while B << N, and a schedule's factor is free.
+training ends, so runs at equal g should end alike while B << N.
 
-Two studies test it (conf/reproduction.yaml): `noise_scale`, runs at a constant g with several
-(lr, B, m) per g, and `factor_sweep`, the step schedules at several factors, each against
-decay_lr at its own factor. Every verdict is the study's one rule (src.figures.compare: paired by
-seed, test accuracy, the margin a fraction of the reference's error rate).
+The `noise_scale` study (conf/reproduction.yaml) runs at a constant g with several (lr, B, m)
+per g; here its runs become equal-g sets, each compared with its smallest B. (The factor sweep,
+the other half of the dial, is an ordinary claim: src.figures draws any sweep over a number
+across its values.) Every verdict is the study's one rule (src.verdict.compare: paired by
+seed, test accuracy, the margin a fraction of the reference's error rate). The grid's table and
+claim cells are written here; src.report lays them out, src.plots draws them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from src.groups import Curve
+from src.intervals import bounds_text, interval
 from src.runs import RunData
+from src.schema import FINAL_TEST_ACC, GNS_B_SIMPLE, NOISE_SCALE
 from src.verdict import Comparison, compare, has_diverged
-from src.schema import BATCH_SIZE, FINAL_TEST_ACC, GNS_B_SIMPLE, NOISE_SCALE, TOTAL_PARAM_UPDATES
 
 # The params that set a grid run's noise scale, as the runs log them (the flattened config).
 LR_PARAM, BATCH_PARAM, MOMENTUM_PARAM = "schedule.lr", "schedule.batch_size", "optimizer.momentum"
-FACTOR_PARAM, CAP_PARAM = "schedule.factor", "schedule.max_batch_size"
 G_DIGITS = 3  # g is grouped at 3 significant digits: the grid's lr are given to 4
 
 
@@ -169,41 +171,87 @@ def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, floa
     return "undecided"
 
 
-@dataclass
-class FactorRow:
-    """One schedule at one factor against decay_lr at the same factor."""
-
-    factor: float
-    schedule: str
-    comparison: Comparison
-    update_ratio: float | None  # mean total updates over decay_lr's
-    reached_cap: bool  # B reached schedule.max_batch_size, so lr decay took the rest of the anneal
-
-
-def factor_rows(runs: Sequence[RunData], options: dict, baseline: str = "decay_lr") -> list[FactorRow]:
-    """Every schedule of the factor sweep against `baseline` at its own factor, factors ascending
-    (numerically: 2 before 10)."""
-    by_factor = defaultdict(list)
-    for run in runs:
-        by_factor[float(run.params[FACTOR_PARAM])].append(run)
-    rows = []
-    for factor in sorted(by_factor):
-        curves = _curves_by(by_factor[factor], lambda run: run.schedule)
-        base = curves.get(baseline)
-        if base is None:
-            continue
-        base_updates = [run.metrics[TOTAL_PARAM_UPDATES] for run in base.finished]
-        for schedule, curve in sorted(curves.items()):
-            if schedule == baseline:
-                continue
-            updates = [run.metrics[TOTAL_PARAM_UPDATES] for run in curve.finished]
-            ratio = statistics.fmean(updates) / statistics.fmean(base_updates) if updates and base_updates else None
-            reached = any(max(run.history.get(BATCH_SIZE, [0])) >= int(run.params[CAP_PARAM]) for run in curve.finished)
-            rows.append(FactorRow(factor, schedule, compare(curve, base, options), ratio, reached))
-    return rows
-
-
 def arm_accuracies(curve: Curve) -> list[float]:
     """Final test accuracies (0..1) of the curve's seeds, a seed that diverged at chance."""
     return ([run.metrics[FINAL_TEST_ACC] for run in curve.finished]
             + [run.chance for run in curve.runs if not run.finished and has_diverged(run)])
+
+
+# --- the grid's table and claim cells ----------------------------------------------------------
+
+
+def _accuracy_cell(curve: Curve, confidence: float) -> str:
+    """Final test accuracy (%), the mean over seeds with its interval (logit scale: within 0-100)."""
+    accs = [100 * acc for acc in arm_accuracies(curve)]
+    if not accs:
+        return "no run finished"
+    found = interval(accs, "percent", confidence)
+    return f"{statistics.fmean(accs):.2f}{bounds_text(found.low, found.high, '.2f')}"
+
+
+def _diff_cell(arm: GridArm) -> str:
+    found = arm.comparison
+    if found is None:
+        return "(reference)"
+    if not found.n_paired:
+        return "-"
+    return f"{found.acc_diff_points:+.2f}{bounds_text(found.acc_diff_low, found.acc_diff_high, '+.2f')}"
+
+
+def _set_summary(s: EqualGSet) -> str:
+    """Where a set matched its reference and where it stopped, in words the table shows."""
+    at_ref = s._at_reference_momentum()
+    if not at_ref:
+        text = "no other B"
+    elif s.matched_up_to == at_ref[-1].setting.batch_size:
+        text = f"matched up to B {s.matched_up_to:,} (every B run)"
+    else:
+        text = (f"matched up to B {s.matched_up_to:,}" if s.matched_up_to else
+                f"not matched at B {at_ref[0].setting.batch_size:,}")
+        if s.breaks_at is not None:
+            arm = next(a for a in at_ref if a.setting.batch_size == s.breaks_at)
+            text += f", differs from B {s.breaks_at:,}" + (
+                f" (its final B_simple {arm.b_simple:,.0f})" if arm.b_simple is not None else "")
+    others = [a for a in s.arms if a not in at_ref]
+    return text + "".join(f"; m {a.setting.momentum:g}: {a.verdict}" for a in others)
+
+
+def grid_table(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, float, Comparison]],
+               options: dict) -> list[str]:
+    """Markdown lines: one table row per (lr, B, m), set by set (g descending, the reference
+    first), each set's summary, then the neighbouring-g controls."""
+    pct = f"{100 * options['confidence']:g}%"
+    lines = [f"| g | lr | B | m | seeds | final test acc (%, mean [{pct} interval]) | minus the reference "
+             f"(points, paired [{pct}]) | verdict | final B_simple (median) |", "|---" * 9 + "|"]
+    for s in sets:
+        for arm in [s.reference, *s.arms]:
+            setting, curve = arm.setting, arm.curve
+            b_simple = "-" if arm.b_simple is None else f"{arm.b_simple:,.0f}"
+            lines.append(f"| {s.g:g} | {setting.lr:g} | {setting.batch_size:,} | {setting.momentum:g} | "
+                         f"{len(arm_accuracies(curve))} | {_accuracy_cell(curve, options['confidence'])} | "
+                         f"{_diff_cell(arm)} | {arm.verdict or '-'} | {b_simple} |")
+    lines += ["", *(f"- g {s.g:g}: {_set_summary(s)}" for s in sets), ""]
+    if controls:
+        lines += ["Controls: each set's reference against the next smaller g's, at the same B (the theory "
+                  "says they must end different; if none does, the grid cannot tell):", "",
+                  f"| g | against g | difference (points, paired [{pct}]) | verdict |", "|---|---|---|---|"]
+        for low, high, found in controls:
+            diff = ("-" if not found.n_paired else
+                    f"{found.acc_diff_points:+.2f}{bounds_text(found.acc_diff_low, found.acc_diff_high, '+.2f')}")
+            lines.append(f"| {low:g} | {high:g} | {diff} | {found.verdict} |")
+        lines.append("")
+    return lines
+
+
+def grid_cells(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, float, Comparison]]) -> tuple[str, str, str]:
+    """(measured, verdict, short) cells of the claim "the noise scale alone sets the final accuracy"."""
+    if not sets:
+        return "not run", "**not run**", "not run"
+    differing = sum(c.verdict.startswith("differs") for _, _, c in controls)
+    per_set = [f"g {s.g:g} (B {s.reference.setting.batch_size:,}-"
+               f"{max(a.setting.batch_size for a in [s.reference, *s.arms]):,}): {_set_summary(s)}" for s in sets]
+    measured = "<br>".join(per_set + [f"controls: {differing} of {len(controls)} neighbouring g differ"])
+    verdict = f"**{grid_verdict(sets, controls)}** ([the grid](#the-noise-scale-as-the-one-dial))"
+    short = "; ".join(f"g {s.g:.3g}: " + (f"matched to B {s.matched_up_to:,}" if s.matched_up_to else "not matched")
+                      + (f", differs at {s.breaks_at:,}" if s.breaks_at else "") for s in sets)
+    return measured, verdict, short

@@ -21,11 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from src.claims import NOT_RUN, Row, percent
-from src.groups import Group, folder_name, sweep_axes
+from src.groups import Group, folder_name, reached_cap, sweep_axes
+from src.intervals import bounds_text
+from src.plots import ACROSS
 from src.runs import RunData
 from src.schema import (
     COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, RUN_NAME_TAG,
-    SEED_TAG, THREADS_TAG, TORCH_VERSION_TAG,
+    SEED_TAG, THREADS_TAG, TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES,
 )
 from src.verdict import COLUMNS, REPORTED, ReportRow, format_reported
 
@@ -123,6 +125,7 @@ class SweepReport:
     baselines: dict[str, str | None]  # group label -> its baseline schedule
     links: dict[str, list[tuple[str, str]]]  # group label -> (heading, path) of its paper figures drawn
     panels: list[str]  # the optimizer panels drawn (PNG paths relative to the report)
+    axis: str | None = None  # the one number the groups differ in (src.groups.numeric_axis), if so
 
 
 def _markdown_section(rows: list[ReportRow], baseline: str | None, links: list[tuple[str, str]]) -> list[str]:
@@ -156,6 +159,28 @@ def _markdown_section(rows: list[ReportRow], baseline: str | None, links: list[t
     else:
         lines += ["", "No figures: no run of this group finished."]
     return lines + [""]
+
+
+def _across_section(report: SweepReport) -> list[str]:
+    """The groups of a sweep over one number side by side, the number ascending: each schedule
+    against its group's baseline, and whether its batch reached its cap."""
+    axis = report.axis
+    md = [f"## Across {axis}", "", f"Each schedule against its baseline at the same {axis} (the verdicts above; "
+          f"figure: [{ACROSS[0]}{axis}.png]({ACROSS[0]}{axis}.png)).", "",
+          f"| {axis} | schedule | paired seeds | minus the baseline (points, paired) | verdict | updates / the "
+          "baseline's | B reached its cap |", "|---" * 7 + "|"]
+    for group in report.groups:
+        for row in report.sections[group.label]:
+            if not row.baseline or row.schedule == row.baseline:
+                continue
+            found, ratio = row.comparison, row.numbers[TOTAL_PARAM_UPDATES].ratio
+            diff = ("-" if found.acc_diff_points is None else
+                    f"{found.acc_diff_points:+.2f}{bounds_text(found.acc_diff_low, found.acc_diff_high, '+.2f')}")
+            capped = reached_cap(group.curves[row.schedule])
+            md.append(f"| {group.setting[axis]} | {row.schedule} | {found.n_paired} | {diff} | {found.verdict} | "
+                      f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
+                      f"{'-' if capped is None else ('yes: lr decay took the rest' if capped else 'no')} |")
+    return md + [""]
 
 
 def _rule(options: dict) -> str:
@@ -196,6 +221,8 @@ def _sweep_markdown(report: SweepReport, env: dict[str, str], options: dict) -> 
             md += [f"## {group.label}", ""]
         md += _markdown_section(report.sections[group.label], report.baselines[group.label],
                                 report.links[group.label])
+    if report.axis:
+        md += _across_section(report)
     if report.panels:
         md += ["## Figures 3 and 4: one panel per optimizer", ""]
         md += [f"- [{name}]({name})" for name in report.panels] + [""]
@@ -249,6 +276,7 @@ class Reproduction:
     runs_by_study: dict[str, list[RunData]]
     rows: list[Row]  # one per claim, then claim A's
     ablation_lines: list[str]  # claim A's table (src.claims.ablation_table)
+    grid_lines: list[str]  # the equal-g grid's table (src.noise_dial.grid_table); none when it did not run
     tables: dict[str, list[str]]  # the side-by-side table of each study of the config's `tables` that ran
     provisional: str | None  # why the report is not the study's result; None: it is
 
@@ -342,6 +370,22 @@ def _ablation_section(doc: Reproduction) -> list[str]:
     return md
 
 
+def _noise_dial_section(doc: Reproduction) -> list[str]:
+    spec = doc.config["noise_dial"]
+    study = doc.config["studies"][spec["study"]]
+    md = ["## The noise scale as the one dial", "",
+          f"Claim {spec['id']}: {spec['claim']}. {study.about} Each (lr, B, m) is compared with its set's smallest B "
+          "(at the usual momentum) by the rule above, paired by seed; each set's reference with the next smaller "
+          f"g's as the control. `python -m src.reproduce run {spec['study']}`.", ""]
+    if not doc.grid_lines:
+        return md + [f"{NOT_RUN}.", ""]
+    md += [f"`{logged_commands(doc.runs_by_study[spec['study']])}` (and the other g, B and m of the study)", ""]
+    md += doc.grid_lines
+    row = next(row for row in doc.rows if row.id == str(spec["id"]))
+    md += [f"Verdict: {row.verdict}", ""]
+    return md + [f"![{Path(f).stem}]({f})" for f in row.figures] + [""]
+
+
 def _studies_section(doc: Reproduction) -> list[str]:
     md = ["## Studies: where their values come from, how they ran", "",
           "| study | values (fixed before any run of this report) | seeds | runs | expected on 2 CPU cores |",
@@ -361,7 +405,8 @@ def _studies_section(doc: Reproduction) -> list[str]:
 
 def render(doc: Reproduction, options: dict) -> str:
     """docs/reproduction.md, ending with docs/cannot_show.md as it is."""
-    md = _doc_intro(doc, options) + _claims_section(doc, options) + _ablation_section(doc) + _studies_section(doc)
+    md = (_doc_intro(doc, options) + _claims_section(doc, options) + _noise_dial_section(doc) + _ablation_section(doc)
+          + _studies_section(doc))
     return "\n".join(md + ["", CANNOT_SHOW.read_text().rstrip("\n")]) + "\n"
 
 

@@ -31,7 +31,8 @@ from src.config import compose
 from src.errors import ConfigError
 from src.figures import write_all
 from src.groups import folder_name
-from src.plots import plot_ablation
+from src.noise_dial import equal_g_sets, g_controls, grid_cells, grid_table
+from src.plots import plot_accuracy_against_g, plot_ablation, plot_equal_g_losses
 from src.report import README_SUMMARY, README_TABLE, Reproduction, readme_summary, readme_table, render, write_readme
 from src.runs import RunData, load_study
 from src.stores import SQLITE_PREFIX, open_existing_store
@@ -44,10 +45,29 @@ OTHER_STORE_REPORT = "report"  # the report of another store goes in <its --outp
 STUDY_FIGURES = "reproduction"  # each study's src.figures output goes in <output-dir>/reproduction/<study>/
 
 
+def noise_dial_row(spec: dict, runs: list[RunData], options: dict, figure_root: Path, doc: Path) -> tuple[Row, list[str]]:
+    """The claim "the noise scale alone sets the final accuracy" (conf/reproduction.yaml's
+    noise_dial) from its study's runs: its row, its figures drawn under figure_root, and the
+    grid's table lines (none when the study did not run)."""
+    if not runs:
+        return Row(str(spec["id"]), spec["claim"], " ".join(spec["reported"].split()), NOT_RUN, f"**{NOT_RUN}**", [],
+                   NOT_RUN), []
+    sets = equal_g_sets(runs, options)
+    controls = g_controls(sets, options)
+    accuracy, losses = (figure_root / name for name in spec["figures"])
+    plot_accuracy_against_g(sets, accuracy, options["confidence"])
+    plot_equal_g_losses(sets, losses)
+    measured, verdict, short = grid_cells(sets, controls)
+    figures = [path.relative_to(doc.parent).as_posix() for path in (accuracy, losses)]
+    return (Row(str(spec["id"]), spec["claim"], " ".join(spec["reported"].split()), measured, verdict, figures, short),
+            grid_table(sets, controls, options))
+
+
 def claim_rows(reproduction: dict, runs_by_study: dict[str, list[RunData]], options: dict, study_root: Path,
-               doc: Path) -> tuple[list[Row], list[str]]:
-    """The report's rows, one per claim then claim A's, with their figures copied beside the
-    report (under <doc's folder>/<doc's stem>/); and the ablation table's lines."""
+               doc: Path) -> tuple[list[Row], list[str], list[str]]:
+    """The report's rows, one per claim, the noise dial's, then claim A's, with their figures
+    copied or drawn beside the report (under <doc's folder>/<doc's stem>/); the ablation table's
+    lines and the equal-g grid's."""
     figure_root = doc.parent / doc.stem
     rows = []
     for claim in reproduction["claims"]:
@@ -63,6 +83,9 @@ def claim_rows(reproduction: dict, runs_by_study: dict[str, list[RunData]], opti
                 figures.append(target.relative_to(doc.parent).as_posix())
         rows.append(Row(str(claim["id"]), claim["claim"], " ".join(claim["reported"].split()), measured, verdict,
                         figures, short))
+    dial = reproduction["noise_dial"]
+    row, grid_lines = noise_dial_row(dial, runs_by_study.get(dial["study"], []), options, figure_root, doc)
+    rows.append(row)
     spec = reproduction["ablation"]
     lines, measured, verdict = ablation_table(reproduction, runs_by_study, options)
     figure = figure_root / spec["figure"]
@@ -71,7 +94,7 @@ def claim_rows(reproduction: dict, runs_by_study: dict[str, list[RunData]], opti
     drawn = plot_ablation(spec, ablation_schedules(spec), ablation_runs, figure)
     figures = [figure.relative_to(doc.parent).as_posix()] if drawn else []
     rows.append(Row(str(spec["id"]), spec["claim"], spec["reported"], measured, verdict, figures, measured))
-    return rows, lines
+    return rows, lines, grid_lines
 
 
 def provisional_reason(runs_by_study: dict[str, list[RunData]], min_seeds: int, given: str | None) -> str | None:
@@ -139,7 +162,8 @@ def _draw_studies(reproduction: dict, runs_by_study: dict[str, list[RunData]], d
     """Each study's src.figures output under study_root, with nothing left from an earlier report."""
     for name in reproduction["studies"]:  # no figure left over from an earlier report (and nothing else removed)
         shutil.rmtree(doc.parent / doc.stem / name, ignore_errors=True)
-    (doc.parent / doc.stem / reproduction["ablation"]["figure"]).unlink(missing_ok=True)
+    for name in [reproduction["ablation"]["figure"], *reproduction["noise_dial"]["figures"]]:
+        (doc.parent / doc.stem / name).unlink(missing_ok=True)
     for name, runs in runs_by_study.items():
         shutil.rmtree(study_root / folder_name(name), ignore_errors=True)  # no group left from an earlier report
         if runs:
@@ -171,10 +195,10 @@ def report(args: argparse.Namespace, reproduction: dict) -> int:
         return 2
     study_root = output_dir / STUDY_FIGURES  # each study's src.figures output, in full
     _draw_studies(reproduction, runs_by_study, doc, study_root, options)
-    rows, ablation_lines = claim_rows(reproduction, runs_by_study, options, study_root, doc)
+    rows, ablation_lines, grid_lines = claim_rows(reproduction, runs_by_study, options, study_root, doc)
     tables = {name: study_table(runs_by_study[name], reproduction["tables"]["baseline"], options)
               for name in reproduction["tables"]["studies"] if runs_by_study.get(name)}
-    written = Reproduction(reproduction, runs_by_study, rows, ablation_lines, tables,
+    written = Reproduction(reproduction, runs_by_study, rows, ablation_lines, grid_lines, tables,
                            provisional_reason(runs_by_study, options["min_seeds"], args.provisional))
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render(written, options))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from src.schema import (
-    BATCH_SIZE, CONFIG_HASH_TAG, KIND_TAG, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, PRESET_TAG, SCHEDULE_TAG,
+    BATCH_SIZE, CONFIG_HASH_TAG, GNS_B_SIMPLE, KIND_TAG, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, PRESET_TAG, SCHEDULE_TAG,
     SEED_TAG, SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, TEST_ACC, TEST_LOSS, TRAIN_LOSS, VAL_ACC,
     VAL_LOSS, WALL_TIME_S,
 )
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # Per-epoch metrics the figures and the report read (step = the 0-based epoch).
 HISTORIES = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, LR, BATCH_SIZE, MOMENTUM, NOISE_SCALE, PARAM_UPDATES,
              WALL_TIME_S)
+MEASURED_HISTORIES = (GNS_B_SIMPLE,)  # read where a run logged them (trainer.gns): B_simple per epoch
 BEST_VAL_LOSS = "best_val_loss"  # not logged: the lowest val_loss of any epoch, read from the history
 FINISHED = "FINISHED"  # MLflow's status of a run that ended normally
 
@@ -101,7 +102,8 @@ def all_runs(client: MlflowClient, experiment_id: str) -> list:
 
 def run_data(client: MlflowClient, run) -> RunData:
     """An MLflow Run and its per-epoch histories as RunData."""
-    history = {name: metric_history(client, run.info.run_id, name) for name in HISTORIES}
+    names = HISTORIES + tuple(name for name in MEASURED_HISTORIES if name in run.data.metrics)
+    history = {name: metric_history(client, run.info.run_id, name) for name in names}
     return RunData(run.info.run_id, run.info.status, run.info.start_time, run.info.end_time,
                    dict(run.data.tags), dict(run.data.params), dict(run.data.metrics), history, _n_classes(run))
 

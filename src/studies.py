@@ -27,9 +27,9 @@ from src.schema import CONF_DIR, SEED_PARAM
 
 REPOSITORY = CONF_DIR.parent  # where `python -m src.run` runs
 CONFIG = CONF_DIR / "reproduction.yaml"
-RUN_LISTS = ("reproduction", "ablation")
+RUN_LISTS = ("reproduction", "ablation", "noise_dial")
 # The keys of conf/reproduction.yaml that `run` and `report` read at its top level.
-REPRODUCTION_KEYS = ("seeds", "experiment_prefix", "jobs", "studies", "tables", "claims", "ablation")
+REPRODUCTION_KEYS = ("seeds", "experiment_prefix", "jobs", "studies", "tables", "claims", "ablation", "noise_dial")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,11 @@ def read_reproduction(path: Path) -> dict:
     if missing:
         raise ConfigError(f"--config {path}: not a reproduction plan like conf/reproduction.yaml (no "
                           f"{', '.join(missing)})")
+    for study in reproduction["studies"].values():
+        unknown = set(study.lists) - set(RUN_LISTS)
+        if unknown:
+            raise ConfigError(f"--config {path}: studies.{study.name}.lists: unknown list "
+                              f"{', '.join(sorted(unknown))} (lists: {', '.join(RUN_LISTS)})")
     return reproduction
 
 
@@ -79,7 +84,7 @@ def experiment_name(prefix: str, study: str) -> str:
 
 
 def select_studies(reproduction: dict, names: Sequence[str]) -> list[Study]:
-    """Studies by list name (reproduction, ablation) or by study name, in conf order, once each."""
+    """Studies by list name (RUN_LISTS) or by study name, in conf order, once each."""
     studies = reproduction["studies"]
     chosen: list[str] = []
     for name in names:

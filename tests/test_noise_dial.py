@@ -1,16 +1,16 @@
-"""The equal-g grid and the factor sweep read back from made-up runs (tests/helpers/runs.py):
-which runs form a set, what each set's verdict is, and when the grid cannot tell."""
+"""The equal-g grid and a sweep over a number read back from made-up runs (tests/helpers/runs.py):
+which runs form a set, what each set's verdict is, when the grid cannot tell, and a factor sweep's
+schedules across its factors in numeric order."""
 
 from __future__ import annotations
 
 import random
-
-import pytest
 from helpers.runs import fake_run
 
 from src import schema
-from src.figures import load_options
-from src.noise_dial import equal_g_sets, factor_rows, g_controls, grid_verdict
+from src.figures import load_options, write_all
+from src.groups import group_runs
+from src.noise_dial import equal_g_sets, g_controls, grid_verdict
 
 N = 1000
 SEEDS = range(6)
@@ -79,7 +79,9 @@ def test_a_grid_that_does_not_see_g_cannot_tell():
     assert grid_verdict(sets, g_controls(sets, OPTIONS)).startswith("cannot tell here")
 
 
-def test_factor_rows_go_by_number_and_say_when_b_reached_its_cap():
+def test_a_sweep_over_a_number_is_drawn_and_tabled_across_it_in_numeric_order(tmp_path):
+    """schedule.factor=10,2,5: groups and the across table go 2, 5, 10 (not as strings), each
+    schedule against its baseline with its update ratio, and whether B reached its cap."""
     runs = []
     for factor, grown in (("10", 1000), ("2", 80), ("5", 500)):
         for seed in SEEDS:
@@ -90,8 +92,21 @@ def test_factor_rows_go_by_number_and_say_when_b_reached_its_cap():
                 if schedule == "increase_bs":
                     run.history[schema.BATCH_SIZE] = [64.0, 64.0, float(grown)]
                 runs.append(run)
-    rows = factor_rows(runs, OPTIONS)
-    assert [(r.factor, r.schedule) for r in rows] == [(2.0, "increase_bs"), (5.0, "increase_bs"), (10.0, "increase_bs")]
-    assert [r.reached_cap for r in rows] == [False, False, True]
-    assert [r.update_ratio for r in rows] == pytest.approx([0.4] * 3)
-    assert {r.comparison.verdict for r in rows} == {"matched"}
+    assert [g.label for g in group_runs(runs)] == [f"schedule.factor={f}" for f in (2, 5, 10)]
+    write_all(tmp_path, "fake-sweep", "reproduction/factor_sweep", runs)
+    assert (tmp_path / "across_schedule.factor.png").stat().st_size > 0
+    md = (tmp_path / "report.md").read_text()
+    rows = [line.split(" | ") for line in md.split("## Across schedule.factor")[1].splitlines() if line.startswith("| ")]
+    assert [(r[0], r[1], r[4], r[5], r[6]) for r in rows[1:]] == [
+        ("| 2", "increase_bs", "matched", "0.40x", "no |"), ("| 5", "increase_bs", "matched", "0.40x", "no |"),
+        ("| 10", "increase_bs", "matched", "0.40x", "yes: lr decay took the rest |")]
+
+
+def test_a_sweep_over_a_word_has_no_across_section(tmp_path):
+    runs = [fake_run(s, seed, 0.9 + JITTER[seed] / 100, **{"model.name": m}) for s in ("decay_lr", "increase_bs")
+            for m in ("mlp", "cnn") for seed in SEEDS]
+    for run in runs:
+        run.run_id = f"{run.run_id}-{run.params['model.name']}"
+    write_all(tmp_path, "fake-sweep", "e", runs)
+    assert "## Across" not in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("across_*"))

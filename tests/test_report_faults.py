@@ -17,7 +17,7 @@ from helpers.store import client_for, runs_in
 
 from src import evaluate, figures, reproduce, schema
 from src.claims import NOT_RUN
-from src.studies import load_reproduction
+from src.studies import CONFIG, load_reproduction
 from src.stores import MLFLOW_TABLES
 from src.tracking import tracked_run
 from src.train import train
@@ -161,8 +161,10 @@ def test_another_stores_report_goes_beside_that_store_never_over_docs(repository
     ("- a list\n", "not a reproduction plan like conf/reproduction.yaml (TypeError: "),
     ("", "not a reproduction plan like conf/reproduction.yaml (KeyError: 'studies')"),
     ("studies: {}\nseeds: [0]\n", "not a reproduction plan like conf/reproduction.yaml (no experiment_prefix, jobs, "
-                                  "tables, claims, ablation)"),
-], ids=["missing", "not YAML", "a list", "empty", "incomplete"])
+                                  "tables, claims, ablation, noise_dial)"),
+    (CONFIG.read_text().replace("lists: [ablation]", "lists: [ablations]", 1),
+     "studies.ablation_batch_norm.lists: unknown list ablations (lists: reproduction, ablation, noise_dial)"),
+], ids=["missing", "not YAML", "a list", "empty", "incomplete", "unknown list"])
 @pytest.mark.parametrize("command", [["report"], ["run", "--dry-run"]])
 def test_a_plan_file_that_cannot_be_used_is_one_line(command, text, message, tmp_path, capsys):
     plan = tmp_path / "plan.yaml"

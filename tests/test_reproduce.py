@@ -18,7 +18,7 @@ from src import schema
 from src.config import validate
 from src.claims import NOT_RUN, evaluate_claim
 from src.runs import load_study
-from src.studies import load_reproduction, select_studies
+from src.studies import RUN_LISTS, load_reproduction, select_studies
 from src.schema import CONF_DIR
 
 REPRODUCTION = load_reproduction()
@@ -44,7 +44,8 @@ def test_every_claim_names_a_study_and_every_study_a_run_list():
     studies = REPRODUCTION["studies"]
     assert {claim["study"] for claim in REPRODUCTION["claims"]} <= set(studies)
     assert REPRODUCTION["ablation"]["reference"] in studies
-    assert all(study.lists and set(study.lists) <= {"reproduction", "ablation"} for study in studies.values())
+    assert REPRODUCTION["noise_dial"]["study"] in studies
+    assert all(study.lists and set(study.lists) <= set(RUN_LISTS) for study in studies.values())
     quick = {path.stem for path in (CONF_DIR / "experiment").glob("*_quick.yaml")}
     reproduction = {s.preset for s in select_studies(REPRODUCTION, ["reproduction"])}
     assert quick | {"default"} <= reproduction  # every quick preset and the default study
