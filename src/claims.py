@@ -408,7 +408,31 @@ def ablation_table(reproduction: dict, runs_by_study: dict[str, list[RunData]], 
         lines.append(f"| {study.name} | {about} | " + " | ".join(cells) + " |")
     if not ablation.reference:
         return lines, NOT_RUN, f"**{NOT_RUN}** (the reference, {spec['reference']})"
+    lines += ["", ablation_reading(spec, words)]
     return (lines, *_ablation_summary(spec, words, options))
+
+
+def ablation_reading(spec: dict, words: dict[str, dict[str, str]]) -> str:
+    """Claim A's reading, written from the table's words and nothing else: per arm, which
+    one-thing changes brought it within the margin of the baseline (sufficient here), which came
+    out different (not sufficient), which the seeds could not decide. No word of cause: a change
+    that recovers an arm shows that it suffices at these seeds, not why the arm fell short."""
+    sentences = []
+    for arm, by_study in words.items():
+        as_is = by_study.get(spec["reference"], NOT_RUN)
+        changes = {name: word for name, word in by_study.items() if name != spec["reference"]}
+        said = [f"**{arm}** as the preset is: {as_is} against {spec['baseline']}."]
+        for label, test in (("Sufficient here to recover it (matched)", lambda w: w == "matched"),
+                            ("Not sufficient (differs)", lambda w: w.startswith("differs")),
+                            ("Not decided at these seeds", lambda w: w != "matched" and not w.startswith("differs"))):
+            chosen = [f"{name} ({word})" if label.startswith("Not decided") else name
+                      for name, word in changes.items() if test(word)]
+            if chosen:
+                said.append(f"{label}: {', '.join(chosen)}.")
+        sentences.append(" ".join(said))
+    return ("**Reading** (generated from the verdicts above): " + " ".join(sentences) + " Each study changes one "
+            "thing; that a change recovers an arm says it suffices here, at these seeds: the table does not say "
+            "what made the arm fall short, nor that no other change would recover it.")
 
 
 def _ablation_summary(spec: dict, words: dict[str, dict[str, str]], options: dict) -> tuple[str, str]:

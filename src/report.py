@@ -361,9 +361,6 @@ def _ablation_section(doc: Reproduction) -> list[str]:
           f"by seed, by the rule above: the study's own {spec['baseline']} where it ran one (the same model and "
           "epochs), else the reference's (marked).", ""]
     md += doc.ablation_lines + [""]
-    if spec.get("reading"):
-        md += [f"**Reading** (written from the runs of commit {spec['reading_commit']}; the table above is "
-               f"regenerated from the runs, this paragraph is not): {' '.join(spec['reading'].split())}", ""]
     ablation = next(row for row in doc.rows if row.id == str(spec["id"]))
     if ablation.figures:
         md += [f"![Claim A: final accuracy per ablation]({ablation.figures[0]})", ""]

@@ -348,6 +348,11 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     assert rows["borrowed"].endswith("**matched** (reference's) |")
     assert verdict.startswith("increase_lr: recovered by own, borrowed")
     assert "the preset as it is **differs (1 of 3 seeds diverged)**" in measured
+    reading = lines[-1]  # written from the verdicts: sufficient, never a cause
+    assert reading.startswith("**Reading** (generated from the verdicts above): **increase_lr** as the preset is: "
+                              "differs (1 of 3 seeds diverged) against decay_lr.")
+    assert "Sufficient here to recover it (matched): own, borrowed." in reading and "Not sufficient" not in reading
+    assert not re.search(r"\b(because|caused?|explains?|due to)\b", reading)
     _, measured, verdict = ablation_table(reproduction, {"own": own}, OPTIONS)
     assert measured == NOT_RUN and NOT_RUN in verdict
     # its own decay_lr ran, but in no seed of its increase_lr: nothing to pair, never recovered
@@ -356,6 +361,11 @@ def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
     own_row = next(line for line in lines if line.startswith("| own |"))
     assert own_row.endswith("| no seed finished in both increase_lr and decay_lr **inconclusive (0 seeds)** |")
     assert verdict.startswith("increase_lr: not recovered")
+    assert "Not decided at these seeds: own (inconclusive (0 seeds))." in lines[-1] and "Sufficient" not in lines[-1]
+    below = [fake_run("decay_lr", s, 0.9 + s / 1000) for s in range(3)] + [fake_run("increase_lr", s, 0.5 + s / 700)
+                                                                           for s in range(3)]  # 40 points below
+    lines, _, verdict = ablation_table(reproduction, {"ref": ref, "own": below}, OPTIONS)
+    assert "Not sufficient (differs): own." in lines[-1]
 
 
 def test_a_study_is_its_experiments_runs_with_its_preset_newest_finished_per_config(tmp_path):
