@@ -41,6 +41,7 @@ class Study:
     minutes: float  # expected minutes per seed, 2 CPU cores, 2 jobs of 1 thread
     lists: tuple[str, ...]
     seeds: tuple[int, ...]
+    jobs: int | None = None  # its own jobs at once (1: each run alone, timed); None: `run`'s --jobs
 
 
 def load_reproduction(path: Path = CONFIG) -> dict:
@@ -49,7 +50,7 @@ def load_reproduction(path: Path = CONFIG) -> dict:
     reproduction["studies"] = {
         name: Study(name, spec["preset"], " ".join(spec["about"].split()),
                     tuple(tuple(shlex.split(sweep)) for sweep in spec["sweeps"]), float(spec["minutes"]),
-                    tuple(spec["lists"]), tuple(spec.get("seeds", reproduction["seeds"])))
+                    tuple(spec["lists"]), tuple(spec.get("seeds", reproduction["seeds"])), spec.get("jobs"))
         for name, spec in reproduction["studies"].items()
     }
     return reproduction
@@ -101,9 +102,10 @@ def select_studies(reproduction: dict, names: Sequence[str]) -> list[Study]:
 def sweep_command(study: Study, sweep: Sequence[str], prefix: str, seeds: Sequence[int],
                   args: argparse.Namespace) -> list[str]:
     """One real multirun of a study's sweep, every seed, into the study's experiment; `args`:
-    `run`'s jobs, output_dir and overrides (with --epochs as trainer.epochs)."""
-    launcher = (["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", "trainer.threads=1"]
-                if args.jobs > 1 else [])
+    `run`'s jobs (unless the study gives its own), output_dir and overrides (with --epochs as
+    trainer.epochs)."""
+    jobs = study.jobs or args.jobs
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.threads=1"] if jobs > 1 else []
     paths = [f"paths.output_dir={args.output_dir}"] if args.output_dir else []
     overrides = list(args.override) + ([f"trainer.epochs={args.epochs}"] if args.epochs else [])
     return [sys.executable, "-m", "src.run", "-m", *sweep, f"{SEED_PARAM}={','.join(map(str, seeds))}",

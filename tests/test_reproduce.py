@@ -68,8 +68,11 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("python -m src.run")]
     assert len(commands) == 5  # the default study's four sweeps (its controls included), the blog's one
-    assert all("trainer.seed=4,5" in c and "hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands)
+    assert all("trainer.seed=4,5" in c for c in commands)
+    assert all("hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands[:4])
+    # the blog's claim is a speed-up: its runs one at a time, alone (its own jobs: 1)
     assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[4]
+    assert not any(item.startswith(("hydra/launcher", "trainer.threads")) for item in commands[4])
     minutes = 2 * (REPRODUCTION["studies"]["default"].minutes + REPRODUCTION["studies"]["blog_covtype_quick"].minutes)
     assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
 
@@ -236,6 +239,29 @@ def test_a_time_check_against_the_blogs_2x_is_not_passed_by_a_ratio_merely_below
     assert verdict.endswith("train time vs 0.5x higher: does not hold here" + NO_CONTROL)
     _, verdict, _ = evaluate_claim(claim, arms([0.1, 0.2, -0.1], times=(0.4, 0.42, 0.45)), OPTIONS)
     assert verdict.endswith("train time vs 0.5x lower: holds" + NO_CONTROL)
+
+
+def test_time_to_the_validation_loss_both_reached_is_timed_per_seed():
+    """The blog's speed-up as time to a common validation loss: per seed, the higher of the two
+    best losses is the target; each run's training time by the end of its first epoch at or
+    below it; the arm's over the baseline's."""
+    runs = arms([0.1, 0.2, -0.1])
+    for run in runs:
+        run.history[schema.WALL_TIME_S] = [10.0, 20.0, 30.0]
+        # decay_lr reaches 0.5 at epoch 3; increase_bs at epoch 1 (seeds 0, 1) or 2 (seed 2)
+        run.history[schema.VAL_LOSS] = ([0.9, 0.7, 0.5] if run.schedule == "decay_lr" else
+                                        [0.5, 0.45, 0.4] if int(run.seed) < 2 else [0.6, 0.5, 0.48])
+    claim = {**CLAIM, "checks": {"time_to_val_loss": {"lower_than": 0.5}}}
+    measured, verdict, _ = evaluate_claim(claim, runs, OPTIONS)
+    [centre] = re.findall(r"time to the validation loss both reached ([\d.]+)x \[", measured)
+    assert float(centre) == pytest.approx((1 / 3 * 1 / 3 * 2 / 3) ** (1 / 3), abs=0.005)  # geometric mean
+    assert "time to val loss vs 0.5x" in verdict
+    for run in runs:  # the arm reaches the baseline's best only at its end: no faster
+        if run.schedule == "increase_bs":
+            run.history[schema.VAL_LOSS] = [0.9, 0.8, 0.5 - int(run.seed) / 100]
+            run.history[schema.WALL_TIME_S] = [10.0, 20.0, 30.0 + int(run.seed)]
+    _, verdict, _ = evaluate_claim(claim, runs, OPTIONS)
+    assert "time to val loss vs 0.5x higher: does not hold here" in verdict
 
 
 def test_a_wide_time_spread_keeps_the_ratio_above_zero():
