@@ -23,12 +23,11 @@ from src.config import compose
 from src.errors import ConfigError
 from src.files import check_folder
 from src.groups import folder_name, group_runs, numeric_axis, pick_baseline, schedule_order
-from src.plots import (
-    ACROSS, DPI, paper_figure_links, plot_across, save, styles_for, write_figures, write_optimizer_figures,
-)
+from src.plots import DPI, paper_figure_links, save, styles_for, write_figures, write_optimizer_figures
 from src.report import SweepReport, group_folder, write_report
 from src.runs import RunData, StoreError, load_sweep, record_run
 from src.stores import open_existing_store
+from src.summary_plots import ACROSS, plot_across
 from src.verdict import load_options, report_rows
 
 FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are logged to

@@ -1,5 +1,6 @@
-"""Every figure: matplotlib only here. The paper's figures of a group of curves, the optimizer
-panels, the totals and claim A's ablation bars, as PNG + SVG.
+"""The figures of a sweep, as PNG + SVG (matplotlib here and in src.summary_plots only): the
+paper's figures of a group of curves, the optimizer panels, the totals, and B beside the measured
+B_simple.
 
 The paper's figures (Smith, Kindermans, Ying & Le, ICLR 2018, arXiv 1711.00489), their captions:
   1  "Schedules for the learning rate (a) and batch size (b), as a function of training epochs."
@@ -37,21 +38,17 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from src.groups import Curve, Group, folder_name, optimizer_name, reached_cap, short_value
-from src.intervals import interval
-from src.noise_dial import EqualGSet, arm_accuracies
-from src.runs import RunData
+from src.groups import Curve, Group, folder_name, optimizer_name, short_value
 from src.schema import (
-    BATCH_SIZE, FINAL_TEST_ACC, GNS_B_SIMPLE, LR, MOMENTUM, NOISE_SCALE, PARAM_UPDATES, TEST_ACC, TOTAL_PARAM_UPDATES,
+    BATCH_SIZE, GNS_B_SIMPLE, LR, NOISE_SCALE, PARAM_UPDATES, TEST_ACC, TOTAL_PARAM_UPDATES,
     TRAIN_LOSS, TRAIN_TIME_S, VAL_LOSS, WALL_TIME_S,
 )
-from src.verdict import ReportRow, change_steps, diverged_runs, minus_one_spread, series
+from src.verdict import ReportRow, change_steps, minus_one_spread, series
 
 # The optimizer panels of figures 3 and 4: optimizer (optimizer_name) -> panel title.
 OPTIMIZER_FIGURES = {
@@ -77,7 +74,7 @@ def _label(curve: Curve) -> str:
     return text + (f", {curve.n_failed} failed, left out)" if curve.n_failed else ")")
 
 
-def _figure(title: str, ncols: int = 1) -> tuple[Figure, list]:
+def new_figure(title: str, ncols: int = 1) -> tuple[Figure, list]:
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), squeeze=False, layout="constrained")
     fig.suptitle(title)
     return fig, list(axes[0])
@@ -172,7 +169,7 @@ def _curves(ax, curves: Sequence[Curve], styles: dict, y: str, x: str | None = N
     _label_ends(ax, ends)
 
 
-def _plain_log(axis) -> None:
+def plain_log(axis) -> None:
     """A log axis with plain numbers at 1, 2 and 5 x 10^k: a sweep's values often span less
     than a decade, where the default labels 10^k only (or 9x10^1)."""
     axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
@@ -182,7 +179,7 @@ def _plain_log(axis) -> None:
 
 def _updates_axis(ax) -> None:
     ax.set(xscale="log", xlabel="parameter updates (optimizer steps, log scale)")
-    _plain_log(ax.xaxis)
+    plain_log(ax.xaxis)
 
 
 def _steps(ax, curves: Sequence[Curve], styles: dict, name: str) -> None:
@@ -203,13 +200,13 @@ def _steps(ax, curves: Sequence[Curve], styles: dict, name: str) -> None:
 
 def plot_schedules(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 1: learning rate (a) and batch size (b) against epochs, both log."""
-    fig, (lr, batch) = _figure(title, ncols=2)
+    fig, (lr, batch) = new_figure(title, ncols=2)
     _steps(lr, curves, styles, LR)
     lr.set(yscale="log", ylabel="learning rate (log scale)", title="(a) learning rate")
     _steps(batch, curves, styles, BATCH_SIZE)
     batch.set(yscale="log", ylabel="batch size (samples, log scale)", title="(b) batch size")
-    _plain_log(lr.yaxis)
-    _plain_log(batch.yaxis)
+    plain_log(lr.yaxis)
+    plain_log(batch.yaxis)
     _legend(fig, curves, styles, [MILESTONE_HANDLE])
     return fig
 
@@ -220,14 +217,14 @@ def _loss_axis(ax, curves: Sequence[Curve]) -> None:
     values = [v for c in curves for run in c.finished for v in run.history[TRAIN_LOSS] if v > 0]
     if values and max(values) > 10 * min(values):
         ax.set(yscale="log", ylabel="training cross-entropy (nats, log scale)")
-        _plain_log(ax.yaxis)
+        plain_log(ax.yaxis)
     else:
         ax.set_ylabel("training cross-entropy (nats)")
 
 
 def plot_train_loss_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 2a: training cross-entropy against epochs."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _mark_milestones_epochs(ax, curves)
     _epoch_axis(ax, curves)
     _loss_axis(ax, curves)
@@ -238,7 +235,7 @@ def plot_train_loss_epochs(curves: Sequence[Curve], styles: dict, title: str) ->
 
 def plot_train_loss_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 2b: training cross-entropy against parameter updates."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _updates_axis(ax)
     _loss_axis(ax, curves)
     _curves(ax, curves, styles, TRAIN_LOSS, x=PARAM_UPDATES)
@@ -255,7 +252,7 @@ def _test_acc_epochs(ax, curves: Sequence[Curve], styles: dict) -> None:
 
 def plot_test_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 3 (one panel): test accuracy against epochs."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _test_acc_epochs(ax, curves, styles)
     _legend(fig, curves, styles, [MILESTONE_HANDLE], bands=True)
     return fig
@@ -263,7 +260,7 @@ def plot_test_acc_epochs(curves: Sequence[Curve], styles: dict, title: str) -> F
 
 def plot_test_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Figure 5: test accuracy against parameter updates."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _updates_axis(ax)
     ax.set_ylabel("test accuracy (%)")
     _curves(ax, curves, styles, TEST_ACC, x=PARAM_UPDATES, y_scale=100)
@@ -274,10 +271,10 @@ def plot_test_acc_updates(curves: Sequence[Curve], styles: dict, title: str) -> 
 def plot_noise_scale(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """The noise scale g = lr/(1-m)·(N/B - 1) per epoch, and why equal-g schedules differ when
     they do."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _steps(ax, curves, styles, NOISE_SCALE)
     ax.set(yscale="log", ylabel="noise scale g = lr/(1-m)·(N/B - 1)  (log scale)")
-    _plain_log(ax.yaxis)
+    plain_log(ax.yaxis)
     spread = minus_one_spread({c.schedule: c.finished for c in curves})
     if spread is not None and spread > 1e-6:
         ax.set_title(f"lr·N/(B(1-m)) is equal for every curve at every epoch, yet g differs by up to "
@@ -288,7 +285,7 @@ def plot_noise_scale(curves: Sequence[Curve], styles: dict, title: str) -> Figur
 
 
 def plot_val_loss_wall_time(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     ax.set(xlabel="training time (s, cumulative; validation excluded)", ylabel="validation cross-entropy (nats)")
     _curves(ax, curves, styles, VAL_LOSS, x=WALL_TIME_S)
     _legend(fig, curves, styles, [MILESTONE_TICK_HANDLE], bands=True)
@@ -299,7 +296,7 @@ def plot_totals(rows: list[ReportRow], styles: dict, title: str, baseline: str |
     """Bars of mean training time (train_time_s: the training steps, not the whole job) and
     parameter updates per run (std over seeds as error bars), each bar labelled with its ratio
     to the baseline."""
-    fig, axes = _figure(title, ncols=2)
+    fig, axes = new_figure(title, ncols=2)
     rows = [row for row in rows if row.n_finished]
     names = [row.schedule for row in rows]
     for ax, name, label in zip(axes, (TRAIN_TIME_S, TOTAL_PARAM_UPDATES),
@@ -361,7 +358,6 @@ def write_figures(folder: Path, group: Group, rows: list[ReportRow], baseline: s
     return written
 
 
-ACROSS = ("across_", "Each schedule against its baseline across")  # + the axis: across_schedule.factor.png
 B_SIMPLE = ("b_simple_epochs", "Batch size and the measured noise scale B_simple vs epochs")
 
 
@@ -369,7 +365,7 @@ def plot_b_simple(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     """Each curve that measured the gradient noise scale: its B per epoch (steps, one per seed)
     and the smoothed B_simple logged for that epoch (mean over seeds, min-max band), so where the
     batch follows the estimate, and where a cap or the schedule held it, can be read off."""
-    fig, (ax,) = _figure(title)
+    fig, (ax,) = new_figure(title)
     _steps(ax, curves, styles, BATCH_SIZE)
     for curve in curves:
         runs = [run for run in curve.finished if run.history.get(GNS_B_SIMPLE)]
@@ -379,7 +375,7 @@ def plot_b_simple(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
         if len(runs) > 1:
             ax.fill_between(numbers["x"], numbers["low"], numbers["high"], color=color, alpha=0.15, linewidth=0)
     ax.set(yscale="log", ylabel="samples (log scale)")
-    _plain_log(ax.yaxis)
+    plain_log(ax.yaxis)
     _legend(fig, curves, styles, [(Line2D([], [], color="k", linewidth=1.6), "batch size B (step: the epoch's)"),
                                   (Line2D([], [], color="k", linestyle=(0, (4, 2)), marker="."),
                                    "B_simple logged for the epoch (mean; band: min to max)"),
@@ -387,131 +383,9 @@ def plot_b_simple(curves: Sequence[Curve], styles: dict, title: str) -> Figure:
     return fig
 
 
-# --- across a sweep's numeric axis, and the noise scale as the one dial --------------------------
-
-
-def plot_across(axis: str, groups: Sequence[Group], sections: dict[str, list[ReportRow]], styles: dict,
-                title: str) -> Figure:
-    """A sweep over one number (schedule.factor=2,5,10): each schedule's final test accuracy
-    minus its group's baseline (paired, with its interval) and its parameter updates over the
-    baseline's, against the axis' value; a hollow mark where B reached its cap
-    (schedule.max_batch_size), from where lr decay took the rest of the anneal."""
-    fig, (acc_ax, upd_ax) = _figure(title, ncols=2)
-    values = {group.label: float(group.setting[axis]) for group in groups}
-    capped_any = False
-    for schedule in sorted({row.schedule for rows in sections.values() for row in rows if row.baseline
-                            and row.schedule != row.baseline}):
-        style, points = styles[schedule], []
-        for group in groups:
-            row = next((r for r in sections[group.label] if r.schedule == schedule), None)
-            if row is None or row.comparison.acc_diff_points is None:
-                continue
-            found, capped = row.comparison, reached_cap(group.curves[schedule])
-            capped_any |= bool(capped)
-            points.append((values[group.label], found, row.numbers[TOTAL_PARAM_UPDATES].ratio, capped))
-        if not points:
-            continue
-        x = [p[0] for p in points]
-        for ax, y in ((acc_ax, [p[1].acc_diff_points for p in points]), (upd_ax, [p[2] for p in points])):
-            ax.plot(x, y, color=style["color"], linestyle=style["linestyle"], linewidth=1.2)
-            for (value, _, _, capped), y_value in zip(points, y):
-                ax.plot(value, y_value, marker=style["marker"], markersize=8, linestyle="none", color=style["color"],
-                        markerfacecolor="white" if capped else style["color"], zorder=5)
-        low = [p[1].acc_diff_points - (p[1].acc_diff_low if p[1].acc_diff_low is not None else p[1].acc_diff_points)
-               for p in points]
-        high = [(p[1].acc_diff_high if p[1].acc_diff_high is not None else p[1].acc_diff_points) - p[1].acc_diff_points
-                for p in points]
-        acc_ax.errorbar(x, [p[1].acc_diff_points for p in points], yerr=[low, high], fmt="none",
-                        ecolor=style["color"], capsize=4)
-    baseline = next((row.baseline for rows in sections.values() for row in rows if row.baseline), "the baseline")
-    acc_ax.axhline(0, color="k", linewidth=0.8)
-    acc_ax.set(ylabel=f"final test accuracy minus {baseline}'s (points, paired; bar: interval)")
-    upd_ax.set(ylabel=f"parameter updates / {baseline}'s", ylim=(0, None))
-    for ax in (acc_ax, upd_ax):
-        ax.set_xlabel(axis)
-        ax.set_xticks(sorted(set(values.values())), [f"{v:g}" for v in sorted(set(values.values()))])
-        ax.grid(alpha=0.3)
-    extra = [(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none"),
-              "B reached its cap (schedule.max_batch_size): lr decay took the rest")] if capped_any else []
-    handles = [(Line2D([], [], color=styles[s]["color"], linestyle=styles[s]["linestyle"], marker=styles[s]["marker"]), s)
-               for s in sorted(styles) if any(r.schedule == s and r.baseline and s != r.baseline
-                                              for rows in sections.values() for r in rows)]
-    fig.legend([h for h, _ in handles + extra], [label for _, label in handles + extra], loc="outside lower center",
-               ncols=3, fontsize="small", frameon=False)
-    return fig
-
-
-def plot_accuracy_against_g(sets: Sequence[EqualGSet], path: Path, confidence: float) -> None:
-    """The equal-g grid: final test accuracy against g (log axis), one mark per (lr, B, m) with its
-    interval over seeds, coloured by B (log colour scale), squares for a momentum other than the
-    sets' usual one; marks of one g spread a little sideways so that none hides another."""
-    fig, (ax,) = _figure("The noise scale as the one dial: final test accuracy against g\n"
-                         "(runs at equal g = lr/(1-m)·(N/B - 1) should end alike while B << N)")
-    arms = [(s.g, arm) for s in sets for arm in [s.reference, *s.arms]]
-    sizes = [arm.setting.batch_size for _, arm in arms]
-    norm, cmap = LogNorm(min(sizes), max(sizes)), plt.get_cmap("viridis")
-    usual = sets[0].reference.setting.momentum
-    for s in sets:
-        members = [s.reference, *s.arms]
-        for i, arm in enumerate(members):
-            accs = [100 * acc for acc in arm_accuracies(arm.curve)]
-            if not accs:
-                continue
-            found = interval(accs, "percent", confidence)
-            x = s.g * 1.08 ** (i - (len(members) - 1) / 2)
-            mean = statistics.fmean(accs)
-            yerr = None if found.low is None else [[mean - found.low], [found.high - mean]]
-            color = cmap(norm(arm.setting.batch_size))
-            ax.errorbar(x, mean, yerr=yerr, fmt="s" if arm.setting.momentum != usual else "o", color=color,
-                        markersize=7, capsize=3, markeredgecolor="k", markeredgewidth=0.5)
-    ax.set(xscale="log", xlabel="noise scale g (log scale)", ylabel="final test accuracy (%, mean; bar: interval)")
-    _plain_log(ax.xaxis)
-    ax.grid(alpha=0.3)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="batch size B (log scale)")
-    others = sorted({arm.setting.momentum for _, arm in arms} - {usual})
-    handles = [Line2D([], [], marker="o", color="0.5", linestyle="none", markeredgecolor="k"),
-               *[Line2D([], [], marker="s", color="0.5", linestyle="none", markeredgecolor="k")] * bool(others)]
-    labels = [f"momentum {usual:g}", *[f"momentum {', '.join(f'{m:g}' for m in others)} (lr/(1-m) fixed)"] * bool(others)]
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-def plot_equal_g_losses(sets: Sequence[EqualGSet], path: Path) -> None:
-    """Training loss against epochs, one panel per equal-g set, one line per (lr, B, m) coloured
-    by B (mean over seeds): where the theory holds, the lines of a panel lie on each other."""
-    ncols = min(len(sets), 2)
-    nrows = -(-len(sets) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False, layout="constrained",
-                             sharey=True)
-    fig.suptitle("Training cross-entropy vs epochs at equal noise scale g (mean over seeds)")
-    sizes = [arm.setting.batch_size for s in sets for arm in [s.reference, *s.arms]]
-    norm, cmap = LogNorm(min(sizes), max(sizes)), plt.get_cmap("viridis")
-    usual = sets[0].reference.setting.momentum
-    for ax, s in zip(axes.flat, sets):
-        for arm in [s.reference, *s.arms]:
-            if not arm.curve.finished:
-                continue
-            numbers = series(arm.curve.finished, TRAIN_LOSS)
-            ax.plot(numbers["x"], numbers["mean"], color=cmap(norm(arm.setting.batch_size)),
-                    linestyle="--" if arm.setting.momentum != usual else "-", linewidth=1.4,
-                    label=f"B {arm.setting.batch_size:,}, lr {arm.setting.lr:g}, m {arm.setting.momentum:g}")
-        ax.set(title=f"g = {s.g:g}", yscale="log", xlabel="epochs trained (epoch k ends at k)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", frameon=False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("training cross-entropy (nats, log scale)")
-    for ax in list(axes.flat)[len(sets):]:
-        ax.set_visible(False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
 def plot_optimizer_panels(panels: list[tuple[str, Group]], styles: dict, title: str) -> Figure:
     """Figures 3 and 4: test accuracy against epochs, one panel per optimizer."""
-    fig, axes = _figure(title, ncols=len(panels))
+    fig, axes = new_figure(title, ncols=len(panels))
     shown: dict[str, Curve] = {}
     for letter, ax, (panel_title, group) in zip("abcd", axes, panels):
         curves = [curve for curve in group.curves.values() if curve.finished]
@@ -548,39 +422,3 @@ def write_optimizer_figures(folder: Path, groups: list[Group], styles: dict, tit
                 heading_title = f"{heading}\n{title}" + (f"  [{label}]" if label else "")
                 written += save(plot_optimizer_panels(chosen, styles, heading_title), target, stem, dpi)
     return written
-
-
-
-def plot_ablation(spec: dict, schedules: Sequence[str], runs_by_study: dict[str, list[RunData]],
-                  path: Path) -> bool:
-    """Claim A: final test accuracy per ablation study (runs_by_study's, in its order) and
-    schedule: bars the mean over the seeds that finished, dots each seed, crosses at 0 the seeds
-    whose loss diverged. `spec`: conf/reproduction.yaml's ablation. False: no study ran."""
-    studies = [name for name, runs in runs_by_study.items() if runs]
-    if not studies:
-        return False
-    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
-    width = 0.8 / len(schedules)
-    for i, schedule in enumerate(schedules):
-        for j, study in enumerate(studies):
-            curve = Curve(schedule, [r for r in runs_by_study[study] if r.schedule == schedule])
-            x = j + (i - (len(schedules) - 1) / 2) * width
-            values = [100 * r.metrics[FINAL_TEST_ACC] for r in curve.finished]
-            if values:
-                ax.bar(x, statistics.fmean(values), width, color=f"C{i}")
-                ax.plot([x] * len(values), values, "k.", markersize=5)
-            diverged = diverged_runs(curve)
-            ax.plot([x] * len(diverged), [0] * len(diverged), "kx", markersize=7, clip_on=False)
-    names = ["reference" if s == spec["reference"] else s.removeprefix("ablation_") for s in studies]
-    ax.set_xticks(range(len(studies)), names, rotation=20, ha="right")
-    ax.set(ylabel="final test accuracy (%)", ylim=(0, 100))
-    fig.suptitle(f"Claim A: what recovers {' and '.join(spec['arms'])}\n({spec['reference']}, one change per study)")
-    handles = [Patch(color=f"C{i}", label=schedule) for i, schedule in enumerate(schedules)]
-    handles += [Line2D([], [], color="k", marker=".", linestyle="none", label="a seed (bar: the mean)"),
-                Line2D([], [], color="k", marker="x", linestyle="none", label="a seed that diverged")]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True

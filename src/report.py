@@ -23,7 +23,7 @@ from pathlib import Path
 from src.claims import NOT_RUN, Row, percent
 from src.groups import Group, folder_name, reached_cap, sweep_axes
 from src.intervals import bounds_text
-from src.plots import ACROSS
+from src.summary_plots import ACROSS
 from src.runs import RunData
 from src.schema import (
     COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, RUN_NAME_TAG,
@@ -275,7 +275,7 @@ class Reproduction:
     config: dict  # conf/reproduction.yaml (src.studies.load_reproduction)
     runs_by_study: dict[str, list[RunData]]
     rows: list[Row]  # one per claim, then claim A's
-    ablation_lines: list[str]  # claim A's table (src.claims.ablation_table)
+    ablation_lines: list[str]  # claim A's table and reading (src.ablation.ablation_table)
     grid_lines: list[str]  # the equal-g grid's table (src.noise_dial.grid_table); none when it did not run
     tables: dict[str, list[str]]  # the side-by-side table of each study of the config's `tables` that ran
     provisional: str | None  # why the report is not the study's result; None: it is

@@ -26,13 +26,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.claims import NOT_RUN, Row, ablation_schedules, ablation_table, evaluate_claim, study_table
+from src.ablation import ablation_schedules, ablation_table
+from src.claims import NOT_RUN, Row, evaluate_claim, study_table
 from src.config import compose
 from src.errors import ConfigError
 from src.figures import write_all
 from src.groups import folder_name
 from src.noise_dial import equal_g_sets, g_controls, grid_cells, grid_table
-from src.plots import plot_accuracy_against_g, plot_ablation, plot_equal_g_losses
+from src.summary_plots import plot_ablation, plot_accuracy_against_g, plot_equal_g_losses
 from src.report import README_SUMMARY, README_TABLE, Reproduction, readme_summary, readme_table, render, write_readme
 from src.runs import RunData, load_study
 from src.stores import SQLITE_PREFIX, open_existing_store

@@ -18,7 +18,8 @@ from src import schema
 from src.config import validate
 from src.errors import ConfigError
 from src.gns import NoiseScaleEstimator
-from src.schedules import CriticalBatchSchedule, StepSchedule
+from src.noise_schedules import CriticalBatchSchedule
+from src.schedules import StepSchedule
 from src.train import train
 
 # The default study's shape: N = 20,000, B0 64, lr 0.05, factor 5 at epochs 6, 12, 16 of 20.

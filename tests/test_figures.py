@@ -23,10 +23,9 @@ from src import schema
 from src.figures import write_all
 from src.groups import Curve, group_runs, pick_baseline, sweep_axes
 from src.plots import plot_totals, styles_for
-from src.runs import HISTORIES, RunData, is_training_run, load_sweep, metric_history, sweeps_of
+from src.runs import is_training_run, load_sweep, metric_history, sweeps_of
 from src.verdict import change_steps, compare, minus_one_spread, report_rows, series
 from src.errors import ConfigError
-from src.intervals import interval
 from src.stores import open_existing_store
 from src.tracking import tracked_run
 

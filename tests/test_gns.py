@@ -80,7 +80,7 @@ def test_the_averages_memory_in_epochs_is_the_same_at_b_64_and_2048():
 
 
 def adaptive(**kw):
-    from src.schedules import AdaptiveNoiseScaleSchedule
+    from src.noise_schedules import AdaptiveNoiseScaleSchedule
 
     args = dict(name="adaptive_gns", lr=0.1, batch_size=64, factor=5, milestones=[6, 12, 16], max_batch_size=2000,
                 multiple=None, min_growth=1.5, n_train=20_000, epochs=20, optimizer_momentum=0.9)

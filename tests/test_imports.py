@@ -29,12 +29,12 @@ def project_imports(path: Path) -> set[str]:
 # into matplotlib). A new module takes its place here.
 LAYERS = {
     "names and pure helpers": {"errors", "schema", "intervals", "distributed", "models", "progress"},
-    "foundations": {"files", "processes", "gns", "schedules", "batching", "stores", "data", "devices"},
+    "foundations": {"files", "processes", "gns", "schedules", "noise_schedules", "batching", "stores", "data", "devices"},
     "config, commands' errors, logging": {"config", "cli", "tracking"},
     "training": {"step", "build", "checkpoint", "train", "evaluate", "run"},
     "reading runs back": {"runs", "groups", "studies"},
-    "statistics and verdicts": {"verdict", "noise_dial", "claims"},
-    "figures and reports": {"plots", "report"},
+    "statistics and verdicts": {"verdict", "noise_dial", "claims", "ablation"},
+    "figures and reports": {"plots", "summary_plots", "report"},
     "report commands": {"figures", "reproduce"},
 }
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from helpers.configs import ROOT, TINY
-from helpers.store import client_for, runs_in
+from helpers.store import runs_in
 
 from src import evaluate, figures, reproduce, schema
 from src.claims import NOT_RUN

@@ -351,7 +351,7 @@ def test_side_by_side_table_gives_each_schedule_with_intervals_and_paired_ratios
 
 
 def test_ablation_compares_with_the_studys_own_baseline_else_the_references():
-    from src.claims import ablation_table
+    from src.ablation import ablation_table
     from src.studies import Study
 
     def study(name):
