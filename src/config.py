@@ -248,7 +248,12 @@ def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
 
 
 def _check_ranges(cfg: Mapping) -> None:
-    trainer, schedule, optimizer = cfg["trainer"], cfg["schedule"], cfg["optimizer"]
+    _check_trainer(cfg["trainer"], cfg["model"])
+    _check_optimizer(cfg["optimizer"])
+    _check_schedule(cfg["schedule"], cfg["trainer"]["epochs"])
+
+
+def _check_trainer(trainer: Mapping, model: Mapping) -> None:
     _positive("trainer.epochs", trainer["epochs"], 1, inclusive=True)
     low, high = SEED_RANGE
     if not low <= trainer["seed"] <= high:
@@ -261,13 +266,13 @@ def _check_ranges(cfg: Mapping) -> None:
     micro = trainer["micro_batch_size"]
     if micro is not None:
         _positive("trainer.micro_batch_size", micro, 1, inclusive=True)
-        ghost = cfg["model"].get("ghost_batch_size")
+        ghost = model.get("ghost_batch_size")
         if ghost and micro % ghost:
             raise ConfigError(
                 f"trainer.micro_batch_size={micro}: must be a multiple of model.ghost_batch_size={ghost}, "
                 "or ghost batches straddle micro-batches"
             )
-        if cfg["model"].get("batch_norm") and not ghost:
+        if model.get("batch_norm") and not ghost:
             raise ConfigError(f"trainer.micro_batch_size={micro}: not with model.batch_norm=true over the whole "
                               "batch, whose statistics would be per micro-batch and change the update (micro-batches "
                               "must not); ghost batch norm (+model.ghost_batch_size) is fine")
@@ -275,6 +280,8 @@ def _check_ranges(cfg: Mapping) -> None:
     if not DEVICE.fullmatch(trainer["device"]):
         raise ConfigError(f"trainer.device={trainer['device']!r}: allowed: auto, cpu, cuda, cuda:<index>, mps")
 
+
+def _check_optimizer(optimizer: Mapping) -> None:
     if "momentum" in optimizer:
         _check_type("optimizer.momentum", optimizer["momentum"], float)
     if "momentum" in optimizer and not 0.0 <= optimizer["momentum"] < 1.0:
@@ -283,6 +290,8 @@ def _check_ranges(cfg: Mapping) -> None:
     if "weight_decay" in optimizer:
         _positive("optimizer.weight_decay", optimizer["weight_decay"], 0.0, inclusive=True)
 
+
+def _check_schedule(schedule: Mapping, epochs: int) -> None:
     _positive("schedule.lr", schedule["lr"])
     if "lr_boost" in schedule:
         _positive("schedule.lr_boost", schedule["lr_boost"])
@@ -303,22 +312,7 @@ def _check_ranges(cfg: Mapping) -> None:
     if "factor" in schedule:
         _positive("schedule.factor", schedule["factor"], 1.0)
     if "milestones" in schedule:
-        _check_type("schedule.milestones", schedule["milestones"], list[float])
-        milestones = list(schedule["milestones"])
-        try:
-            epochs = milestone_epochs(milestones, trainer["epochs"])
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        if any(b <= a for a, b in zip(epochs, epochs[1:])):
-            raise ConfigError(
-                f"schedule.milestones={milestones}: must increase strictly (as epochs: {list(epochs)}); "
-                "for a short run give fewer milestones or absolute epochs"
-            )
-        if epochs and not (0 < epochs[0] and epochs[-1] < trainer["epochs"]):
-            raise ConfigError(
-                f"schedule.milestones={milestones}: as epochs {list(epochs)}, must lie in 1..{trainer['epochs'] - 1} "
-                f"(trainer.epochs={trainer['epochs']})"
-            )
+        _check_milestones(schedule["milestones"], epochs)
         growth = schedule.get("batch_growth_steps")
         _check_type("schedule.batch_growth_steps", growth, Optional[int])
         if growth is not None and growth < 0:
@@ -327,6 +321,25 @@ def _check_ranges(cfg: Mapping) -> None:
     _check_type("schedule.max_batch_size", cap, Optional[int])
     if cap is not None and cap < schedule["batch_size"]:
         raise ConfigError(f"schedule.max_batch_size={cap}: must be >= schedule.batch_size={schedule['batch_size']}")
+
+
+def _check_milestones(given, epochs: int) -> None:
+    _check_type("schedule.milestones", given, list[float])
+    milestones = list(given)
+    try:
+        at = milestone_epochs(milestones, epochs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if any(b <= a for a, b in zip(at, at[1:])):
+        raise ConfigError(
+            f"schedule.milestones={milestones}: must increase strictly (as epochs: {list(at)}); "
+            "for a short run give fewer milestones or absolute epochs"
+        )
+    if at and not (0 < at[0] and at[-1] < epochs):
+        raise ConfigError(
+            f"schedule.milestones={milestones}: as epochs {list(at)}, must lie in 1..{epochs - 1} "
+            f"(trainer.epochs={epochs})"
+        )
 
 
 def _check_tracking(tracking: Mapping) -> None:

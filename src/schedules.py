@@ -41,7 +41,9 @@ class Plan:
 
 class Schedule(Protocol):
     """What the training loop asks of a schedule (conf/schedule/*.yaml builds one with
-    `_target_: ...for_run`, given n_train, epochs and optimizer_momentum by the loop).
+    `_target_: ...for_run`, given n_train, epochs and optimizer_momentum by the loop). A for_run
+    takes one keyword per key of its YAML (10-14 of them, over the ~7 of other functions): its
+    signature is what src.config checks a schedule's keys against, so they stay spelt out.
 
     Called before every epoch with that epoch and the history of every finished epoch, it
     answers with the epoch's Plan. Its state_dict (JSON-able) is checkpointed after every epoch

@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict:
     """Train one run; returns {"outcome": finished | resumed | skipped, <schema.FINAL_METRICS>}.
     Launched by torchrun, the processes train it together (src/distributed.py).
 
-    One function on purpose (~75 lines, over the ~60 of the rest): lock, skip or resume, build,
+    One function on purpose (~85 lines, over the ~60 of the rest): lock, skip or resume, build,
     the epoch loop and the end of the run read in the order they happen, each step a call whose
     name says what it does; cut further, the order would be spread over functions again."""
     world = join()
