@@ -24,7 +24,7 @@ from src.errors import ConfigError
 from src.files import check_folder
 from src.groups import folder_name, group_runs, numeric_axis, pick_baseline, schedule_order
 from src.plots import DPI, paper_figure_links, save, styles_for, write_figures, write_optimizer_figures
-from src.report import SweepReport, group_folder, write_report
+from src.report import SweepReport, group_folder, verdict_lines, verdict_tags, write_report
 from src.runs import RunData, StoreError, load_sweep, record_run
 from src.stores import open_existing_store
 from src.summary_plots import ACROSS, plot_across
@@ -34,9 +34,9 @@ FIGURES_ARTIFACTS = "figures"  # the artifact folder of the run the files are lo
 
 
 def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunData], baseline: str | None = None,
-              options: dict | None = None) -> list[Path]:
+              options: dict | None = None) -> tuple[list[Path], SweepReport]:
     """Figures (one set per group, and the optimizer panels) and the report for one sweep's runs;
-    returns the files. `baseline` None: the first of options['baselines'] in each group; options
+    returns the files and what the report says. `baseline` None: the first of options['baselines'] in each group; options
     not given come from conf/figures.yaml."""
     options = {**load_options(), **(options or {})}
     candidates = [baseline] if baseline else options["baselines"]
@@ -60,7 +60,19 @@ def write_all(folder: Path, sweep_id: str, experiment: str, runs: Sequence[RunDa
     links = {group.label: paper_figure_links(drawn, group_folder(group.label)) for group in groups}
     report = SweepReport(sweep_id, experiment, runs, groups, sections, baselines, links,
                          [path.relative_to(folder).as_posix() for path in panels if path.suffix == ".png"], axis)
-    return figures + panels + across + write_report(folder, report, options)
+    return figures + panels + across + write_report(folder, report, options), report
+
+
+def record_verdict(client, run_id: str, report: SweepReport) -> None:
+    """The sweep's answer on its run: the verdict table as the run's description (MLflow's note)
+    and one verdict.<...> tag per compared schedule, so the runs table shows it."""
+    from mlflow.entities import RunTag  # MLflow loads only when there is a run to write to
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    note = "\n".join([f"**Verdict of sweep {report.sweep_id}** (`python -m src.figures`; figures and report.md under "
+                      f"the artifacts' {FIGURES_ARTIFACTS}/)", "", *verdict_lines(report)])
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in
+                                   {MLFLOW_RUN_NOTE: note, **verdict_tags(report)}.items()])
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -130,12 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     folder = args.output_dir / folder_name(sweep_id)
-    written = write_all(folder, sweep_id, args.experiment, runs, args.baseline, {"margin_error_fraction": args.margin})
+    written, report = write_all(folder, sweep_id, args.experiment, runs, args.baseline,
+                                {"margin_error_fraction": args.margin})
     record = record_run(client, client.get_experiment_by_name(args.experiment).experiment_id, sweep_id, runs)
     if record:
         for path in written:
             parent = path.parent.relative_to(folder)
             client.log_artifact(record, str(path), artifact_path=(Path(FIGURES_ARTIFACTS) / parent).as_posix())
+        if not args.tag:  # the whole sweep, not a reading of some of its runs: its answer on its run
+            record_verdict(client, record, report)
     where = f"logged to MLflow run {record} ({FIGURES_ARTIFACTS}/)" if record else "no sweep run in MLflow to log them to"
     print(f"{len(written)} files for sweep {sweep_id} ({len(runs)} runs) in {folder}; {where}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 import subprocess
 from collections import Counter
@@ -23,12 +24,12 @@ from pathlib import Path
 from src.claims import NOT_RUN, Row, percent
 from src.groups import Group, folder_name, reached_cap, sweep_axes
 from src.intervals import bounds_text
-from src.summary_plots import ACROSS
 from src.runs import RunData
 from src.schema import (
-    COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, LOAD_AVERAGE_END, LOAD_AVERAGE_START, RUN_NAME_TAG,
-    SEED_TAG, THREADS_TAG, TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES,
+    COMMAND_TAG, CONF_DIR, CPUS_TAG, DEVICE_TAG, ERROR_TAG, FINAL_TEST_ACC, LOAD_AVERAGE_END, LOAD_AVERAGE_START,
+    RUN_NAME_TAG, SEED_TAG, THREADS_TAG, TORCH_VERSION_TAG, TOTAL_PARAM_UPDATES, VERDICT_TAG_PREFIX,
 )
+from src.summary_plots import ACROSS
 from src.verdict import COLUMNS, REPORTED, ReportRow, format_reported
 
 REPOSITORY = CONF_DIR.parent
@@ -161,6 +162,41 @@ def _markdown_section(rows: list[ReportRow], baseline: str | None, links: list[t
     return lines + [""]
 
 
+def verdict_lines(report: SweepReport) -> list[str]:
+    """The sweep's answer, report.md's first section and its parent run's description: per group
+    and schedule, seeds, final test accuracy, the paired difference from the baseline with its
+    interval and the verdict, and the parameter updates over the baseline's."""
+    lines = ["| group | schedule | seeds | final test acc (%) | minus the baseline (points, paired) | verdict | "
+             "updates / the baseline's |", "|---" * 7 + "|"]
+    for group in report.groups:
+        for row in report.sections[group.label]:
+            found, ratio = row.comparison, row.numbers[TOTAL_PARAM_UPDATES].ratio
+            acc = row.numbers[FINAL_TEST_ACC].mean
+            is_base = row.schedule == row.baseline
+            diff = ("(baseline)" if is_base else "-" if found.acc_diff_points is None else
+                    f"{found.acc_diff_points:+.2f}{bounds_text(found.acc_diff_low, found.acc_diff_high, '+.2f')}")
+            lines.append(f"| {group.label or '-'} | {row.schedule} | {row.n_finished} | "
+                         f"{'-' if acc is None else format_reported(FINAL_TEST_ACC, acc)} | {diff} | "
+                         f"{'-' if is_base else found.verdict or '-'} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+    return lines
+
+
+TAG_KEY_REFUSED = re.compile(r"[^\w./ -]")  # characters MLflow refuses in a tag's key
+
+
+def verdict_tags(report: SweepReport) -> dict[str, str]:
+    """verdict.<schedule> (verdict.<group>.<schedule> when the sweep has groups) -> its verdict,
+    for each schedule compared with a baseline: tags of the sweep's parent run, so that MLflow's
+    runs table shows the answer. A group label's characters MLflow refuses in a key become '_'."""
+    tags = {}
+    for group in report.groups:
+        prefix = f"{TAG_KEY_REFUSED.sub('_', group.label)}." if group.label else ""
+        for row in report.sections[group.label]:
+            if row.baseline and row.schedule != row.baseline:
+                tags[f"{VERDICT_TAG_PREFIX}{prefix}{row.schedule}"] = row.comparison.verdict
+    return tags
+
+
 def _across_section(report: SweepReport) -> list[str]:
     """The groups of a sweep over one number side by side, the number ascending: each schedule
     against its group's baseline, and whether its batch reached its cap."""
@@ -203,7 +239,9 @@ def _rule(options: dict) -> str:
 def _sweep_markdown(report: SweepReport, env: dict[str, str], options: dict) -> list[str]:
     """report.md's lines."""
     runs, failed = report.runs, [run for run in report.runs if not run.finished]
-    md = [f"# Sweep {report.sweep_id}", "", "Environment (what every time below depends on):", ""]
+    md = [f"# Sweep {report.sweep_id}", "", f"## Verdict ({sum(r.finished for r in runs)} runs finished; the rule "
+          "below)", "", *verdict_lines(report), "", "## Method and environment", "",
+          "Environment (what every time below depends on):", ""]
     md += [f"- {name}: " + (f"`{value}`" if name in ("commit", "command") and value != "not logged" else value)
            for name, value in env.items()]
     md += [

@@ -125,4 +125,5 @@ DEFAULT_PRESET = "default"
 KIND_TAG = "kind"
 SWEEP_KIND = "sweep"
 JOBS_TAG = "jobs"  # on a sweep's run: how many jobs it launched
+VERDICT_TAG_PREFIX = "verdict."  # on a sweep's run, by src.figures: verdict.<group>.<schedule> -> its verdict
 RESULT_TAG = "result"  # on a sweep's run: the sweep's last line ("0 of 3 jobs failed (3 finished)")

@@ -245,6 +245,23 @@ def test_files_are_artifacts_of_the_sweeps_parent_run_and_no_run_is_added(sweep)
     assert len(client.search_runs([experiment])) == 10 and len(runs_of(client, sweep_id)) == 9
 
 
+def test_the_sweeps_answer_is_its_runs_description_and_tags_and_reports_first_section(sweep):
+    """The whole sweep's verdict (not the seed-0 reading made after it) on the parent run: the
+    table as its description, a verdict tag per compared schedule; report.md opens with it."""
+    store, sweep_id, folder, _ = sweep
+    [parent] = runs_of(client_for(store), sweep_id, kind=schema.SWEEP_KIND)
+    tags = parent.data.tags
+    md = (folder / "report.md").read_text()
+    table = md.split("## Verdict")[1].split("## Method and environment")[0]
+    assert md.startswith(f"# Sweep {sweep_id}\n\n## Verdict (9 runs finished")
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in table.splitlines() if line.startswith("| - |")}
+    assert set(rows) == {"decay_lr", "increase_bs", "hybrid"} and {r[2] for r in rows.values()} == {"3"}
+    assert tags["mlflow.note.content"].startswith(f"**Verdict of sweep {sweep_id}**")
+    assert "| - | increase_bs | 3 | " in tags["mlflow.note.content"]  # all seeds: the seed-0 reading wrote nothing
+    assert {key: value for key, value in tags.items() if key.startswith("verdict.")} == {
+        "verdict.increase_bs": rows["increase_bs"][5], "verdict.hybrid": rows["hybrid"][5]}
+
+
 def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
     """A newer 1-seed sweep in the same store with one FAILED run: the default picks it (newest)."""
     store, _, _, _ = sweep
