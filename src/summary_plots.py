@@ -61,7 +61,7 @@ def plot_across(axis: str, groups: Sequence[Group], sections: dict[str, list[Rep
                         ecolor=style["color"], capsize=4)
     baseline = next((row.baseline for rows in sections.values() for row in rows if row.baseline), "the baseline")
     acc_ax.axhline(0, color="k", linewidth=0.8)
-    acc_ax.set(ylabel=f"final test accuracy minus {baseline}'s (points, paired; bar: interval)")
+    acc_ax.set(ylabel=f"test accuracy minus {baseline}'s (points; bar: interval)")
     upd_ax.set(ylabel=f"parameter updates / {baseline}'s", ylim=(0, None))
     for ax in (acc_ax, upd_ax):
         ax.set_xlabel(axis)
