@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.config import validate
-from src.errors import ConfigError, DatasetUnavailable, Diverged
+from src.errors import ConfigError, DatasetUnavailable, Diverged, StoreFailed
 from src.files import check_folder
 from src.schema import CONF_DIR
 
@@ -109,7 +109,8 @@ def needs_traceback(error: BaseException) -> bool:
     from omegaconf.errors import OmegaConfBaseException
 
     # an OSError names its file (a disk full, a folder removed under a running job)
-    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, OSError, HydraException, OmegaConfBaseException)
+    told_in_one_line = (ConfigError, DatasetUnavailable, Diverged, StoreFailed, OSError, HydraException,
+                        OmegaConfBaseException)
     return (not isinstance(_cause(error), told_in_one_line) and _yaml_error(error) is None
             and _null_group_override(error) is None and not _is_store_error(_cause(error)))
 
@@ -161,7 +162,9 @@ def one_line_error(error: BaseException, overrides: list[str] | None = None) -> 
             allowed = f"{named} has: {', '.join(known)}; " if known else ""
             return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
         return _one_line(text), 2
-    if _is_store_error(error):  # the store failed under a running job: full, read-only, locked
+    if isinstance(error, StoreFailed):  # under a running job, named by src.tracking.tracked_run
+        return _one_line(text)[:1000], 1
+    if _is_store_error(error):  # the store failed outside a run (a sweep's parent run): full, read-only, locked
         from src.stores import store_error_text
 
         return f"the MLflow store failed: {type(error).__name__}: {store_error_text(error)[:500]}", 1

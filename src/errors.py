@@ -26,6 +26,12 @@ class Diverged(RuntimeError):
     """The loss stopped being finite: nothing later in the run would mean anything."""
 
 
+class StoreFailed(RuntimeError):
+    """MLflow's store failed under a running job (its disk full, the file made read-only or
+    immutable, locked past SQLite's patience, a server gone): the message names the store and
+    what it said, in one line, without the SQL."""
+
+
 class Stopped(KeyboardInterrupt):
     """A signal ended the job: SIGTERM (kill, SLURM preemption) or SIGINT (Ctrl-C). A
     KeyboardInterrupt, so that everything on the way out treats it as one (the run ends KILLED);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -138,10 +139,15 @@ def is_store_error(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in ("mlflow", "sqlalchemy")
 
 
+# SQLAlchemy's advice to its own callers, put before the driver's error when a query flushed
+AUTOFLUSH_ADVICE = re.compile(r"\(raised as a result of Query-invoked autoflush;[^)]*\)\s*")
+
+
 def store_error_text(error: BaseException) -> str:
     """A store's error in one line: SQLAlchemy's text without the statement and parameters it
-    appends (screens of SQL that say nothing more)."""
-    return " ".join(str(error).split("[SQL:")[0].split("(Background on this error")[0].split())
+    appends (screens of SQL that say nothing more), nor its advice on autoflush."""
+    text = str(error).split("[SQL:")[0].split("(Background on this error")[0]
+    return " ".join(AUTOFLUSH_ADVICE.sub("", text).split())
 
 
 def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:

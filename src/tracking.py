@@ -33,6 +33,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import StoreFailed
 from src.processes import close_dead_runs, process_tags
 from src.stores import is_server, is_store_error, prepare_store, store_error_text, store_lock
 from src.schema import (
@@ -281,6 +282,7 @@ def tracked_run(
         run_id = client.create_run(experiment_id, tags=all_tags).info.run_id
     status = "FAILED"
     monitor = None
+    warn_on_close = True  # a store that failed to take the error is told once, not again at the close
     try:  # from here on, whatever fails, the run is closed in `finally`
         monitor = _system_metrics(cfg.tracking, run_id, resumed=bool(resume_run_id))
         if resume_run_id:
@@ -303,27 +305,34 @@ def tracked_run(
         raise
     except BaseException as error:
         told = store_error_text(error) if is_store_error(error) else str(error)
-        _closing(lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
-                 run_id, cfg.tracking.uri)
+        warn_on_close = _closing(
+            lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
+            run_id, cfg.tracking.uri)
+        if is_store_error(error):  # named here, where the store is known: MLflow's text names no file
+            raise StoreFailed(f"the MLflow store {cfg.tracking.uri} failed: {type(error).__name__}: {told}") from error
         raise
     finally:
         if monitor is not None:
             monitor.finish()
-        _closing(lambda: client.set_terminated(run_id, status), run_id, cfg.tracking.uri)
+        _closing(lambda: client.set_terminated(run_id, status), run_id, cfg.tracking.uri, warn=warn_on_close)
 
 
-def _closing(write, run_id: str, uri: str) -> None:
-    """A last write to a run on its way out. When the store itself is what failed (full, read-only,
-    locked), it says so in one line and lets the error that ended the run be the one reported:
-    the run stays RUNNING in the store, and the next run or sweep of its experiment on this host
-    closes it (close_dead_runs: its process is gone by then); its checkpoint is kept."""
+def _closing(write, run_id: str, uri: str, warn: bool = True) -> bool:
+    """A last write to a run on its way out; returns whether it was written. When the store itself
+    is what failed (full, read-only, locked), it says so in one line (unless `warn` is False: said
+    already) and lets the error that ended the run be the one reported: the run stays RUNNING in
+    the store, and the next run or sweep of its experiment on this host closes it
+    (close_dead_runs: its process is gone by then); its checkpoint is kept."""
     try:
         write()
     except Exception as error:
         if not is_store_error(error):
             raise
-        log.warning("could not close MLflow run %s in %s (%s); the next run of its experiment on this host closes it",
-                    run_id, uri, store_error_text(error))
+        if warn:
+            log.warning("could not close MLflow run %s in %s (%s); the next run of its experiment on this host "
+                        "closes it", run_id, uri, store_error_text(error))
+        return False
+    return True
 
 
 def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,8 @@ def told(result: subprocess.CompletedProcess) -> str:
      "error: hydra.launcher.prefer='fast': prefer=fast is not a valid backend hint"),
     (["-m", "schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
     (["schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
-], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run"])
+    (["-m", "hydra.sweeper.news_every_s=-1", "trainer.seed=0,1"], "error: hydra.sweeper.news_every_s=-1: must be"),
+], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run", "news-1"])
 def test_bad_sweep_and_launcher_settings_are_refused_before_anything_is_written(tmp_path, data_dir, args, line):
     out = tmp_path / "out"
     result = run_cli(*args, *TINY, output_dir=out, data_dir=data_dir)
@@ -107,11 +110,14 @@ def test_two_sweeps_given_one_sweep_dir_get_two_sweep_ids(tmp_path, data_dir):
 
 
 def test_a_long_validation_says_how_far_it_has_got(tmp_path, data_dir):
-    seeds = ",".join([*map(str, range(60)), "-5"])  # the last job is the bad one
-    result = run_cli("-m", f"trainer.seed={seeds}", *TINY, output_dir=tmp_path, data_dir=data_dir)
+    """A 200-job sweep validates for ~30 s before its first job (or its refusal): it says how far it
+    has got every hydra.sweeper.news_every_s seconds; 0 makes that a line per job."""
+    result = run_cli("-m", "hydra.sweeper.news_every_s=0", "trainer.seed=0,1,2,-5", *TINY, output_dir=tmp_path,
+                     data_dir=data_dir)  # the last job is the bad one
     assert result.returncode == 2
-    assert told(result).startswith("error: job 60 (trainer.seed=-5"), told(result)
-    assert "sweep: validated " in result.stderr and " of 61 jobs before starting any" in result.stderr, result.stderr
+    assert told(result).startswith("error: job 3 (trainer.seed=-5"), told(result)
+    news = [line for line in result.stderr.splitlines() if line.startswith("sweep: validated ")]
+    assert news == [f"sweep: validated {k} of 4 jobs before starting any" for k in (1, 2, 3)], result.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -230,13 +236,38 @@ def test_a_sweep_killed_hard_stops_its_workers_and_the_next_run_closes_its_paren
     assert parent.info.status == "KILLED" and str(sweep.pid) in parent.data.tags[schema.ENDED_BY_TAG]
 
 
-@pytest.mark.slow  # ~60 s: a run waits out SQLite's busy timeout on a locked store
-def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_running(tmp_path, data_dir):
-    """The store locked by another process mid-run (as a full disk or a read-only file fails every
-    write): one line without SQL, the checkpoint kept; a run that could not be closed then is
-    closed by the next run on this host."""
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """The store locked by another process, as SQLite sees a store whose every write fails."""
     import sqlite3
 
+    lock = sqlite3.connect(out / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+
+@contextmanager
+def immutable(out: Path) -> Iterator[None]:
+    """The store file and its folder made immutable (chattr +i: root, a filesystem that has it)."""
+    paths = [str(out / "mlflow.db"), str(out)]
+    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible here (needs root and ext4 or the like)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *paths], check=True)
+
+
+@pytest.mark.slow  # ~60 s locked (a run waits out SQLite's busy timeout), ~15 s immutable
+@pytest.mark.parametrize("fault", [locked, immutable], ids=["locked", "immutable"])
+def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_running(tmp_path, data_dir, fault):
+    """The store fails every write mid-run (as on a full disk or a read-only file): one line naming
+    the store, without SQL, the checkpoint kept; the run that could not be closed then is closed by
+    the next run on this host."""
     out, log = tmp_path / "out", tmp_path / "run.log"
     command = [sys.executable, "-m", "src.run", "dataset=digits", "trainer.epochs=200", "schedule.milestones=[50,100]",
                "trainer.threads=1", f"paths.output_dir={out}", f"paths.data_dir={data_dir}"]
@@ -247,17 +278,14 @@ def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_run
     while "epoch 3/200 " not in log.read_text():
         assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
-    lock = sqlite3.connect(out / "mlflow.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    try:
+    with fault(out):
         assert job.wait(timeout=180) == 1
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     output = log.read_text()
-    assert "[SQL:" not in output and "Traceback" not in output, output[-3000:]
+    assert "[SQL:" not in output and "Traceback" not in output and "autoflush" not in output, output[-3000:]
+    assert output.count("could not close MLflow run") == 1, output[-3000:]  # told once
     last = output.strip().splitlines()[-1]
-    assert last == "error: the MLflow store failed: MlflowException: (sqlite3.OperationalError) database is locked"
+    assert last.startswith(f"error: the MLflow store sqlite:///{out}/mlflow.db failed: MlflowException: "
+                           "(sqlite3.OperationalError) "), last
     assert list((out / "checkpoints").glob("*.pt"))  # kept, to resume from
     assert run_cli(*TINY, output_dir=out, data_dir=data_dir).returncode == 0
     assert "RUNNING" not in {r.info.status for r in runs_in(out)}

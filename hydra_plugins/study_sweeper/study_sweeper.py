@@ -56,12 +56,13 @@ from omegaconf import DictConfig, OmegaConf
 from src.schema import SEED_PARAM as SEED_KEY  # last in a run's name
 
 SCHEDULE_KEY = "schedule"  # first in a run's name, as the schedule's name
-VALIDATION_NEWS_S = 5.0  # seconds between "validated k of n jobs" lines while a long sweep is checked
 
 
 class StudySweeper(Sweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, news_every_s: float, max_batch_size: Optional[int] = None,
+                 params: Optional[Dict[str, str]] = None) -> None:
         self.max_batch_size = max_batch_size
+        self.news_every_s = news_every_s
         self.params = params or {}
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
@@ -87,6 +88,7 @@ class StudySweeper(Sweeper):
         given = [*(f"{k}={v}" for k, v in self.params.items()), *arguments]
         with self._refused(None, ()):
             _check_batch_size(self.max_batch_size)
+            _check_news_every_s(self.news_every_s)
             _check_launcher(self.launcher)
             parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
             jobs = _product(parser.parse_overrides(given))
@@ -144,17 +146,17 @@ class StudySweeper(Sweeper):
 
     def _validated(self, jobs: list[list[str]]) -> list[DictConfig]:
         """Every job composed and validated, in order; the first bad one ends the sweep (exit 2).
-        A long sweep says how far validation has got every VALIDATION_NEWS_S seconds."""
+        A long sweep says how far validation has got every hydra.sweeper.news_every_s seconds."""
         from src.cli import check_config
 
-        configs, news = [], time.monotonic() + VALIDATION_NEWS_S
+        configs, news = [], time.monotonic() + self.news_every_s
         for number, job in enumerate(jobs):
             with self._refused(number, job):
                 configs.append(self.hydra_context.config_loader.load_sweep_config(self.config, list(job)))
                 check_config(configs[-1])
             if time.monotonic() > news:
                 print(f"sweep: validated {number + 1} of {len(jobs)} jobs before starting any", file=sys.stderr)
-                news = time.monotonic() + VALIDATION_NEWS_S
+                news = time.monotonic() + self.news_every_s
         return configs
 
     @staticmethod
@@ -220,6 +222,14 @@ def _check_batch_size(max_batch_size: int | None) -> None:
                                        or max_batch_size < 1):
         raise ConfigError(f"hydra.sweeper.max_batch_size={max_batch_size!r}: must be an integer >= 1 (jobs handed to "
                           "the launcher at once), or null (all at once)")
+
+
+def _check_news_every_s(news_every_s) -> None:
+    from src.errors import ConfigError
+
+    if isinstance(news_every_s, bool) or not isinstance(news_every_s, (int, float)) or not news_every_s >= 0:
+        raise ConfigError(f"hydra.sweeper.news_every_s={news_every_s!r}: must be a number of seconds >= 0 (0: a "
+                          "line per validated job)")
 
 
 def _check_launcher(launcher) -> None:
