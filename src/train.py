@@ -27,7 +27,6 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -132,10 +131,8 @@ def train(cfg: DictConfig) -> dict:
                                            time.perf_counter() - epoch_began)
 
                 final = _final_metrics(loop, started)
-                run.log(final)
+                run.log_final(final, parts.data, parts.model if cfg.tracking.log_weights else None, trainer.epochs)
                 run.tag(load_average(schema.LOAD_AVERAGE_END))
-                if cfg.tracking.log_weights:
-                    log_weights(run, parts.model)
             if world.is_main:
                 checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
             log.info("[%s] done: %s", console.label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
@@ -342,14 +339,3 @@ def load_average(names: dict[str, str]) -> dict[str, float]:
     time is read in (report.md's environment block)."""
     return dict(zip((names[span] for span in schema.LOAD_SPANS), os.getloadavg()))
 
-
-WEIGHTS_FILE = Path(schema.WEIGHTS_ARTIFACT)  # the final state_dict, an artifact of a FINISHED run
-
-
-def log_weights(run, model: torch.nn.Module) -> None:
-    """The model's final state_dict (torch.save) as the run's WEIGHTS_ARTIFACT, which
-    `python -m src.evaluate` reads back."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / WEIGHTS_FILE.name
-        torch.save(model.state_dict(), path)
-        run.log_artifact(path, WEIGHTS_FILE.parent.as_posix())
