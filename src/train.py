@@ -49,6 +49,7 @@ from src.errors import Diverged, Stopped
 from src.files import check_folder
 from src.progress import Console, EpochProgress
 from src.progress import label as job_label
+from src.profiling import profiled
 from src.schedules import Plan, noise_scale
 from src.step import Learner, evaluate_split, train_epoch
 
@@ -94,11 +95,12 @@ def train(cfg: DictConfig) -> dict:
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
                 if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
             )
-            with tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs):
+            with (tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs),
+                  profiled(trainer.profile_steps, run, label) as on_step):  # debug=profile
                 run.tag(load_average(schema.LOAD_AVERAGE_START))
                 job_number, parallel = devices.this_job()
                 console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs,
-                                  cfg.tracking.progress, parallel)
+                                  cfg.tracking.progress, parallel, on_step=on_step)
                 if world.is_main:
                     console.opened(run.run_id, tracking.run_url(cfg.tracking, run.experiment_id, run.run_id),
                                    tracking.ui_command(cfg.tracking), loop.epochs_done if saved_state else None)
