@@ -41,6 +41,17 @@ def label(run_name: str, job_number: int | None, jobs: int | None) -> str:
     return f"job {job_number + 1} of {jobs} {run_name}" if jobs and job_number is not None else run_name
 
 
+class ConsoleFormatter(logging.Formatter):
+    """The console handler's log format (conf/config.yaml, hydra.job_logging): `terminal_format`
+    (and its `terminal_datefmt`) when stdout is a terminal, where a person reads the lines as they
+    come and the date, logger and level are noise; `other_format` otherwise (a pipe, a file),
+    where a line may be read days later."""
+
+    def __init__(self, terminal_format: str, terminal_datefmt: str, other_format: str):
+        on_terminal = sys.stdout.isatty()
+        super().__init__(terminal_format if on_terminal else other_format, terminal_datefmt if on_terminal else None)
+
+
 class EpochProgress:
     """One epoch's progress, told by train_epoch: start(steps), step(done, samples) after every
     optimizer step, done() at its end. Says nothing until the epoch has run `after_s`, then shows
