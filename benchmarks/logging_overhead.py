@@ -7,10 +7,11 @@ ever skipped as FINISHED):
        call into it timed by a wrapper (outermost calls only): the resume check
        (runs_with_config), tracked_run's set-up (store and experiment, create_run, config params
        and config.yaml, stale runs) and close (set_terminated), every TrackedRun.log, the dataset
-       input, the final weights' upload, join_sweep.
+       input, the final model and metrics (log_final: torch.export of the model, its LoggedModel;
+       tracking.log_weights=false as an override leaves the model out), join_sweep.
   off  the same run with src.tracking's entry points replaced by no-ops (runs_with_config -> [],
        tracked_run -> src.tracking.Untracked, which logs nothing, join_sweep -> nothing). Data,
-       model, training, validation and checkpoints run as usual (and torch.save of the weights).
+       model, training, validation and checkpoints run as usual.
 Two settings:
   fresh process  each run in a new process, as a `python -m src.run` job (or a joblib worker's
                  first job) runs: it pays MLflow's per-process cost of opening the store.
@@ -52,7 +53,7 @@ class Switch:
         self.tracking, self.checkpoint = tracking, checkpoint
         self.real = {name: getattr(tracking, name) for name in ("tracked_run", "runs_with_config", "join_sweep")}
         self.real_log, self.real_save = tracking.TrackedRun.log, checkpoint.save
-        self.real_log_dataset, self.real_log_artifact = tracking.TrackedRun.log_dataset, tracking.TrackedRun.log_artifact
+        self.real_log_dataset, self.real_log_final = tracking.TrackedRun.log_dataset, tracking.TrackedRun.log_final
         self.inside: dict[str, float] = {}
         self.depth = 0  # only the outermost tracking call is timed (tracked_run calls runs_with_config)
         checkpoint.save = self._timed(self.real_save, NOT_TRACKING, nested_ok=True)
@@ -95,7 +96,7 @@ class Switch:
             t.join_sweep = self._timed(self.real["join_sweep"], "join_sweep")
             t.TrackedRun.log = self._timed(self.real_log, "TrackedRun.log")
             t.TrackedRun.log_dataset = self._timed(self.real_log_dataset, "TrackedRun.log_dataset")
-            t.TrackedRun.log_artifact = self._timed(self.real_log_artifact, "TrackedRun.log_artifact (weights)")
+            t.TrackedRun.log_final = self._timed(self.real_log_final, "TrackedRun.log_final (model, final metrics)")
         else:
             @contextmanager
             def null_tracked_run(*args, **kwargs):
@@ -211,7 +212,7 @@ def main() -> None:
             for label, s in (("fresh process", fresh), ("warm process", warm)):
                 shares = []
                 for r in s["on"]:
-                    log_call = r["inside"].get("TrackedRun.log", 0.0) / (args.epochs + 1)
+                    log_call = r["inside"].get("TrackedRun.log", 0.0) / (args.epochs + 1)  # per epoch, and model_parameters
                     tracked = tracked_seconds(r) + (default_epochs - args.epochs) * log_call
                     wall = r["wall"] + (default_epochs - args.epochs) * r["result"]["train_time_s"] / args.epochs
                     shares.append(tracked / wall)
@@ -221,7 +222,7 @@ def main() -> None:
             print()
             print(c.table(["setting", "tracking calls / run wall time", "", "target", ""], projected))
         per_epoch = statistics.median(r["inside"].get("TrackedRun.log", 0.0) / (args.epochs + 1) for r in warm["on"])
-        print(f"\nTrackedRun.log costs {per_epoch * 1e3:.0f} ms a call (one per epoch, one at the end). One-offs, "
+        print(f"\nTrackedRun.log costs {per_epoch * 1e3:.0f} ms a call (one per epoch, one for model_parameters). One-offs, "
               f"not in the shares: creating the store and experiment {created:.2f} s (once per store, by the "
               f"sweep callback); importing src.train (torch, mlflow, hydra) "
               f"{statistics.median(r['imports'] for r in fresh['on']):.2f} s per process, with tracking on or off "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -149,6 +149,16 @@ def build_model(cfg: DictConfig, data: Dataset, device: torch.device, precision:
     return model
 
 
+def first_samples(data: Dataset, train_samples: int | None, eval_samples: int | None) -> Dataset:
+    """The first `train_samples` training samples and the first `eval_samples` of the validation
+    and the test split (trainer.train_samples, trainer.eval_samples: conf/debug/'s few batches);
+    None: all (src.config checks they are >= 1). The splits are shuffled already, so the first
+    are a random subset."""
+    train, held_out = slice(train_samples), slice(eval_samples)
+    return replace(data, x_train=data.x_train[train], y_train=data.y_train[train], x_val=data.x_val[held_out],
+                   y_val=data.y_val[held_out], x_test=data.x_test[held_out], y_test=data.y_test[held_out])
+
+
 def build_run(cfg: DictConfig, device: torch.device, world: World = World(), data: Dataset | None = None) -> RunParts:
     """Data, model, schedule and optimizer as a run of `cfg` trains them, seeded by trainer.seed:
     the same call for train() and the benchmarks. `data`: already on `device` (a benchmark's
@@ -159,7 +169,7 @@ def build_run(cfg: DictConfig, device: torch.device, world: World = World(), dat
         with _built_from(cfg, "dataset", "cannot make its data"):
             data = instantiate(cfg.dataset)
         check_dataset(cfg.dataset._target_, data)
-        data = data.to(device)
+        data = first_samples(data, trainer.train_samples, trainer.eval_samples).to(device)
     validate_against_data(cfg, data.n_train, data.n_val, data.n_test)
     precision = Precision(device, trainer.bf16, trainer.channels_last)
     model = build_model(cfg, data, device, precision)

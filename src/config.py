@@ -51,6 +51,9 @@ class TrainerConfig:
     gns: bool = MISSING
     gns_memory_epochs: float = MISSING
     gns_every: int = MISSING
+    train_samples: Optional[int] = MISSING
+    eval_samples: Optional[int] = MISSING
+    profile_steps: int = MISSING
 
 
 @dataclass
@@ -263,6 +266,10 @@ def _check_trainer(trainer: Mapping, model: Mapping) -> None:
     _positive("trainer.eval_batch_size", trainer["eval_batch_size"], 1, inclusive=True)
     _positive("trainer.gns_memory_epochs", trainer["gns_memory_epochs"])
     _positive("trainer.gns_every", trainer["gns_every"], 1, inclusive=True)
+    for key in ("train_samples", "eval_samples"):
+        if trainer[key] is not None:
+            _positive(f"trainer.{key}", trainer[key], 1, inclusive=True)
+    _positive("trainer.profile_steps", trainer["profile_steps"], 0, inclusive=True)
     micro = trainer["micro_batch_size"]
     if micro is not None:
         _positive("trainer.micro_batch_size", micro, 1, inclusive=True)

@@ -5,7 +5,6 @@ command line (one line, an exit status) is src/cli.py's."""
 from __future__ import annotations
 
 import signal
-import sys
 
 
 class ConfigError(ValueError):

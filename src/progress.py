@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,27 @@ def label(run_name: str, job_number: int | None, jobs: int | None) -> str:
     return f"job {job_number + 1} of {jobs} {run_name}" if jobs and job_number is not None else run_name
 
 
+class ConsoleFormatter(logging.Formatter):
+    """The console handler's log format (conf/config.yaml, hydra.job_logging): `terminal_format`
+    (and its `terminal_datefmt`) when stdout is a terminal, where a person reads the lines as they
+    come and the date, logger and level are noise; `other_format` otherwise (a pipe, a file),
+    where a line may be read days later."""
+
+    def __init__(self, terminal_format: str, terminal_datefmt: str, other_format: str):
+        on_terminal = sys.stdout.isatty()
+        super().__init__(terminal_format if on_terminal else other_format, terminal_datefmt if on_terminal else None)
+
+
 class EpochProgress:
     """One epoch's progress, told by train_epoch: start(steps), step(done, samples) after every
     optimizer step, done() at its end. Says nothing until the epoch has run `after_s`, then shows
     how far it has got: in place on a terminal (`in_place`), as a log line every `log_every_s`
     otherwise. done() clears the in-place line before the epoch's own line is logged."""
 
-    def __init__(self, label: str, epoch: int, epochs: int, settings, in_place: bool, stream: TextIO):
+    def __init__(self, label: str, epoch: int, epochs: int, settings, in_place: bool, stream: TextIO,
+                 on_step: Callable[[], None] | None = None):
         self.label, self.epoch, self.epochs, self.in_place, self.stream = label, epoch, epochs, in_place, stream
+        self.on_step = on_step  # called after every step: the profiler's (src.profiling), if any
         self.after_s = settings.after_s
         self.every_s = settings.refresh_s if in_place else settings.log_every_s
         self.drawn = False
@@ -60,6 +74,8 @@ class EpochProgress:
         self.next_report = self.started + self.after_s
 
     def step(self, done: int, samples: int) -> None:
+        if self.on_step is not None:
+            self.on_step()
         now = time.perf_counter()
         if now < self.next_report:
             return
@@ -85,10 +101,12 @@ class EpochProgress:
 class Console:
     """What one run says while it trains (the module docstring): the loop calls opened() once,
     epoch() before and epoch_done() after each epoch. `settings`: tracking.progress;
-    `parallel_jobs`: how many jobs of the sweep share this machine's console."""
+    `parallel_jobs`: how many jobs of the sweep share this machine's console; `on_step`: called
+    after every training step (src.profiling's profiler)."""
 
-    def __init__(self, label: str, epochs: int, settings, parallel_jobs: int = 1, stream: TextIO | None = None):
-        self.label, self.epochs, self.settings = label, epochs, settings
+    def __init__(self, label: str, epochs: int, settings, parallel_jobs: int = 1, stream: TextIO | None = None,
+                 on_step: Callable[[], None] | None = None):
+        self.label, self.epochs, self.settings, self.on_step = label, epochs, settings, on_step
         self.stream = stream or sys.stdout
         # in place only on a terminal that no other job of the sweep writes to at the same time
         self.in_place = parallel_jobs <= 1 and self.stream.isatty()
@@ -100,7 +118,7 @@ class Console:
         log.info("[%s] %s: %s%s", self.label, what, url, f"  (serve the UI: {ui_command})" if ui_command else "")
 
     def epoch(self, epoch: int) -> EpochProgress:
-        return EpochProgress(self.label, epoch, self.epochs, self.settings, self.in_place, self.stream)
+        return EpochProgress(self.label, epoch, self.epochs, self.settings, self.in_place, self.stream, self.on_step)
 
     def epoch_done(self, epoch: int, numbers: str, samples_per_s: float, epoch_s: float) -> None:
         """The epoch's line: its numbers, the throughput, and the time left at this epoch's pace."""

@@ -68,9 +68,10 @@ TOTAL_WALL_TIME_S = "total_wall_time_s"
 FINAL_METRICS = (FINAL_VAL_LOSS, FINAL_VAL_ACC, FINAL_TEST_LOSS, FINAL_TEST_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S,
                  TOTAL_WALL_TIME_S)
 
-# The artifact a FINISHED run keeps its final weights in (tracking.log_weights): the model's
-# state_dict, torch.save'd; `python -m src.evaluate` reads it back.
-WEIGHTS_ARTIFACT = "model/state_dict.pt"
+# A FINISHED run's final model (tracking.log_weights) is its LoggedModel (mlflow.pytorch, pt2
+# format); this file, in the model's artifacts, holds its graph and weights, which
+# `python -m src.evaluate` reads back.
+MODEL_FILE = "data/model.pt2"
 # The artifact every run keeps its resolved config in (YAML); src.evaluate rebuilds the run from it.
 CONFIG_ARTIFACT = "config.yaml"
 

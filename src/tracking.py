@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,8 @@ from src.schema import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from src.data import Dataset
 
 # MLflow 3.17's UI takes GenAI or model training from its own toggle (top left; GenAI until a
@@ -52,6 +55,8 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 CONTEXT_PREFIXES = ("mlflow.user", "mlflow.source.")
 
 log = logging.getLogger(__name__)
+
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"  # MLflow's variable, read by conf/tracking/mlflow.yaml
 
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 # Keys that say where a run reads or writes, how it is recorded or how fast it goes, not what it
@@ -181,6 +186,58 @@ class TrackedRun:
     def log_artifact(self, path: Path, folder: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
+    def log_final(self, metrics: Mapping[str, float], data: Dataset, model: torch.nn.Module | None, epochs: int) -> None:
+        """The run's final metrics, each linked to the data set it was measured on (MLflow's
+        dataset of a metric: name and digest of the run's dataset input) and, when `model` is
+        given (tracking.log_weights), to the model: logged first as the run's LoggedModel
+        (log_model), after `epochs` epochs."""
+        model_id = self.log_model(model, data, epochs) if model is not None else None
+        now, digest = int(time.time() * 1000), data.digest()
+        batch = [Metric(name, float(value), now, 0, model_id=model_id, dataset_name=data.name, dataset_digest=digest)
+                 for name, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_model(self, model: torch.nn.Module, data: Dataset, epochs: int) -> str:
+        """`model` as an MLflow model of this run (mlflow.pytorch, torch.export's pt2 format:
+        weights and graph, loadable without unpickling code): a LoggedModel named after its class,
+        with the run's params, two validation samples as its input example and the signature they
+        give. Logged on a CPU copy, so it loads on any machine. Returns its model id
+        (`models:/<id>`, what `python -m src.evaluate model=...` takes)."""
+        import copy
+
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        example = data.x_val[:2].detach().cpu().float()  # 2, not 1: torch.export fixes a batch dimension of 1
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), cpu_model(example).numpy())
+        name = type(model).__name__
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                                 params=self.client.get_run(self.run_id).data.params)
+        # mlflow.pytorch.log_model writes through the process's tracking URI (it has no client
+        # argument), and mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which conf/
+        # reads: the run's store for this call only, the variable as it was afterwards (the next
+        # job of an in-process sweep composes its config again).
+        before = os.environ.get(MLFLOW_TRACKING_URI)
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        try:
+            # step=epochs: the model after that many epochs. MLflow links the run's metrics at the
+            # model's step to it; per-epoch metrics end at step epochs - 1, so none is copied.
+            mlflow.pytorch.log_model(cpu_model, name=name, model_id=logged.model_id, run_id=self.run_id, step=epochs,
+                                     input_example=example.numpy(), signature=signature,
+                                     # what loading a pt2 model needs; left out, MLflow infers it in
+                                     # a subprocess that loads the model (~8 s here). Without the
+                                     # local label (+cpu, +cu126), as pip resolves it from PyPI.
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        finally:
+            mlflow.set_tracking_uri(None)  # unsets the variable too
+            if before is not None:
+                os.environ[MLFLOW_TRACKING_URI] = before
+        return logged.model_id
+
 
 class Untracked:
     """What the ranks other than 0 of a DDP run log through: nothing; rank 0 logs for all."""
@@ -200,6 +257,9 @@ class Untracked:
         pass
 
     def log_artifact(self, path: Path, folder: str) -> None:
+        pass
+
+    def log_final(self, metrics: Mapping[str, float], data: Dataset, model: torch.nn.Module | None, epochs: int) -> None:
         pass
 
 

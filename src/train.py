@@ -27,7 +27,6 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -50,6 +49,7 @@ from src.errors import Diverged, Stopped
 from src.files import check_folder
 from src.progress import Console, EpochProgress
 from src.progress import label as job_label
+from src.profiling import profiled
 from src.schedules import Plan, noise_scale
 from src.step import Learner, evaluate_split, train_epoch
 
@@ -95,11 +95,12 @@ def train(cfg: DictConfig) -> dict:
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
                 if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
             )
-            with tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs):
+            with (tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs),
+                  profiled(trainer.profile_steps, run, label) as on_step):  # debug=profile
                 run.tag(load_average(schema.LOAD_AVERAGE_START))
                 job_number, parallel = devices.this_job()
                 console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs,
-                                  cfg.tracking.progress, parallel)
+                                  cfg.tracking.progress, parallel, on_step=on_step)
                 if world.is_main:
                     console.opened(run.run_id, tracking.run_url(cfg.tracking, run.experiment_id, run.run_id),
                                    tracking.ui_command(cfg.tracking), loop.epochs_done if saved_state else None)
@@ -132,10 +133,8 @@ def train(cfg: DictConfig) -> dict:
                                            time.perf_counter() - epoch_began)
 
                 final = _final_metrics(loop, started)
-                run.log(final)
+                run.log_final(final, parts.data, parts.model if cfg.tracking.log_weights else None, trainer.epochs)
                 run.tag(load_average(schema.LOAD_AVERAGE_END))
-                if cfg.tracking.log_weights:
-                    log_weights(run, parts.model)
             if world.is_main:
                 checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
             log.info("[%s] done: %s", console.label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
@@ -343,14 +342,3 @@ def load_average(names: dict[str, str]) -> dict[str, float]:
     time is read in (report.md's environment block)."""
     return dict(zip((names[span] for span in schema.LOAD_SPANS), os.getloadavg()))
 
-
-WEIGHTS_FILE = Path(schema.WEIGHTS_ARTIFACT)  # the final state_dict, an artifact of a FINISHED run
-
-
-def log_weights(run, model: torch.nn.Module) -> None:
-    """The model's final state_dict (torch.save) as the run's WEIGHTS_ARTIFACT, which
-    `python -m src.evaluate` reads back."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / WEIGHTS_FILE.name
-        torch.save(model.state_dict(), path)
-        run.log_artifact(path, WEIGHTS_FILE.parent.as_posix())

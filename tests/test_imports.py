@@ -31,7 +31,7 @@ LAYERS = {
     "names and pure helpers": {"errors", "schema", "intervals", "distributed", "models", "progress"},
     "foundations": {"files", "processes", "gns", "schedules", "noise_schedules", "batching", "stores", "data", "devices"},
     "config, commands' errors, logging": {"config", "cli", "tracking"},
-    "training": {"step", "build", "checkpoint", "train", "evaluate", "run"},
+    "training": {"step", "profiling", "build", "checkpoint", "train", "evaluate", "run"},
     "reading runs back": {"runs", "groups", "studies"},
     "statistics and verdicts": {"verdict", "noise_dial", "claims", "ablation"},
     "figures and reports": {"plots", "summary_plots", "report"},

@@ -1,8 +1,8 @@
 """What a real sweep leaves in MLflow, read back from a real store: the experiment's kind and
 description, one parent run with the jobs as child runs, MLflow's context tags, the dataset
-input, run names that tell the jobs apart, the option tags, samples/s per epoch, the weights
-(and src.evaluate on them); then src.figures logging to the parent and adding no run. Plus the
-console: the start line, job k of n, plain progress lines when piped, in place on a terminal."""
+input, run names that tell the jobs apart, the option tags, samples/s per epoch, the final model
+as a LoggedModel (and src.evaluate on it, by run and by model); then src.figures logging to the
+parent and adding no run. Plus the console: the start line, job k of n, plain progress lines when piped, in place on a terminal."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import pty
 import shutil
 import subprocess
 import sys
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
 from helpers.cli import run_cli
 from helpers.configs import ROOT, TINY
+from mlflow.models import Model as Mlmodel
 from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
 
 from src import figures, schema
@@ -139,20 +141,53 @@ def test_samples_per_second_every_epoch(sweep):
         assert all(0 < mib < 2**20 for _, mib in peaks)
 
 
-def test_the_final_weights_are_kept_and_evaluate_again_to_the_logged_accuracy(sweep, data_dir, capsys):
+def test_the_final_model_is_a_logged_model_with_the_final_metrics(sweep):
     store, _, _, runs = sweep
     client = client_for(store)
+    experiment_id = runs[0].info.experiment_id
+    models = {m.source_run_id: m for m in client.search_logged_models([experiment_id])}
+    assert set(models) == {run.info.run_id for run in runs}  # the runs table's Models column
+    for run in runs:
+        model = models[run.info.run_id]
+        assert model.name == "MLP" and model.status == "READY"
+        assert model.params == run.data.params
+        assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, 2)]  # after 2 epochs
+        linked = {m.key: m for m in model.metrics}
+        assert set(linked) == set(schema.FINAL_METRICS)  # the final metrics, no per-epoch one
+        final_acc = linked[schema.FINAL_TEST_ACC]
+        assert final_acc.value == run.data.metrics[schema.FINAL_TEST_ACC] and final_acc.run_id == run.info.run_id
+        [dataset] = run.inputs.dataset_inputs
+        assert (final_acc.dataset_name, final_acc.dataset_digest) == (dataset.dataset.name, dataset.dataset.digest)
+        saved = Mlmodel.load(f"{unquote(urlsplit(model.artifact_location).path)}/MLmodel")
+        assert saved.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)  # digits: 8 x 8
+        assert saved.saved_input_example_info is not None
+        assert [m.step for m in client.get_metric_history(run.info.run_id, schema.VAL_ACC)] == [0, 1]  # none copied
+
+
+def test_evaluate_reproduces_the_logged_accuracy_from_the_run_or_its_model(sweep, data_dir, capsys):
+    store, _, _, runs = sweep
     overrides = [f"paths.output_dir={store}", f"paths.data_dir={data_dir}", "tracking.experiment=smoke"]
     for run in runs:
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == [schema.WEIGHTS_ARTIFACT]
-        result = evaluate_run(run.info.run_id, overrides)
+        result = evaluate_run(f"run_id={run.info.run_id}", overrides)
         assert result["val_acc"] == run.data.metrics[schema.FINAL_VAL_ACC]  # same weights, same data, same numbers
+        assert result["test_acc"] == run.data.metrics[schema.FINAL_TEST_ACC]
         assert result["val_loss"] == pytest.approx(run.data.metrics[schema.FINAL_VAL_LOSS], rel=1e-6)
         assert result["digest"] == result["logged_digest"]
+    [model_id] = [o.model_id for o in runs[0].outputs.model_outputs]
+    command = subprocess.run([sys.executable, "-m", "src.evaluate", f"model=models:/{model_id}", *overrides],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert command.returncode == 0, command.stderr[-2000:]
+    logged = runs[0].data.metrics[schema.FINAL_TEST_ACC]
+    assert f"models:/{model_id} of run {runs[0].info.run_id}" in command.stdout
+    assert f"test_acc  {logged:.6f}   logged final_test_acc {logged:.6f}   difference +0.0000 points" in command.stdout
     assert evaluate_main([f"run_id={runs[0].info.run_id}", *overrides]) == 0
     assert "with the data it trained on" in capsys.readouterr().out
     assert evaluate_main(["run_id=0123abcd", *overrides]) == 2
     assert capsys.readouterr().err.startswith("error: run_id=0123abcd: no such run in sqlite:///")
+    assert evaluate_main(["model=models:/m-0123abcd", *overrides]) == 2
+    assert capsys.readouterr().err.startswith("error: model=models:/m-0123abcd: no such model in sqlite:///")
+    assert evaluate_main(["model=mlp", *overrides]) == 2
+    assert capsys.readouterr().err.startswith("error: model=mlp: not a model address; python -m src.evaluate run_id=")
 
 
 def test_figures_log_to_the_parent_run_and_add_no_run(sweep, capsys):
@@ -180,7 +215,7 @@ def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_pl
     assert "\r" not in out  # a pipe: nothing drawn in place
 
 
-def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store):
+def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store, capsys):
     """A real single run with its stdout on a pseudo-terminal, as a shell would give it."""
     shutil.copy(blank_store, tmp_path / "mlflow.db")
     command = [sys.executable, "-m", "src.run", "experiment=smoke", "trainer.threads=1", "tracking.log_weights=false",
@@ -205,6 +240,11 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
     assert drawn, out[-2000:]  # redrawn in place ...
     assert "INFO] - [decay_lr seed=0] epoch 1/2: step" not in out  # ... not logged
     assert CLEAR_LINE + "[" in out and "[decay_lr seed=0] epoch 2/2  lr " in out
+    [run] = runs_in(tmp_path, experiment=SMOKE)
+    assert not run.outputs.model_outputs  # tracking.log_weights=false: no model
+    assert evaluate_main([f"run_id={run.info.run_id}", f"paths.output_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (f"error: run_id={run.info.run_id}: no logged model: logged with "
+                                       "tracking.log_weights=false\n")
 
 
 def test_system_metrics_are_off_by_default_and_need_psutil(make_cfg, monkeypatch):

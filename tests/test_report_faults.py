@@ -8,12 +8,14 @@ line; a sweep whose runs all failed links no figure; damaged artifacts are named
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from helpers.configs import ROOT, TINY
-from helpers.store import runs_in
+from helpers.store import client_for, runs_in
 
 from src import evaluate, figures, reproduce, schema
 from src.claims import NOT_RUN
@@ -200,14 +202,17 @@ def test_a_sweep_whose_runs_all_failed_says_so_and_links_no_figure(tmp_path, mak
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
-    """One real smoke run with its weights: (its run, the overrides that find its store)."""
+    """One real smoke run with its model: (its run, the overrides that find its store, its model's pt2 file)."""
     from helpers.configs import compose_config
 
     store = tmp_path_factory.mktemp("evaluate")
     train(compose_config("experiment=smoke", "trainer.threads=1", f"paths.output_dir={store}",
                          f"paths.data_dir={data_dir}"))
     [run] = runs_in(store, experiment=SMOKE)
-    return run, [f"paths.output_dir={store}", f"paths.data_dir={data_dir}", "tracking.experiment=smoke"]
+    [output] = run.outputs.model_outputs
+    location = client_for(store).get_logged_model(output.model_id).artifact_location
+    model_file = Path(unquote(urlsplit(location).path)) / schema.MODEL_FILE
+    return run, [f"paths.output_dir={store}", f"paths.data_dir={data_dir}", "tracking.experiment=smoke"], model_file
 
 
 def artifacts_of(run) -> Path:
@@ -215,34 +220,35 @@ def artifacts_of(run) -> Path:
 
 
 @pytest.mark.parametrize("damage", [b"", b"\x80\x04not a pickle", "truncated"])
-def test_weights_that_cannot_be_read_are_named_in_one_line(trained, damage, capsys):
-    run, overrides = trained
-    weights = artifacts_of(run) / schema.WEIGHTS_ARTIFACT
+def test_a_model_that_cannot_be_read_is_named_in_one_line(trained, damage):
+    """The command itself: torch.export logs what it cannot read to the process's stderr."""
+    run, overrides, weights = trained
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2] if damage == "truncated" else damage)
     try:
-        assert evaluate.main([f"run_id={run.info.run_id}", *overrides]) == 2
+        command = subprocess.run([sys.executable, "-m", "src.evaluate", f"run_id={run.info.run_id}", *overrides],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
         weights.write_bytes(good)
-    line = one_error_line(capsys.readouterr().err)
-    assert line.startswith(f"run_id={run.info.run_id}: {weights} is not a weights file torch can read ("), line
-    assert "weights_only" not in line  # torch's advice to load untrusted pickles is not for this file
+    assert command.returncode == 2
+    line = one_error_line(command.stderr)
+    assert line.startswith(f"run_id={run.info.run_id}: {weights} is not a model torch can read ("), line
 
 
-def test_a_run_whose_artifacts_are_gone_says_so(trained, capsys):
-    run, overrides = trained
-    folder = artifacts_of(run)
-    weights = folder / schema.WEIGHTS_ARTIFACT
-    moved = folder.with_name("moved away")
-    folder.rename(moved)
-    try:
-        assert evaluate.main([f"run_id={run.info.run_id}", *overrides]) == 2
-    finally:
-        moved.rename(folder)
-    assert one_error_line(capsys.readouterr().err) == (f"run_id={run.info.run_id}: its artifacts are gone: nothing "
-                                                       f"at {folder} (deleted or moved)")
+def test_a_run_or_model_whose_artifacts_are_gone_says_so(trained, capsys):
+    run, overrides, weights = trained
+    for folder, gone in ((artifacts_of(run), "its artifacts are gone"),
+                         (weights.parent.parent, "its model's artifacts are gone")):
+        moved = folder.with_name("moved away")
+        folder.rename(moved)
+        try:
+            assert evaluate.main([f"run_id={run.info.run_id}", *overrides]) == 2
+        finally:
+            moved.rename(folder)
+        assert one_error_line(capsys.readouterr().err) == (f"run_id={run.info.run_id}: {gone}: nothing at {folder} "
+                                                           "(deleted or moved)")
     kept = weights.read_bytes()
-    weights.unlink()  # the weights alone
+    weights.unlink()  # the model's file alone
     try:
         assert evaluate.main([f"run_id={run.info.run_id}", *overrides]) == 2
     finally:
