@@ -152,7 +152,7 @@ def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, floa
     """The claim "the noise scale alone sets the final accuracy", from the sets' verdicts:
     holds (every arm matched its reference), holds up to B = ... (below some B every set matched,
     and each set that stopped matching came out different there), does not hold here (some set
-    differed at its second-smallest B), else undecided; cannot tell here when no pair of
+    matched at no B above its reference and differs at one, named), else undecided; cannot tell here when no pair of
     neighbouring g came out different (the test would not have seen a change of g either)."""
     if not sets:
         return "not run"
@@ -161,8 +161,10 @@ def grid_verdict(sets: Sequence[EqualGSet], controls: Sequence[tuple[float, floa
     arms = [arm for s in sets for arm in s.arms]
     if arms and all(arm.verdict == "matched" for arm in arms):
         return "holds"
-    if any(s.matched_up_to is None and s.breaks_at is not None for s in sets):
-        return "does not hold here"
+    broken = [s for s in sets if s.matched_up_to is None and s.breaks_at is not None]
+    if broken:
+        return "does not hold here (" + "; ".join(f"g {s.g:g}: differs from B {s.breaks_at:,}, matched at no larger B"
+                                                  for s in broken) + ")"
     if all(s.breaks_at is not None or s.matched_up_to is not None for s in sets) and any(s.breaks_at for s in sets):
         first_break = min(s.breaks_at for s in sets if s.breaks_at)
         below = [s.matched_up_to for s in sets if s.matched_up_to is not None and s.matched_up_to < first_break]
@@ -207,7 +209,7 @@ def _set_summary(s: EqualGSet) -> str:
         text = f"matched up to B {s.matched_up_to:,} (every B run)"
     else:
         text = (f"matched up to B {s.matched_up_to:,}" if s.matched_up_to else
-                f"not matched at B {at_ref[0].setting.batch_size:,}")
+                f"{at_ref[0].verdict} at B {at_ref[0].setting.batch_size:,}")
         if s.breaks_at is not None:
             arm = next(a for a in at_ref if a.setting.batch_size == s.breaks_at)
             text += f", differs from B {s.breaks_at:,}" + (

@@ -414,7 +414,7 @@ def _noise_dial_section(doc: Reproduction) -> list[str]:
           f"g's as the control. `python -m src.reproduce run {spec['study']}`.", ""]
     if not doc.grid_lines:
         return md + [f"{NOT_RUN}.", ""]
-    md += [f"`{logged_commands(doc.runs_by_study[spec['study']])}` (and the other g, B and m of the study)", ""]
+    md += ["Its commands, as the runs logged them: [Studies](#studies-where-their-values-come-from-how-they-ran).", ""]
     md += doc.grid_lines
     row = next(row for row in doc.rows if row.id == str(spec["id"]))
     md += [f"Verdict: {row.verdict}", ""]

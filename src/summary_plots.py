@@ -14,6 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from src.groups import Curve, Group, reached_cap
 from src.intervals import interval
@@ -134,6 +135,7 @@ def plot_equal_g_losses(sets: Sequence[EqualGSet], path: Path) -> None:
                     linestyle="--" if arm.setting.momentum != usual else "-", linewidth=1.4,
                     label=f"B {arm.setting.batch_size:,}, lr {arm.setting.lr:g}, m {arm.setting.momentum:g}")
         ax.set(title=f"g = {s.g:g}", yscale="log", xlabel="epochs trained (epoch k ends at k)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small", frameon=False)
     for ax in axes[:, 0]:

@@ -68,7 +68,8 @@ def test_the_batch_size_where_equal_g_stops_matching():
 def test_a_set_that_differs_at_once_does_not_hold():
     sets = equal_g_sets(grid(lambda g, b, m: (0.8 if g == 100 else 0.9) - 0.05 * (b > 10 and g == 100)), OPTIONS)
     assert sets[0].matched_up_to is None and sets[0].breaks_at == 20
-    assert grid_verdict(sets, g_controls(sets, OPTIONS)) == "does not hold here"
+    assert grid_verdict(sets, g_controls(sets, OPTIONS)) == (
+        "does not hold here (g 100: differs from B 20, matched at no larger B)")
 
 
 def test_a_grid_that_does_not_see_g_cannot_tell():
