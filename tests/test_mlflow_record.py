@@ -2,7 +2,8 @@
 description, one parent run with the jobs as child runs, MLflow's context tags, the dataset
 input, run names that tell the jobs apart, the option tags, samples/s per epoch, the final model
 as a LoggedModel (and src.evaluate on it, by run and by model); then src.figures logging to the
-parent and adding no run. Plus the console: the start line, job k of n, plain progress lines when piped, in place on a terminal."""
+parent and adding no run. Plus the console: the start line, job k of n, plain progress lines and
+Hydra's full log prefix when piped; in place and the time of day only on a terminal."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import getpass
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
-from helpers.cli import run_cli
+from helpers.cli import only_sweep_folder, run_cli
 from helpers.configs import ROOT, TINY
 from mlflow.models import Model as Mlmodel
 from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
@@ -203,7 +205,7 @@ def test_figures_log_to_the_parent_run_and_add_no_run(sweep, capsys):
 
 
 def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_plain_lines(sweep):
-    _, result, _, runs = sweep
+    store, result, _, runs = sweep
     out = result.stdout
     for number, run in enumerate(sorted(runs, key=lambda r: r.info.start_time)):
         label = f"[job {number + 1} of 2 {run.info.run_name}]"
@@ -213,6 +215,11 @@ def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_pl
         assert f"{label} epoch 1/2: step 1/22 (5%)" in out  # within the epoch, as log lines
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert "\r" not in out  # a pipe: nothing drawn in place
+    # a pipe, and each job's .log file: Hydra's full prefix (conf/config.yaml, hydra.job_logging)
+    full_prefix = r"(?m)^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[src\.[\w.]+\]\[INFO\] - \[job 1 of 2 [^]]+\] epoch 2/2  lr "
+    assert re.search(full_prefix, out), out[-2000:]
+    [log_file] = (only_sweep_folder(store) / "0").glob("*.log")
+    assert re.search(full_prefix, log_file.read_text())
 
 
 def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store, capsys):
@@ -239,7 +246,15 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
     drawn = [part for part in out.split(CLEAR_LINE) if part.startswith("[decay_lr seed=0] epoch 1/2: step ")]
     assert drawn, out[-2000:]  # redrawn in place ...
     assert "INFO] - [decay_lr seed=0] epoch 1/2: step" not in out  # ... not logged
-    assert CLEAR_LINE + "[" in out and "[decay_lr seed=0] epoch 2/2  lr " in out
+    assert CLEAR_LINE + "[" in out
+    # a logged line (after the cleared progress line): the time of day only (conf/config.yaml,
+    # hydra.job_logging) ...
+    assert re.search(re.escape(CLEAR_LINE) + r"\d\d:\d\d:\d\d \[decay_lr seed=0\] epoch 2/2  lr ", out), out[-2000:]
+    assert re.search(r"(?m)^\d\d:\d\d:\d\d \[decay_lr seed=0\] done: final_val_loss ", out)
+    # ... and the run folder's .log file Hydra's full prefix
+    [log_file] = (tmp_path / "runs").glob("*/*.log")
+    assert re.search(r"(?m)^\[\d{4}-\d\d-\d\d [\d:,]+\]\[src\.[\w.]+\]\[INFO\] - \[decay_lr seed=0\] epoch 2/2  lr ",
+                     log_file.read_text())
     [run] = runs_in(tmp_path, experiment=SMOKE)
     assert not run.outputs.model_outputs  # tracking.log_weights=false: no model
     assert evaluate_main([f"run_id={run.info.run_id}", f"paths.output_dir={tmp_path}"]) == 2
