@@ -45,7 +45,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from src.groups import Curve, Group, folder_name, optimizer_name, short_value
 from src.schema import (
-    BATCH_SIZE, GNS_B_SIMPLE, LR, NOISE_SCALE, PARAM_UPDATES, TEST_ACC, TOTAL_PARAM_UPDATES,
+    BATCH_SIZE, GNS_B_SIMPLE, LR, NOISE_SCALE, SCHEDULE_COLORS, PARAM_UPDATES, TEST_ACC, TOTAL_PARAM_UPDATES,
     TRAIN_LOSS, TRAIN_TIME_S, VAL_LOSS, WALL_TIME_S,
 )
 from src.verdict import ReportRow, change_steps, minus_one_spread, series
@@ -63,9 +63,13 @@ DPI = 100  # of the PNGs: 640 x 480 pixels for one panel of 6.4 x 4.8 inches
 
 
 def styles_for(schedules: Sequence[str]) -> dict[str, dict]:
-    """schedule -> colour, line style and end marker, the same in every figure of a sweep."""
-    return {s: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
-            for i, s in enumerate(schedules)}
+    """schedule -> colour (schema.SCHEDULE_COLORS, as MLflow's UI shows the runs; else the next
+    of matplotlib's cycle that none of these takes), line style and end marker, the same in every
+    figure of a sweep."""
+    taken = {SCHEDULE_COLORS[s] for s in schedules if s in SCHEDULE_COLORS}
+    free = iter([c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c not in taken] * len(schedules))
+    return {s: {"color": SCHEDULE_COLORS.get(s) or next(free), "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                "marker": MARKERS[i % len(MARKERS)]} for i, s in enumerate(schedules)}
 
 
 def _label(curve: Curve) -> str:

@@ -92,6 +92,20 @@ SEED_PARAM = "trainer.seed"
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: the name the UI shows (tracking.run_name, or the sweeper's)
 SCHEDULE_TAG = "schedule"  # schedule.name
 SEED_TAG = "seed"  # SEED_PARAM's value
+# The run's config hash without its seed: the runs of one curve of the figures share it, so
+# MLflow's "Group by" on it averages over seeds as the figures do.
+CURVE_TAG = "curve"
+RUN_COLOR_TAG = "mlflow.runColor"  # MLflow 3's colour of a run in its UI's charts and table
+# Each schedule's colour, in the figures (src.plots) and in MLflow's UI (RUN_COLOR_TAG), so both
+# read alike; a schedule not named here takes the figures' next free colour (and none in the UI).
+# Controls in the grey and light tones of their arms.
+SCHEDULE_COLORS = {
+    "decay_lr": "#1f77b4", "hybrid": "#ff7f0e", "increase_bs": "#2ca02c", "increase_lr": "#d62728",
+    "increase_momentum": "#9467bd", "large_batch_scaled": "#8c564b", "large_batch_goyal_range": "#e377c2",
+    "adaptive_gns": "#bcbd22", "critical_bs": "#17becf", "constant": "#7f7f7f", "no_anneal": "#c7c7c7",
+    "anneal_once": "#aec7e8", "constant_g": "#9edae5",
+    "plateau_decay_lr": "#1f77b4", "plateau_increase_bs": "#2ca02c",  # the blog's two arms, as the paper's
+}
 SWEEP_TAG = "sweep_id"  # the Hydra sweep (or run) folder's name, shared by the jobs of a multirun
 # Every sweep that trained or reused the run, space-separated, oldest first: its own sweep_id, then
 # each re-run sweep that skipped or resumed it (which leaves sweep_id alone). src.figures reads a

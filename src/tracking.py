@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,15 +84,16 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def hash_config(cfg: DictConfig, data_digest: str | None) -> str:
-    """A short stable hash of the resolved config, NOT_IDENTITY keys left out, and of
-    `data_digest` (Dataset.digest of the data the run trains on): the config hash that identifies
-    a run (tag CONFIG_HASH_TAG, its checkpoint's name). None: the config alone, for what must be
-    decided before the data are loaded (src.train's lock)."""
+def hash_config(cfg: DictConfig, data_digest: str | None, leave_out: Sequence[str] = ()) -> str:
+    """A short stable hash of the resolved config, NOT_IDENTITY keys (and `leave_out`'s) left out,
+    and of `data_digest` (Dataset.digest of the data the run trains on): the config hash that
+    identifies a run (tag CONFIG_HASH_TAG, its checkpoint's name); with the seed left out, its
+    curve's (CURVE_TAG). None: the config alone, for what must be decided before the data are
+    loaded (src.train's lock)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     plain["data_digest"] = data_digest
-    for dotted in NOT_IDENTITY:
+    for dotted in (*NOT_IDENTITY, *leave_out):
         *parents, leaf = dotted.split(".")
         node = plain
         for parent in parents:

@@ -89,7 +89,8 @@ def train(cfg: DictConfig) -> dict:
             learner, loop = _restored(parts, world, saved_state)
 
             resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
-            tags = {**_tags(cfg, parts.data, device, sweep_id), schema.CONFIG_HASH_TAG: config_hash}
+            tags = {**_tags(cfg, parts.data, device, sweep_id), schema.CONFIG_HASH_TAG: config_hash,
+                    schema.CURVE_TAG: tracking.hash_config(cfg, parts.data.digest(), leave_out=[schema.SEED_PARAM])}
             tracked = (
                 tracking.tracked_run(cfg, tags, label,
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
@@ -326,11 +327,14 @@ def option_tags(cfg: DictConfig, data: Dataset) -> dict[str, str]:
 
 
 def _tags(cfg: DictConfig, data: Dataset, device: torch.device, sweep_id: str) -> dict[str, str]:
-    """A training run's tags: what it trained, and where and how it ran on `device` (for the
-    report's environment block; not part of the config)."""
+    """A training run's tags: what it trained, its colour in MLflow's UI (the figures' colour of
+    its schedule), and where and how it ran on `device` (for the report's environment block; not
+    part of the config)."""
     device_name = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    known = cfg.schedule.name in schema.SCHEDULE_COLORS
+    color = {schema.RUN_COLOR_TAG: schema.SCHEDULE_COLORS[cfg.schedule.name]} if known else {}
     return {schema.SCHEDULE_TAG: cfg.schedule.name, schema.SEED_TAG: str(cfg.trainer.seed), schema.SWEEP_TAG: sweep_id,
-            **option_tags(cfg, data),
+            **color, **option_tags(cfg, data),
             schema.DEVICE_TAG: device_name, schema.THREADS_TAG: str(torch.get_num_threads()),
             schema.CPUS_TAG: str(os.cpu_count()), schema.TORCH_VERSION_TAG: torch.__version__,
             schema.COMMAND_TAG: shlex.join(sys.argv)}

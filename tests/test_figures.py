@@ -245,6 +245,22 @@ def test_files_are_artifacts_of_the_sweeps_parent_run_and_no_run_is_added(sweep)
     assert len(client.search_runs([experiment])) == 10 and len(runs_of(client, sweep_id)) == 9
 
 
+def test_runs_carry_their_schedules_colour_and_a_seed_free_curve_tag(sweep):
+    """MLflow's UI reads like the figures: each run's colour is its schedule's (schema's palette,
+    the figures' too), and "Group by" the curve tag gives the figures' curves: one value per
+    schedule, shared by its three seeds."""
+    store, sweep_id, _, _ = sweep
+    runs = runs_of(client_for(store), sweep_id)
+    curves = {}
+    for run in runs:
+        tags = run.data.tags
+        assert tags[schema.RUN_COLOR_TAG] == schema.SCHEDULE_COLORS[tags[schema.SCHEDULE_TAG]]
+        curves.setdefault(tags[schema.CURVE_TAG], set()).add((tags[schema.SCHEDULE_TAG], tags[schema.SEED_TAG]))
+    assert sorted(sorted(members) for members in curves.values()) == [
+        [(s, seed) for seed in "012"] for s in ("decay_lr", "hybrid", "increase_bs")]
+    assert styles_for(["decay_lr", "mine", "increase_bs"])["mine"]["color"] not in schema.SCHEDULE_COLORS.values()
+
+
 def test_the_sweeps_answer_is_its_runs_description_and_tags_and_reports_first_section(sweep):
     """The whole sweep's verdict (not the seed-0 reading made after it) on the parent run: the
     table as its description, a verdict tag per compared schedule; report.md opens with it."""
