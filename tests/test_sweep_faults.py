@@ -45,7 +45,11 @@ def told(result: subprocess.CompletedProcess) -> str:
     (["-m", "schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
     (["schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
     (["-m", "hydra.sweeper.news_every_s=-1", "trainer.seed=0,1"], "error: hydra.sweeper.news_every_s=-1: must be"),
-], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run", "news-1"])
+    (["-m", "trainer.seed=range(0,0)", "schedule.lr=0.1,0.2"],
+     "error: trainer.seed=range(0,0): sweeps over no value, so the sweep would run no job"),
+    (["-m", "trainer.seed=interval(0,1)"], "error: trainer.seed=interval(0,1): interval() needs a sweeper that samples"),
+], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run", "news-1", "no-job",
+        "interval"])
 def test_bad_sweep_and_launcher_settings_are_refused_before_anything_is_written(tmp_path, data_dir, args, line):
     out = tmp_path / "out"
     result = run_cli(*args, *TINY, output_dir=out, data_dir=data_dir)
