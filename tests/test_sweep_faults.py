@@ -349,3 +349,24 @@ def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_run
         assert list((out / "checkpoints").glob("*.pt"))  # kept, to resume from
         assert run_cli(*TINY, f"tracking.uri={uri}", output_dir=out, data_dir=data_dir).returncode == 0
         assert "RUNNING" not in {r.info.status for r in runs_in(store)}
+
+
+def test_a_store_that_fails_under_a_sweeps_parent_run_is_named(tmp_path):
+    """The parent run closed on a store that fails every write (as once its disk is full): one line
+    naming the store, as a job's run gets (it said only 'the MLflow store failed')."""
+    from helpers.configs import compose_config
+
+    from src.cli import one_line_error
+    from src.errors import StoreFailed
+    from src.tracking import end_sweep, start_sweep
+
+    store = tmp_path / "store"
+    tracking = compose_config(f"paths.output_dir={store}").tracking
+    parent, _ = start_sweep(tracking, "sweep", "trainer.seed=0,1 (2 jobs)", 2, "python -m src.run -m")
+    with immutable(store) as strike, strike(), pytest.raises(StoreFailed) as raised:
+        end_sweep(tracking, parent, "FINISHED", "sweep sweep: 0 of 2 jobs failed (2 finished)")
+    line, code = one_line_error(raised.value)
+    assert line.startswith(f"the MLflow store sqlite:///{store}/mlflow.db failed: MlflowException: "
+                           "(sqlite3.OperationalError) "), line
+    assert "[SQL:" not in line and code == 1
+    assert client_for(store).get_run(parent).info.status == "RUNNING"  # closed by the next run on this host
