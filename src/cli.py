@@ -162,9 +162,9 @@ def one_line_error(error: BaseException, overrides: list[str] | None = None) -> 
             allowed = f"{named} has: {', '.join(known)}; " if known else ""
             return f"{key}: unknown key; {allowed}to add a new key on purpose, write +{key}=...", 2
         return _one_line(text), 2
-    if isinstance(error, StoreFailed):  # under a running job, named by src.tracking.tracked_run
+    if isinstance(error, StoreFailed):  # named by src.tracking: under a running job or a sweep's parent run
         return _one_line(text)[:1000], 1
-    if _is_store_error(error):  # the store failed outside a run (a sweep's parent run): full, read-only, locked
+    if _is_store_error(error):  # the store failed where its URI was not at hand: full, read-only, locked
         from src.stores import store_error_text
 
         return f"the MLflow store failed: {type(error).__name__}: {store_error_text(error)[:500]}", 1

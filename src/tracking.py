@@ -369,8 +369,8 @@ def tracked_run(
         warn_on_close = _closing(
             lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
             run_id, cfg.tracking.uri)
-        if is_store_error(error):  # named here, where the store is known: MLflow's text names no file
-            raise StoreFailed(f"the MLflow store {cfg.tracking.uri} failed: {type(error).__name__}: {told}") from error
+        if is_store_error(error):
+            raise _store_failed(cfg.tracking.uri, error) from error
         raise
     finally:
         if monitor is not None:
@@ -396,6 +396,23 @@ def _closing(write, run_id: str, uri: str, warn: bool = True) -> bool:
     return True
 
 
+def _store_failed(uri: str, error: BaseException) -> StoreFailed:
+    """The store's failure (full, immutable, locked) named here, where the store is known:
+    MLflow's text names no file."""
+    return StoreFailed(f"the MLflow store {uri} failed: {type(error).__name__}: {store_error_text(error)}")
+
+
+@contextmanager
+def _store_named(uri: str) -> Iterator[None]:
+    """What the store fails with in the block raised as _store_failed; other errors as they are."""
+    try:
+        yield
+    except Exception as error:
+        if not is_store_error(error):
+            raise
+        raise _store_failed(uri, error) from error
+
+
 def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:
     """Create the parent run of a multirun, in the launching process, before its jobs start;
     returns (its id, the sweep's id), which each job gets as tracking.parent_run_id and
@@ -406,7 +423,8 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
     tracking.note, the number of jobs, and this process (pid, host)."""
     experiment_id = prepare_store(tracking)
     client = MlflowClient(tracking.uri)
-    with store_lock(tracking.uri, "tracking.uri"):  # two sweeps started at once in one folder get two ids
+    # two sweeps started at once in one folder get two ids
+    with store_lock(tracking.uri, "tracking.uri"), _store_named(tracking.uri):
         close_dead_runs(client, experiment_id)
         sweep_id, number = folder, 1
         while client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}' and tags.{KIND_TAG} = "
@@ -425,7 +443,8 @@ def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> li
     last line as its RESULT_TAG; first close the runs its stopped or killed workers left RUNNING
     (close_dead_runs), whose ids it returns."""
     client = MlflowClient(tracking.uri)
-    closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
-    client.set_tag(run_id, RESULT_TAG, result)
-    client.set_terminated(run_id, status)
+    with _store_named(tracking.uri):
+        closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
+        client.set_tag(run_id, RESULT_TAG, result)
+        client.set_terminated(run_id, status)
     return closed

@@ -5,6 +5,7 @@ real MLflow stores in tmp_path."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -12,8 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,11 @@ def told(result: subprocess.CompletedProcess) -> str:
     (["-m", "schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
     (["schedule=null"], "error: schedule=null: a config group takes one of its options, not null; allowed: "),
     (["-m", "hydra.sweeper.news_every_s=-1", "trainer.seed=0,1"], "error: hydra.sweeper.news_every_s=-1: must be"),
-], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run", "news-1"])
+    (["-m", "trainer.seed=range(0,0)", "schedule.lr=0.1,0.2"],
+     "error: trainer.seed=range(0,0): sweeps over no value, so the sweep would run no job"),
+    (["-m", "trainer.seed=interval(0,1)"], "error: trainer.seed=interval(0,1): interval() needs a sweeper that samples"),
+], ids=["batch-1", "batch0", "n_jobs0", "prefer", "null-group-multirun", "null-group-run", "news-1", "no-job",
+        "interval"])
 def test_bad_sweep_and_launcher_settings_are_refused_before_anything_is_written(tmp_path, data_dir, args, line):
     out = tmp_path / "out"
     result = run_cli(*args, *TINY, output_dir=out, data_dir=data_dir)
@@ -237,55 +242,131 @@ def test_a_sweep_killed_hard_stops_its_workers_and_the_next_run_closes_its_paren
 
 
 @contextmanager
-def locked(out: Path) -> Iterator[None]:
+def locked(store: Path) -> Iterator[Callable[[], AbstractContextManager]]:
     """The store locked by another process, as SQLite sees a store whose every write fails."""
     import sqlite3
 
-    lock = sqlite3.connect(out / "mlflow.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+    @contextmanager
+    def strike() -> Iterator[None]:
+        lock = sqlite3.connect(store / "mlflow.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+    yield strike
 
 
 @contextmanager
-def immutable(out: Path) -> Iterator[None]:
-    """The store file and its folder made immutable (chattr +i: root, a filesystem that has it)."""
-    paths = [str(out / "mlflow.db"), str(out)]
-    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+def immutable(store: Path) -> Iterator[Callable[[], AbstractContextManager]]:
+    """The store file and its folder made immutable (chattr +i: root, a filesystem that has it);
+    tried on a scratch file first, so that a machine without it skips before the job starts."""
+    probe = store.parent / "probe"
+    probe.touch()
+    if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not possible here (needs root and ext4 or the like)")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+
+    @contextmanager
+    def strike() -> Iterator[None]:
+        paths = [str(store / "mlflow.db"), str(store)]
+        subprocess.run(["chattr", "+i", *paths], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", *paths], check=True)
+
+    yield strike
+
+
+@contextmanager
+def full(store: Path) -> Iterator[Callable[[], AbstractContextManager]]:
+    """The store's own filesystem filled: a 64 MiB tmpfs (root) holding the store alone, filled
+    to the last byte by another file mid-run, as a full disk fails every write of SQLite's."""
+    store.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(store)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    @contextmanager
+    def strike() -> Iterator[None]:
+        filler = store / "filler"
+        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(descriptor, b"\0" * 2**16):
+                pass
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(descriptor)
+        try:
+            yield
+        finally:
+            filler.unlink()
+
     try:
-        yield
+        yield strike
     finally:
-        subprocess.run(["chattr", "-i", *paths], check=True)
+        # lazily: this process's MLflow client, cached by MLflow, keeps the store open
+        subprocess.run(["umount", "--lazy", str(store)], check=True)
 
 
-@pytest.mark.slow  # ~60 s locked (a run waits out SQLite's busy timeout), ~15 s immutable
-@pytest.mark.parametrize("fault", [locked, immutable], ids=["locked", "immutable"])
-def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_running(tmp_path, data_dir, fault):
-    """The store fails every write mid-run (as on a full disk or a read-only file): one line naming
-    the store, without SQL, the checkpoint kept; the run that could not be closed then is closed by
-    the next run on this host."""
-    out, log = tmp_path / "out", tmp_path / "run.log"
+@pytest.mark.slow  # ~60 s locked (a run waits out SQLite's busy timeout), ~15 s immutable or full
+@pytest.mark.parametrize("fault,said", [
+    (locked, "database is locked"),
+    (immutable, "unable to open database file"),  # its journal cannot be created beside it
+    (full, "database or disk is full"),
+], ids=["locked", "immutable", "full"])
+def test_a_store_that_fails_under_a_running_job_is_one_line_and_no_run_stays_running(tmp_path, data_dir, fault, said):
+    """The store fails every write mid-run (its disk full, its file immutable or locked): one line
+    naming the store, without SQL, the checkpoint kept; the run that could not be closed then is
+    closed by the next run on this host."""
+    out, store, log = tmp_path / "out", tmp_path / "store", tmp_path / "run.log"
+    uri = f"sqlite:///{store}/mlflow.db"
     command = [sys.executable, "-m", "src.run", "dataset=digits", "trainer.epochs=200", "schedule.milestones=[50,100]",
-               "trainer.threads=1", f"paths.output_dir={out}", f"paths.data_dir={data_dir}"]
-    with log.open("w") as sink:
-        job = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 120
-    while "epoch 3/200 " not in log.read_text():
-        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    with fault(out):
-        assert job.wait(timeout=180) == 1
-    output = log.read_text()
-    assert "[SQL:" not in output and "Traceback" not in output and "autoflush" not in output, output[-3000:]
-    assert output.count("could not close MLflow run") == 1, output[-3000:]  # told once
-    last = output.strip().splitlines()[-1]
-    assert last.startswith(f"error: the MLflow store sqlite:///{out}/mlflow.db failed: MlflowException: "
-                           "(sqlite3.OperationalError) "), last
-    assert list((out / "checkpoints").glob("*.pt"))  # kept, to resume from
-    assert run_cli(*TINY, output_dir=out, data_dir=data_dir).returncode == 0
-    assert "RUNNING" not in {r.info.status for r in runs_in(out)}
+               "trainer.threads=1", f"tracking.uri={uri}", f"paths.output_dir={out}", f"paths.data_dir={data_dir}"]
+    with fault(store) as strike:
+        with log.open("w") as sink:
+            job = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while "epoch 3/200 " not in log.read_text():
+                assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            with strike():
+                assert job.wait(timeout=180) == 1
+        finally:
+            job.kill()  # a failed assertion leaves no job training on
+            job.wait()
+        output = log.read_text()
+        assert "[SQL:" not in output and "Traceback" not in output and "autoflush" not in output, output[-3000:]
+        assert output.count("could not close MLflow run") == 1, output[-3000:]  # told once
+        last = output.strip().splitlines()[-1]
+        assert last == f"error: the MLflow store {uri} failed: MlflowException: (sqlite3.OperationalError) {said}", last
+        assert list((out / "checkpoints").glob("*.pt"))  # kept, to resume from
+        assert run_cli(*TINY, f"tracking.uri={uri}", output_dir=out, data_dir=data_dir).returncode == 0
+        assert "RUNNING" not in {r.info.status for r in runs_in(store)}
+
+
+def test_a_store_that_fails_under_a_sweeps_parent_run_is_named(tmp_path):
+    """The parent run closed on a store that fails every write (as once its disk is full): one line
+    naming the store, as a job's run gets (it said only 'the MLflow store failed')."""
+    from helpers.configs import compose_config
+
+    from src.cli import one_line_error
+    from src.errors import StoreFailed
+    from src.tracking import end_sweep, start_sweep
+
+    store = tmp_path / "store"
+    tracking = compose_config(f"paths.output_dir={store}").tracking
+    parent, _ = start_sweep(tracking, "sweep", "trainer.seed=0,1 (2 jobs)", 2, "python -m src.run -m")
+    with immutable(store) as strike, strike(), pytest.raises(StoreFailed) as raised:
+        end_sweep(tracking, parent, "FINISHED", "sweep sweep: 0 of 2 jobs failed (2 finished)")
+    line, code = one_line_error(raised.value)
+    assert line.startswith(f"the MLflow store sqlite:///{store}/mlflow.db failed: MlflowException: "
+                           "(sqlite3.OperationalError) "), line
+    assert "[SQL:" not in line and code == 1
+    assert client_for(store).get_run(parent).info.status == "RUNNING"  # closed by the next run on this host

@@ -201,7 +201,10 @@ class StudySweeper(Sweeper):
 
 def _product(overrides: list[Override]) -> list[list[str]]:
     """The jobs of a sweep: the cartesian product of every key's values (`a=1,2 b=x,y`: four
-    jobs), in the order the basic sweeper makes them; a key given twice keeps its last value."""
+    jobs), in the order the basic sweeper makes them; a key given twice keeps its last value. A
+    sweep of no value (range(0,0)) or a sampled one (interval()) is refused, not run as no job."""
+    from src.errors import ConfigError
+
     values: dict[str, list[str]] = {}
     for override in overrides:
         key = override.get_key_element()
@@ -209,9 +212,12 @@ def _product(overrides: list[Override]) -> list[list[str]]:
             values[key] = [f"{key}={override.get_value_element_as_str()}"]
         elif override.is_discrete_sweep():  # a,b,c, choice(...), range(...)
             values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            raise ValueError(f"{override.input_line}: a {override.value_type.name.lower()} sweep needs a sweeper that "
-                             "samples (Optuna, Nevergrad); this one runs lists, choice() and range()")
+            if not values[key]:  # range(0,0), range(5,1): a product of no job, a sweep that would run nothing
+                raise ConfigError(f"{override.input_line}: sweeps over no value, so the sweep would run no job")
+        else:  # interval(...)
+            raise ConfigError(f"{override.input_line}: {override.value_type.name.lower().removesuffix('_sweep')}() "
+                              "needs a sweeper that samples (Optuna, Nevergrad); this one runs lists, choice() and "
+                              "range()")
     return [list(job) for job in itertools.product(*values.values())]
 
 
