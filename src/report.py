@@ -468,7 +468,8 @@ def readme_table(doc: Reproduction) -> str:
     every_run = [run for name in studies for run in doc.runs_by_study.get(name, [])]
     if every_run:
         env = environment(every_run)
-        lines.append(f"Runs made at commit {env['commit'][:12]}; torch {env['torch']}; device: {env['device']}; "
+        commits = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", env["commit"])  # each commit, short
+        lines.append(f"Runs made at commit {commits}; torch {env['torch']}; device: {env['device']}; "
                      f"threads: {env['threads']}; {env['time']}.")
     return "\n".join(lines).rstrip()
 
