@@ -2,8 +2,8 @@
 on the paper-proportion stand-in. Each ablation study (conf/reproduction.yaml, list `ablation`)
 changes one thing of the reference study; its arms are compared with its own baseline where it
 ran one (the same model and epochs), else the reference's, by the claims' rule (src.verdict),
-and the reading is written from those verdicts alone. Markdown cells and lines only: src.report
-lays them out, src.plots draws the bars.
+and the reading is written from those verdicts alone. Markdown cells and lines only: src.reproduction_doc
+lays them out, src.summary_plots draws the bars.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Each arm and control of a claim is compared with the claim's baseline by src.ver
 more checks (a time ratio, a loss) read the per-seed ratio or difference with its interval; a
 claim holds when every word is the one it expects, and a control that does not come out
 "differs" makes the row "cannot tell here". A study with no runs is "not run", never "matched".
-Markdown cells and tables only: src.report lays them out.
+Markdown cells and tables only: src.reproduction_doc lays them out.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ per g; here its runs become equal-g sets, each compared with its smallest B. (Th
 the other half of the dial, is an ordinary claim: src.figures draws any sweep over a number
 across its values.) Every verdict is the study's one rule (src.verdict.compare: paired by
 seed, test accuracy, the margin a fraction of the reference's error rate). The grid's table and
-claim cells are written here; src.report lays them out, src.plots draws them.
+claim cells are written here; src.reproduction_doc lays them out, src.summary_plots draws them.
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ from src.figures import write_all
 from src.groups import folder_name
 from src.noise_dial import equal_g_sets, g_controls, grid_cells, grid_table
 from src.summary_plots import plot_ablation, plot_accuracy_against_g, plot_equal_g_losses
-from src.report import README_SUMMARY, README_TABLE, Reproduction, readme_summary, readme_table, render, write_readme
+from src.reproduction_doc import (
+    README_SUMMARY, README_TABLE, Reproduction, readme_summary, readme_table, render, write_readme,
+)
 from src.runs import RunData, load_study
 from src.stores import SQLITE_PREFIX, open_existing_store
 from src.studies import CONFIG, REPOSITORY, RUN_LISTS, experiment_name, read_reproduction, run

@@ -58,6 +58,7 @@ def test_a_full_disk_under_a_checkpoint_is_one_line_and_the_run_failed(make_cfg,
     assert sorted(p.name for p in path.parent.iterdir()) == [checkpoint.lock_path(cfg).name]  # nothing half-written
 
 
+@pytest.mark.slow  # ~7 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_a_full_filesystem_under_the_checkpoints_ends_the_command_in_one_line(tmp_path, data_dir):
     """The real thing where this process may mount: a 1 MiB tmpfs under checkpoints/, which the
     first checkpoint (an MLP's weights and momentum: ~4 MB) does not fit in."""

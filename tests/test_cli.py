@@ -1,5 +1,6 @@
 """Real subprocess runs of `python -m src.run`."""
 
+import pytest
 from helpers.cli import run_cli
 from helpers.configs import TINY
 from helpers.store import client_for, history, runs_in, sweep_runs_in
@@ -7,6 +8,7 @@ from helpers.store import client_for, history, runs_in, sweep_runs_in
 from src import schema
 
 
+@pytest.mark.slow  # ~17 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_three_schedule_multirun(tmp_path, data_dir):
     result = run_cli("-m", "schedule=decay_lr,increase_bs,hybrid", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -100,6 +100,7 @@ def test_a_server_nothing_listens_on_fails_within_seconds_saying_how_to_start_on
     assert f"mlflow server --host 127.0.0.1 --port {port}" in message
 
 
+@pytest.mark.slow  # ~6 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_a_server_that_never_answers_fails_within_seconds(tmp_path):
     """A port that accepts connections but never replies (a hung server, a firewall's black
     hole): MLflow would wait 120 s per try."""
@@ -252,7 +253,8 @@ def stop_after_the_first_checkpoint(output_dir: Path, data_dir: Path, signum: in
     return process.returncode, stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "Ctrl-C"])  # Ctrl-C: ~7 s more, with the slow tests
 def test_a_signal_is_one_line_naming_the_killed_run_and_its_checkpoint(tmp_path, data_dir, signum):
     """SIGTERM (kill, SLURM preemption) or Ctrl-C once the first checkpoint is written: one line
     saying which run was KILLED, where its checkpoint is and how to resume."""

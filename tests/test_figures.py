@@ -278,6 +278,7 @@ def test_the_sweeps_answer_is_its_runs_description_and_tags_and_reports_first_se
         "verdict.increase_bs": rows["increase_bs"][5], "verdict.hybrid": rows["hybrid"][5]}
 
 
+@pytest.mark.slow  # ~12 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
     """A newer 1-seed sweep in the same store with one FAILED run: the default picks it (newest)."""
     store, _, _, _ = sweep
@@ -344,6 +345,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_and_logs_nothing(sw
     assert recorded() == before  # no run added, nothing logged to the parent run
 
 
+@pytest.mark.slow  # ~10 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_an_optimizer_sweep_is_four_groups_of_one_seed(tmp_path, data_dir):
     """momentum and nesterov differ only in optimizer.nesterov, which momentum runs do not even
     log: the groups come from the whole config, not from a list of keys."""

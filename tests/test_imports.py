@@ -34,7 +34,7 @@ LAYERS = {
     "training": {"step", "profiling", "build", "checkpoint", "train", "evaluate", "run"},
     "reading runs back": {"runs", "groups", "studies"},
     "statistics and verdicts": {"verdict", "noise_dial", "claims", "ablation"},
-    "figures and reports": {"plots", "summary_plots", "report"},
+    "figures and reports": {"plots", "summary_plots", "report", "reproduction_doc"},
     "report commands": {"figures", "reproduce"},
 }
 

@@ -90,6 +90,7 @@ def finished_sweep(launcher: list[str], seeds: list[int], output_dir: Path, data
     return result, runs, sweep
 
 
+@pytest.mark.slow  # ~14 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path, data_dir, blank_store):
     result, runs, sweep = finished_sweep(
         ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], [0, 1, 2, 3], tmp_path, data_dir, blank_store

@@ -166,6 +166,7 @@ def test_the_final_model_is_a_logged_model_with_the_final_metrics(sweep):
         assert [m.step for m in client.get_metric_history(run.info.run_id, schema.VAL_ACC)] == [0, 1]  # none copied
 
 
+@pytest.mark.slow  # ~7 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_evaluate_reproduces_the_logged_accuracy_from_the_run_or_its_model(sweep, data_dir, capsys):
     store, _, _, runs = sweep
     overrides = [f"paths.output_dir={store}", f"paths.data_dir={data_dir}", "tracking.experiment=smoke"]

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from helpers.configs import ROOT
 from helpers.store import all_runs_in, runs_in
 
@@ -25,6 +27,7 @@ def src_module(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # ~12 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_the_example_trains_from_its_own_config_folder_and_draws_its_figures(tmp_path, blank_store):
     user = tmp_path / "my_study"
     shutil.copytree(EXAMPLE, user, ignore=shutil.ignore_patterns("__pycache__", "outputs"))

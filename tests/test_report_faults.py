@@ -219,6 +219,7 @@ def artifacts_of(run) -> Path:
     return Path(unquote(urlsplit(run.info.artifact_uri).path))
 
 
+@pytest.mark.slow  # ~15 s on 2 idle cores: kept out of the default suite's 5 minutes
 @pytest.mark.parametrize("damage", [b"", b"\x80\x04not a pickle", "truncated"])
 def test_a_model_that_cannot_be_read_is_named_in_one_line(trained, damage):
     """The command itself: torch.export logs what it cannot read to the process's stderr."""

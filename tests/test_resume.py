@@ -19,6 +19,7 @@ from src import checkpoint, schema
 from src.train import train
 
 
+@pytest.mark.slow  # ~41 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, data_dir):
     # long enough to kill mid-way: 16 epochs at B = 16 on digits, dropout on (the RNG must resume)
     args = ["dataset=digits", "trainer.epochs=16", "schedule.batch_size=16", "schedule=increase_bs",

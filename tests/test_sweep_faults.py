@@ -83,6 +83,7 @@ def test_a_store_path_that_is_a_folder_is_refused_in_seconds(tmp_path, data_dir)
                             "(or another non-file), not an SQLite store; move it away or point tracking.uri elsewhere")
 
 
+@pytest.mark.slow  # ~10 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_hydra_interpolations_validate_and_an_escaped_literal_reaches_the_run(tmp_path, data_dir):
     """${hydra:...} resolves in validation as in the job; \\${...} stays a literal through the
     sweeper's run-name override (it varies, so it is in the name) to the run's tag."""
@@ -101,6 +102,7 @@ def test_hydra_interpolations_validate_and_an_escaped_literal_reaches_the_run(tm
     assert run.info.run_name == "decay_lr tracking.tags.raw=\\${a} seed=0"  # the override as typed
 
 
+@pytest.mark.slow  # ~18 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_two_sweeps_given_one_sweep_dir_get_two_sweep_ids(tmp_path, data_dir):
     folder = tmp_path / "sweep"
     ids = []

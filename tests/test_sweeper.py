@@ -10,6 +10,7 @@ from hydra_plugins.study_sweeper.study_sweeper import _quoted, _tracking_overrid
 from src import schema
 
 
+@pytest.mark.slow  # ~10 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_a_diverging_job_fails_alone(tmp_path, data_dir):
     result = run_cli("-m", "schedule.lr=0.05,1e6,0.1", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 1

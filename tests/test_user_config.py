@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from helpers.configs import ROOT
 from helpers.store import runs_in
 
@@ -18,6 +20,7 @@ def src_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~8 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_mlflow_tracking_uri_is_where_the_runs_go(tmp_path, data_dir, blank_store):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
