@@ -75,7 +75,7 @@ class EqualGSet:
         """The largest B up to which every arm at the reference's momentum matched (None: the
         first did not)."""
         largest = None
-        for arm in self._at_reference_momentum():
+        for arm in self.at_reference_momentum:
             if arm.verdict != "matched":
                 break
             largest = arm.setting.batch_size
@@ -84,10 +84,12 @@ class EqualGSet:
     @property
     def breaks_at(self) -> int | None:
         """The smallest B at the reference's momentum whose runs came out different, if any."""
-        return next((arm.setting.batch_size for arm in self._at_reference_momentum()
+        return next((arm.setting.batch_size for arm in self.at_reference_momentum
                      if arm.verdict and arm.verdict.startswith("differs")), None)
 
-    def _at_reference_momentum(self) -> list[GridArm]:
+    @property
+    def at_reference_momentum(self) -> list[GridArm]:
+        """The arms at the reference's momentum, B ascending."""
         return [arm for arm in self.arms if arm.setting.momentum == self.reference.setting.momentum]
 
 
@@ -202,7 +204,7 @@ def _diff_cell(arm: GridArm) -> str:
 
 def _set_summary(s: EqualGSet) -> str:
     """Where a set matched its reference and where it stopped, in words the table shows."""
-    at_ref = s._at_reference_momentum()
+    at_ref = s.at_reference_momentum
     if not at_ref:
         text = "no other B"
     elif s.matched_up_to == at_ref[-1].setting.batch_size:

@@ -106,9 +106,11 @@ def plot_accuracy_against_g(sets: Sequence[EqualGSet], path: Path, confidence: f
     ax.grid(alpha=0.3)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="batch size B (log scale)")
     others = sorted({arm.setting.momentum for _, arm in arms} - {usual})
-    handles = [Line2D([], [], marker="o", color="0.5", linestyle="none", markeredgecolor="k"),
-               *[Line2D([], [], marker="s", color="0.5", linestyle="none", markeredgecolor="k")] * bool(others)]
-    labels = [f"momentum {usual:g}", *[f"momentum {', '.join(f'{m:g}' for m in others)} (lr/(1-m) fixed)"] * bool(others)]
+    handles = [Line2D([], [], marker="o", color="0.5", linestyle="none", markeredgecolor="k")]
+    labels = [f"momentum {usual:g}"]
+    if others:
+        handles.append(Line2D([], [], marker="s", color="0.5", linestyle="none", markeredgecolor="k"))
+        labels.append(f"momentum {', '.join(f'{m:g}' for m in others)} (lr/(1-m) fixed)")
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)

@@ -75,7 +75,8 @@ def train(cfg: DictConfig) -> dict:
             experiment_id = tracking.prepare_store(cfg.tracking)  # once: every later call is given it
             device = devices.pick_device(trainer.device, world)
             parts = _built(cfg, device, world)
-            config_hash = tracking.hash_config(cfg, parts.data.digest())  # the run's identity: config and data
+            data_digest = parts.data.digest()  # hashes every sample (a copy off the GPU): once
+            config_hash = tracking.hash_config(cfg, data_digest)  # the run's identity: config and data
             checkpoint_path = checkpoint.path_of(cfg, config_hash)
             if world.is_main:
                 checkpoint.remove_stale_temporaries(checkpoint_path)
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> dict:
 
             resume_run_id = saved_state["run_id"] if saved_state else None  # None: a new MLflow run
             tags = {**_tags(cfg, parts.data, device, sweep_id), schema.CONFIG_HASH_TAG: config_hash,
-                    schema.CURVE_TAG: tracking.hash_config(cfg, parts.data.digest(), leave_out=[schema.SEED_PARAM])}
+                    schema.CURVE_TAG: tracking.hash_config(cfg, data_digest, leave_out=[schema.SEED_PARAM])}
             tracked = (
                 tracking.tracked_run(cfg, tags, label,
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
