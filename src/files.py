@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from src.errors import ConfigError
+from src.signals import held
 
 
 def _temporary(path: Path, pid: int) -> Path:
@@ -40,9 +41,15 @@ def _os_error_in(error: BaseException) -> OSError | None:
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], previous: Path | None = None) -> None:
     """Write `path` through `write(file)` so that a reader sees a whole old or a whole new file:
     a temporary file, fsynced, renamed over it (the old one first renamed to `previous`, if
-    given), the renames made durable. Whatever stops it short of SIGKILL (a full disk, a signal)
-    leaves no temporary file behind; a failed write (no space left, a read-only folder) is an
+    given), the renames made durable. Ctrl-C or SIGTERM meanwhile acts once the file is whole
+    (src/signals.py: inside torch.save, it would end the run FAILED with torch's "unexpected pos").
+    A failed write (no space left, a read-only folder) leaves no temporary file behind and is an
     OSError naming `path`, so its one line says which file and why."""
+    with held():
+        _write_and_rename(path, write, previous)
+
+
+def _write_and_rename(path: Path, write: Callable[[BinaryIO], None], previous: Path | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path, os.getpid())
     try:
@@ -55,7 +62,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], previous: Pa
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        failed = _os_error_in(error) if isinstance(error, Exception) else None  # a signal passes as it is
+        failed = _os_error_in(error) if isinstance(error, Exception) else None
         if failed is not None:
             raise OSError(failed.errno, failed.strerror, str(path)) from error
         raise

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import StoreFailed
 from src.processes import close_dead_runs, process_tags
+from src.signals import HeldCalls, held
 from src.stores import is_server, is_store_error, prepare_store, store_error_text, store_lock
 from src.schema import (
     COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, RUN_NAME_TAG,
@@ -227,12 +228,14 @@ class TrackedRun:
         try:
             # step=epochs: the model after that many epochs. MLflow links the run's metrics at the
             # model's step to it; per-epoch metrics end at step epochs - 1, so none is copied.
-            mlflow.pytorch.log_model(cpu_model, name=name, model_id=logged.model_id, run_id=self.run_id, step=epochs,
-                                     input_example=example.numpy(), signature=signature,
-                                     # what loading a pt2 model needs; left out, MLflow infers it in
-                                     # a subprocess that loads the model (~8 s here). Without the
-                                     # local label (+cpu, +cu126), as pip resolves it from PyPI.
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # Held against signals in a local store, as the client's calls are (writing_client).
+            with nullcontext() if is_server(self.client.tracking_uri) else held():
+                mlflow.pytorch.log_model(cpu_model, name=name, model_id=logged.model_id, run_id=self.run_id,
+                                         step=epochs, input_example=example.numpy(), signature=signature,
+                                         # what loading a pt2 model needs; left out, MLflow infers it
+                                         # in a subprocess that loads the model (~8 s here). Without
+                                         # the local label (+cpu, +cu126), as pip resolves it from PyPI.
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         finally:
             mlflow.set_tracking_uri(None)  # unsets the variable too
             if before is not None:
@@ -264,11 +267,20 @@ class Untracked:
         pass
 
 
+def writing_client(uri: str) -> MlflowClient:
+    """The client a run or a sweep writes through. A local store's calls (SQLite, files) each
+    finish before Ctrl-C or SIGTERM acts (src/signals.py): a signal inside SQLAlchemy's commit
+    could leave the store locked by this process and its run never closed. A server's are left as
+    they are: one that stops answering must not hold Ctrl-C back for its timeout."""
+    client = MlflowClient(uri)
+    return client if is_server(uri) else HeldCalls(client)
+
+
 def join_sweep(cfg: DictConfig, run_id: str, sweep_id: str) -> dict[str, str]:
     """Add a re-run sweep that skips or resumes a run to the run's SWEEPS_TAG, so the newest sweep
     holds every run of its command (the figures read one sweep at a time) while its sweep_id
     keeps the sweep that trained it. Returns the run's tags as they were read."""
-    client = MlflowClient(cfg.tracking.uri)
+    client = writing_client(cfg.tracking.uri)
     tags = client.get_run(run_id).data.tags
     sweeps = tags.get(SWEEPS_TAG, tags.get(SWEEP_TAG, "")).split()
     if sweep_id not in sweeps:
@@ -328,7 +340,7 @@ def tracked_run(
     store again, so the short patience of opening it never applies to a run that exists."""
     if experiment_id is None:
         experiment_id = prepare_store(cfg.tracking)
-    client = MlflowClient(cfg.tracking.uri)
+    client = writing_client(cfg.tracking.uri)
     config_hash = tags[CONFIG_HASH_TAG]
     launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
     close_dead_runs(client, experiment_id)
@@ -422,7 +434,7 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
     context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
     tracking.note, the number of jobs, and this process (pid, host)."""
     experiment_id = prepare_store(tracking)
-    client = MlflowClient(tracking.uri)
+    client = writing_client(tracking.uri)
     # two sweeps started at once in one folder get two ids
     with store_lock(tracking.uri, "tracking.uri"), _store_named(tracking.uri):
         close_dead_runs(client, experiment_id)
@@ -442,7 +454,7 @@ def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> li
     """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
     last line as its RESULT_TAG; first close the runs its stopped or killed workers left RUNNING
     (close_dead_runs), whose ids it returns."""
-    client = MlflowClient(tracking.uri)
+    client = writing_client(tracking.uri)
     with _store_named(tracking.uri):
         closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
         client.set_tag(run_id, RESULT_TAG, result)
