@@ -67,12 +67,13 @@ def test_dry_run_prints_each_sweep_with_seeds_experiment_and_time():
     result = reproduce("run", "default", "blog_covtype_quick", "--seeds", "4,5", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("python -m src.run")]
-    assert len(commands) == 5  # the default study's four sweeps (its controls included), the blog's one
+    assert len(commands) == 6  # the default study's four sweeps, the blog's two (controls included)
     assert all("trainer.seed=4,5" in c for c in commands)
     assert all("hydra/launcher=joblib" in c and "trainer.threads=1" in c for c in commands[:4])
     # the blog's claim is a speed-up: its runs one at a time, alone (its own jobs: 1)
-    assert "tracking.experiment=reproduction/blog_covtype_quick" in commands[4]
-    assert not any(item.startswith(("hydra/launcher", "trainer.threads")) for item in commands[4])
+    for blog in commands[4:]:
+        assert "tracking.experiment=reproduction/blog_covtype_quick" in blog
+        assert not any(item.startswith(("hydra/launcher", "trainer.threads")) for item in blog)
     minutes = 2 * (REPRODUCTION["studies"]["default"].minutes + REPRODUCTION["studies"]["blog_covtype_quick"].minutes)
     assert f"~{minutes:.0f} min expected on 2 CPU cores" in result.stdout
 
