@@ -95,9 +95,11 @@ def sweep_axes(runs: Sequence[RunData]) -> list[str]:
 
 
 def optimizer_name(params: dict[str, str]) -> str:
-    """momentum, nesterov, sgd (no momentum) or adam, as conf/optimizer/ names them; else the
-    class name."""
+    """momentum, nesterov, sgd (no momentum), adam or momentum_debiased, as conf/optimizer/ names
+    them; else the class name."""
     target = params.get("optimizer._target_", "?").rsplit(".", 1)[-1]
+    if target == "DebiasedMomentumSGD":
+        return "momentum_debiased"
     if target == "SGD":
         if params.get("optimizer.nesterov") == "True":
             return "nesterov"

@@ -92,6 +92,19 @@ def test_the_defaults_and_the_edges_of_each_range_are_accepted():
         assert refusal(edge) is None, edge
 
 
+def test_the_debiased_momentum_refuses_what_its_correction_does_not_assume():
+    """optimizer=momentum_debiased (src/optim.py) corrects heavy-ball momentum's buffer only: a
+    Nesterov or dampening key is refused in one line naming it, as a bad momentum is."""
+    assert refusal("optimizer=momentum_debiased") is None
+    for override, key in (("+optimizer.nesterov=true", "optimizer.nesterov"),
+                          ("+optimizer.dampening=0.1", "optimizer.dampening"),
+                          ("optimizer.momentum=1.0", "optimizer.momentum=1.0")):
+        message, code = refusal("optimizer=momentum_debiased", override)
+        assert code == 2 and "\n" not in message and message.startswith(key), message
+    message, _ = refusal("optimizer=momentum_debiased", "+optimizer.nesterov=true")
+    assert message.endswith("src.optim.DebiasedMomentumSGD takes: momentum, weight_decay, lr_scale"), message
+
+
 def test_micro_batches_are_refused_with_plain_batch_norm_only():
     message, code = refusal("model=cnn1d", "model.batch_norm=true", "trainer.micro_batch_size=8")
     assert code == 2 and message.startswith("trainer.micro_batch_size=8: not with model.batch_norm=true"), message
