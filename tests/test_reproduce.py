@@ -52,6 +52,34 @@ def test_every_claim_names_a_study_and_every_study_a_run_list():
     assert all(len(study.seeds) >= 3 for study in studies.values())
 
 
+def schedules_run_by(study) -> set[str]:
+    """The schedule names (schedule.name, what claims name) the study's sweeps run, composed as
+    `src.run -m` composes them: a preset's own sweep of schedules included."""
+    names = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for sweep in study.sweeps:
+            for job in jobs_of(sweep):
+                cfg = compose("config", job, return_hydra_config=True)
+                swept = (cfg.hydra.sweeper.params or {}).get("schedule")
+                if swept and not any(item.startswith("schedule=") for item in job):
+                    names |= {compose("config", [*job, f"schedule={s}"]).schedule.name for s in str(swept).split(",")}
+                else:
+                    names.add(cfg.schedule.name)
+    return names
+
+
+def test_every_claim_that_expects_an_outcome_runs_a_control_beside_its_arms():
+    """A control named but never run would leave the row saying 'not run' at best; a claim with
+    none cannot show that its test could have failed (the verdict issue)."""
+    studies = {claim["study"] for claim in REPRODUCTION["claims"]}
+    run_by = {name: schedules_run_by(REPRODUCTION["studies"][name]) for name in studies}
+    for claim in REPRODUCTION["claims"]:
+        named = {claim["baseline"], *claim["arms"], *claim.get("controls", [])}
+        missing = named - run_by[claim["study"]]
+        assert not missing, f"claim {claim['id']}: its study {claim['study']} runs no {sorted(missing)}"
+        assert claim.get("expect", "none") == "none" or claim.get("controls"), f"claim {claim['id']} has no control"
+
+
 @pytest.mark.parametrize("name", sorted(REPRODUCTION["studies"]))
 def test_every_job_of_every_study_composes_and_validates(name):
     study = REPRODUCTION["studies"][name]
