@@ -440,10 +440,10 @@ def _store_named(uri: str) -> Iterator[None]:
         raise _store_failed(uri, error) from error
 
 
-def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:
+def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str, str]:
     """Create the parent run of a multirun, in the launching process, before its jobs start;
-    returns (its id, the sweep's id), which each job gets as tracking.parent_run_id and
-    tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
+    returns (its id, the sweep's id, its experiment's id); each job gets the first two as
+    tracking.parent_run_id and tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
     (`<folder>-2`, `-3` ...) when an earlier sweep was given the same hydra.sweep.dir: the figures
     read a sweep by its id, and two sweeps must not merge there. The run carries the id, MLflow's
     context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
@@ -462,7 +462,7 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
                 RUN_NAME_TAG: name, **process_tags()}
         if tracking.note:
             tags[MLFLOW_RUN_NOTE] = tracking.note
-        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id
+        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id, experiment_id
 
 
 def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str, description: str | None = None) -> list[str]:

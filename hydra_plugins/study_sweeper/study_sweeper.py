@@ -111,16 +111,16 @@ class StudySweeper(Sweeper):
             check_folder("hydra.sweep.dir", sweep_dir)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        from src.tracking import end_sweep, start_sweep
+        from src.tracking import end_sweep, run_url, start_sweep
 
         # The parent run, in the store and experiment of the first job (where, unless a sweep
         # varies them, every job logs), named by the overrides that sweep.
         tracking, varying = configs[0].tracking, _varying_keys(jobs)
         sweeping = [a for a in given if _key(a) in varying]
         with self._refused(None, ()):  # the store opened in the preflight; one line if it fails now
-            parent, sweep_id = start_sweep(tracking, tracking.sweep_id or sweep_dir.name,
-                                           f"{' '.join(sweeping) or 'sweep'} ({len(jobs)} jobs)", len(jobs),
-                                           shlex.join(sys.argv))
+            parent, sweep_id, experiment = start_sweep(tracking, tracking.sweep_id or sweep_dir.name,
+                                                       f"{' '.join(sweeping) or 'sweep'} ({len(jobs)} jobs)",
+                                                       len(jobs), shlex.join(sys.argv))
         added = [_tracking_overrides(job, cfg, varying, parent, tracking, sweep_id) for job, cfg in zip(jobs, configs)]
         launched = [[*job, *extra] for job, extra in zip(jobs, added)]
         again = "run the same command again to resume them from their checkpoints"
@@ -146,7 +146,8 @@ class StudySweeper(Sweeper):
         errors = self._report(sweep_id, results, jobs)
         names = [_run_name(job, cfg, varying) for job, cfg in zip(jobs, configs)]
         table = _results_table(names, results, errors)
-        print(_answer(table, sweep_id, parent, tracking, jobs, configs, results, arguments))
+        print(_answer(table, sweep_id, run_url(tracking, experiment, parent), tracking, jobs, configs, results,
+                      arguments))
         failed = sum(error is not None for error in errors)
         result = _summary(results, failed)
         note = f"{tracking.note}\n\n" if tracking.note else ""
@@ -246,13 +247,13 @@ def _markdown(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
 
-def _answer(rows: list[tuple[str, ...]], sweep_id: str, parent: str, tracking: DictConfig, jobs: list[list[str]],
+def _answer(rows: list[tuple[str, ...]], sweep_id: str, page: str, tracking: DictConfig, jobs: list[list[str]],
             configs: list[DictConfig], results, arguments: list[str]) -> str:
     """What the sweep's console ends with: the table, the parent run's page (and the command that
     serves a local store), then the next command: src.figures on this sweep and, where a
     schedule has fewer seeds than a verdict needs (conf/figures.yaml's min_seeds), the command
     that adds them."""
-    from src.tracking import run_url, ui_command
+    from src.tracking import ui_command
     from src.verdict import load_options
 
     widths = [max(len(row[column]) for row in [TABLE_HEADER, *rows]) for column in range(len(TABLE_HEADER))]
@@ -260,9 +261,8 @@ def _answer(rows: list[tuple[str, ...]], sweep_id: str, parent: str, tracking: D
     lines += ["  " + "  ".join(cell.ljust(width) if column in (0, 1) else cell.rjust(width)
                                for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
               for row in [TABLE_HEADER, *rows]]
-    experiment = _experiment_id(tracking, parent)
     serve = ui_command(tracking)
-    lines.append(f"MLflow: {run_url(tracking, experiment, parent)}" + (f"  (serve the UI: {serve})" if serve else ""))
+    lines.append(f"MLflow: {page}" + (f"  (serve the UI: {serve})" if serve else ""))
     where = [_as_typed(o) for o in jobs[0] if _key(o) in STORE_KEYS]
     lines.append("next: " + shlex.join(["python", "-m", "src.figures", "--sweep-id", sweep_id, *where]))
     seeds = _seeds_for_a_verdict(jobs, configs, results, load_options()["min_seeds"])
@@ -277,12 +277,6 @@ def _answer(rows: list[tuple[str, ...]], sweep_id: str, parent: str, tracking: D
 
 
 STORE_KEYS = ("experiment", "paths.output_dir", "tracking.uri", "tracking.experiment")  # where src.figures finds the runs
-
-
-def _experiment_id(tracking: DictConfig, run_id: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking.uri).get_run(run_id).info.experiment_id
 
 
 def _seeds_for_a_verdict(jobs: list[list[str]], configs: list[DictConfig], results,
