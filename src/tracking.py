@@ -336,6 +336,11 @@ def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    # Silent: its INFO lines (started, no GPU, stopping, stopped: 4 a run) are noise, and its
+    # warnings and errors repeat, with SQL, a store failure that the run's own next write reports
+    # in one line (StoreFailed); a sample it cannot log is just not logged.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
+
     monitor = SystemMetricsMonitor(run_id, sampling_interval=tracking.system_metrics_every_s,
                                    resume_logging=resumed, tracking_uri=tracking.uri)
     monitor.start()

@@ -306,19 +306,21 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
                                        "tracking.log_weights=false\n")
 
 
-def test_system_metrics_are_off_by_default_and_need_psutil(make_cfg, monkeypatch):
-    validate(make_cfg(*TINY))  # off: nothing more is needed
+def test_system_metrics_are_on_by_default_and_need_psutil(make_cfg, monkeypatch):
+    assert compose().tracking.system_metrics is True
     monkeypatch.setitem(sys.modules, "psutil", None)  # as if not installed (importlib finds no spec)
+    validate(make_cfg(*TINY, "tracking.system_metrics=false"))  # off: nothing more is needed
     with pytest.raises(ConfigError) as error:
-        validate(make_cfg(*TINY, "tracking.system_metrics=true"))
-    assert str(error.value) == "tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'"
+        validate(make_cfg(*TINY))
+    assert str(error.value) == ("tracking.system_metrics=true: needs psutil: pip install -c requirements/lock.txt "
+                                "psutil (or tracking.system_metrics=false)")
 
 
-def test_system_metrics_are_logged_when_switched_on(make_cfg, tmp_path, blank_store):
-    pytest.importorskip("psutil")  # the system-metrics extra
+def test_system_metrics_are_logged_by_default_and_say_nothing(make_cfg, tmp_path, blank_store, capfd):
     shutil.copy(blank_store, tmp_path / "mlflow.db")
-    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics=true",
-                   "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
+    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
     [run] = runs_in(tmp_path, experiment=SMOKE)
     sampled = history(client_for(tmp_path), run.info.run_id, "system/cpu_utilization_percentage")
     assert sampled and [step for step, _ in sampled] == list(range(len(sampled)))  # one step per sample
+    told = capfd.readouterr()
+    assert "system metrics" not in told.out + told.err  # MLflow's INFO lines about its monitor: 4 a run
