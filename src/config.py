@@ -353,12 +353,13 @@ def _check_tracking(tracking: Mapping) -> None:
     """The store's address and experiment are given (MLflow's other refusals, an experiment name
     over its length limit, a URI it cannot open, are told where the store is opened:
     src.stores.prepare_store); what tracking switches need: MLflow's system metrics need
-    psutil, an optional extra."""
+    psutil (a dependency, which an older install may lack)."""
     for key in ("uri", "experiment"):
         if not tracking[key].strip():
             raise ConfigError(f"tracking.{key}={tracking[key]!r}: must not be empty")
     if tracking["system_metrics"] and importlib.util.find_spec("psutil") is None:
-        raise ConfigError("tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'")
+        raise ConfigError("tracking.system_metrics=true: needs psutil: pip install -c requirements/lock.txt psutil "
+                          "(or tracking.system_metrics=false)")
     _positive("tracking.system_metrics_every_s", tracking["system_metrics_every_s"])
     progress = tracking["progress"]
     _positive("tracking.progress.after_s", progress["after_s"], 0.0, inclusive=True)

@@ -102,6 +102,16 @@ def this_job() -> tuple[int | None, int]:
     return number, parallel_jobs(launcher, available_cores())
 
 
+def jobs_in_turn() -> int | None:
+    """How many jobs of the running sweep run at once, when its launcher starts them in their
+    order on this machine (basic: 1; joblib: n_jobs), as a sweep's ETA needs; None for a single
+    run and under submitit, whose jobs start as the cluster (or, locally, all at once) lets them."""
+    number, launcher = _hydra_job()
+    if number is None or "submitit" in str((launcher or {}).get("_target_", "")):
+        return None
+    return parallel_jobs(launcher, available_cores())
+
+
 def job_device(requested: str) -> str:
     """device_for_job for the running job: its Hydra job number, the CUDA devices it sees,
     how many jobs its launcher runs at once."""

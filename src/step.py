@@ -88,7 +88,7 @@ def train_epoch(learner: Learner, order: torch.Tensor, batch_size: int,
     data, world, noise = learner.data, learner.settings.world, learner.noise
     learner.model.train()
     loss_sum = torch.zeros((), device=data.x_train.device)  # summed on device: no sync per step
-    updates = samples = 0
+    updates = samples = samples_here = 0  # samples_here: this rank's share of them, which loss_sum sums over
     norms = []  # per measured step: (mean |part gradient|^2, their harmonic mean size, |batch gradient|^2, B)
     epoch_batches = learner.batches.epoch(order, batch_size)
     if progress is not None:
@@ -109,8 +109,9 @@ def train_epoch(learner: Learner, order: torch.Tensor, batch_size: int,
             norms.append(measured)
         updates += 1
         samples += len(index)
+        samples_here += len(y)
         if progress is not None:
-            progress.step(updates, samples)
+            progress.step(updates, samples, loss_sum, samples_here)
     if progress is not None:
         progress.done()
     if norms:

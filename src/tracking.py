@@ -162,11 +162,10 @@ def dataset_input(data: Dataset) -> DatasetInput:
 class TrackedRun:
     """The handle the training loop logs through."""
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, sweep_jobs: int | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self.sweep_jobs = sweep_jobs  # how many jobs the run's sweep launched; None: not in a sweep
 
     def last_logged_epoch(self) -> int:
         """The highest step with a val_loss, -1 if none."""
@@ -246,7 +245,7 @@ class TrackedRun:
 class Untracked:
     """What the ranks other than 0 of a DDP run log through: nothing; rank 0 logs for all."""
 
-    run_id = experiment_id = sweep_jobs = None
+    run_id = experiment_id = None
 
     def last_logged_epoch(self) -> int:
         return -1  # logs nothing, so holds nothing
@@ -297,21 +296,37 @@ def _close_stale_runs(client: MlflowClient, cfg: DictConfig, config_hash: str, k
             client.set_terminated(stale.info.run_id, "KILLED")
 
 
-def _launch_tags(client: MlflowClient, tracking: DictConfig) -> tuple[dict[str, str], int | None]:
-    """(the tags that say where a run was launched from, the number of jobs of its sweep).
-    A sweep's job takes its parent run's context tags and command: the launching process
-    resolved them, where sys.argv names src.run (a submitit worker's names submitit). Any other
-    run resolves them itself with MLflow's context providers."""
+def _launch_tags(client: MlflowClient, tracking: DictConfig) -> dict[str, str]:
+    """The tags that say where a run was launched from. A sweep's job takes its parent run's
+    context tags and command: the launching process resolved them, where sys.argv names src.run
+    (a submitit worker's names submitit). Any other run resolves them itself with MLflow's
+    context providers."""
     if tracking.parent_run_id:
         parent = client.get_run(tracking.parent_run_id).data.tags
         launch = {k: v for k, v in parent.items() if k.startswith(CONTEXT_PREFIXES) or k == COMMAND_TAG}
         launch[MLFLOW_PARENT_RUN_ID] = tracking.parent_run_id
-        jobs = int(parent[JOBS_TAG]) if JOBS_TAG in parent else None  # a parent that is not a sweep's: no count
     else:
-        launch, jobs = resolve_tags(), None
+        launch = resolve_tags()
     if tracking.note:
         launch[MLFLOW_RUN_NOTE] = tracking.note
-    return launch, jobs
+    return launch
+
+
+def sweep_so_far(tracking: DictConfig) -> tuple[int | None, list[float]]:
+    """(how many jobs the sweep of parent run tracking.parent_run_id launched, the seconds each
+    of its child runs that has ended took, start to end); (None, []) for a run outside a sweep
+    (a parent that is not a sweep's has no count). Read when a job starts, for its console: which
+    job of how many, and the sweep's ETA (src.progress.SweepPace)."""
+    if not tracking.parent_run_id:
+        return None, []
+    client = MlflowClient(tracking.uri)
+    parent = client.get_run(tracking.parent_run_id)
+    jobs = int(parent.data.tags[JOBS_TAG]) if JOBS_TAG in parent.data.tags else None
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}'")
+    ended = [(run.info.end_time - run.info.start_time) / 1000 for run in children
+             if run.info.status != "RUNNING" and run.info.end_time]
+    return jobs, ended
 
 
 def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
@@ -320,6 +335,11 @@ def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
     if not tracking.system_metrics:
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # Silent: its INFO lines (started, no GPU, stopping, stopped: 4 a run) are noise, and its
+    # warnings and errors repeat, with SQL, a store failure that the run's own next write reports
+    # in one line (StoreFailed); a sample it cannot log is just not logged.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
 
     monitor = SystemMetricsMonitor(run_id, sampling_interval=tracking.system_metrics_every_s,
                                    resume_logging=resumed, tracking_uri=tracking.uri)
@@ -342,7 +362,7 @@ def tracked_run(
         experiment_id = prepare_store(cfg.tracking)
     client = writing_client(cfg.tracking.uri)
     config_hash = tags[CONFIG_HASH_TAG]
-    launch_tags, sweep_jobs = _launch_tags(client, cfg.tracking)
+    launch_tags = _launch_tags(client, cfg.tracking)
     close_dead_runs(client, experiment_id)
     if resume_run_id:
         run_id = resume_run_id
@@ -371,7 +391,7 @@ def tracked_run(
                 client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
             client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
         _close_stale_runs(client, cfg, config_hash, keep=run_id, experiment_id=experiment_id)
-        yield TrackedRun(client, run_id, experiment_id, sweep_jobs)
+        yield TrackedRun(client, run_id, experiment_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -425,10 +445,10 @@ def _store_named(uri: str) -> Iterator[None]:
         raise _store_failed(uri, error) from error
 
 
-def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str]:
+def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str, str]:
     """Create the parent run of a multirun, in the launching process, before its jobs start;
-    returns (its id, the sweep's id), which each job gets as tracking.parent_run_id and
-    tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
+    returns (its id, the sweep's id, its experiment's id); each job gets the first two as
+    tracking.parent_run_id and tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
     (`<folder>-2`, `-3` ...) when an earlier sweep was given the same hydra.sweep.dir: the figures
     read a sweep by its id, and two sweeps must not merge there. The run carries the id, MLflow's
     context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
@@ -447,16 +467,18 @@ def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command
                 RUN_NAME_TAG: name, **process_tags()}
         if tracking.note:
             tags[MLFLOW_RUN_NOTE] = tracking.note
-        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id
+        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id, experiment_id
 
 
-def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str) -> list[str]:
+def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str, description: str | None = None) -> list[str]:
     """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
-    last line as its RESULT_TAG; first close the runs its stopped or killed workers left RUNNING
+    last line as its RESULT_TAG and `description`, if given, as its description (MLflow's note,
+    markdown); first close the runs its stopped or killed workers left RUNNING
     (close_dead_runs), whose ids it returns."""
     client = writing_client(tracking.uri)
     with _store_named(tracking.uri):
         closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
-        client.set_tag(run_id, RESULT_TAG, result)
+        tags = {RESULT_TAG: result, **({MLFLOW_RUN_NOTE: description} if description is not None else {})}
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         client.set_terminated(run_id, status)
     return closed

@@ -47,7 +47,7 @@ from src.data import Dataset
 from src.distributed import World, join, leave
 from src.errors import Diverged, Stopped
 from src.files import check_folder
-from src.progress import Console, EpochProgress
+from src.progress import Console, EpochProgress, SweepPace
 from src.progress import label as job_label
 from src.profiling import profiled
 from src.schedules import Plan, noise_scale
@@ -66,13 +66,14 @@ def train(cfg: DictConfig) -> dict:
     world = join()
     try:
         validate(cfg)  # before anything is built or logged
-        trainer, label = cfg.trainer, run_name(cfg)
+        trainer, name = cfg.trainer, run_name(cfg)
         if world.is_main:
             check_folder("paths.output_dir", cfg.paths.output_dir)  # checkpoints, the lock
-        with _one_at_a_time(checkpoint.lock_path(cfg), label, world):
+        with _one_at_a_time(checkpoint.lock_path(cfg), name, world):
             started = time.perf_counter()
             sweep_id = cfg.tracking.sweep_id or f"adhoc-{uuid.uuid4().hex[:8]}"
             experiment_id = tracking.prepare_store(cfg.tracking)  # once: every later call is given it
+            label, pace = _in_its_sweep(cfg, name)  # the console's: "job 2/6 <name>" in a sweep
             device = devices.pick_device(trainer.device, world)
             parts = _built(cfg, device, world)
             data_digest = parts.data.digest()  # hashes every sample (a copy off the GPU): once
@@ -93,19 +94,19 @@ def train(cfg: DictConfig) -> dict:
             tags = {**_tags(cfg, parts.data, device, sweep_id), schema.CONFIG_HASH_TAG: config_hash,
                     schema.CURVE_TAG: tracking.hash_config(cfg, data_digest, leave_out=[schema.SEED_PARAM])}
             tracked = (
-                tracking.tracked_run(cfg, tags, label,
+                tracking.tracked_run(cfg, tags, name,
                                      resume_run_id=resume_run_id, experiment_id=experiment_id)
                 if world.is_main else nullcontext(tracking.Untracked())  # rank 0 logs for every rank
             )
             with (tracked as run, _stopped_here(label, run, loop, checkpoint_path, trainer.epochs),
                   profiled(trainer.profile_steps, run, label) as on_step):  # debug=profile
                 run.tag(load_average(schema.LOAD_AVERAGE_START))
-                job_number, parallel = devices.this_job()
-                console = Console(job_label(label, job_number, run.sweep_jobs), trainer.epochs,
-                                  cfg.tracking.progress, parallel, on_step=on_step)
-                if world.is_main:
+                console = Console(label, trainer.epochs, cfg.tracking.progress, devices.this_job()[1],
+                                  on_step=on_step, pace=pace)
+                if world.is_main:  # a sweep's jobs leave the command that serves the UI to the sweep's end
                     console.opened(run.run_id, tracking.run_url(cfg.tracking, run.experiment_id, run.run_id),
-                                   tracking.ui_command(cfg.tracking), loop.epochs_done if saved_state else None)
+                                   None if cfg.tracking.parent_run_id else tracking.ui_command(cfg.tracking),
+                                   loop.epochs_done if saved_state else None)
                 if not resume_run_id:  # a new MLflow run, also when it continues a checkpoint whose run is gone
                     run.log_dataset(parts.data)
                     run.log({schema.MODEL_PARAMETERS: sum(p.numel() for p in parts.model.parameters())})
@@ -139,7 +140,7 @@ def train(cfg: DictConfig) -> dict:
                 run.tag(load_average(schema.LOAD_AVERAGE_END))
             if world.is_main:
                 checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
-            log.info("[%s] done: %s", console.label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
+            log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
             return {"outcome": "resumed" if saved_state else "finished", **final}
     finally:
         leave(world)
@@ -261,6 +262,17 @@ def _one_at_a_time(path: Path, label: str, world: World):
         yield
     finally:
         lock.release()
+
+
+def _in_its_sweep(cfg: DictConfig, name: str) -> tuple[str, SweepPace | None]:
+    """(the run's console label: `name`, and in a sweep which job of how many it is; its sweep's
+    pace so far, for the sweep's ETA: None outside a sweep or where its launcher does not start
+    the jobs in turn), read from the sweep's parent run in the store."""
+    job_number, _ = devices.this_job()
+    jobs, job_s = tracking.sweep_so_far(cfg.tracking)
+    at_once = devices.jobs_in_turn()
+    pace = SweepPace(job_s, jobs - job_number - 1, at_once) if jobs and job_number is not None and at_once else None
+    return job_label(name, job_number, jobs), pace
 
 
 # 6 parameters: the config and its identity, where to look, and who asks.

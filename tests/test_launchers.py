@@ -4,6 +4,7 @@ own checks, and real joblib and submitit sweeps into one store (one GPU per job 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
@@ -87,6 +88,8 @@ def finished_sweep(launcher: list[str], seeds: list[int], output_dir: Path, data
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert {r.data.tags["mlflow.source.name"] for r in runs} == {str(ROOT / "src" / "run.py")}
     assert sorted(r.info.run_name for r in runs) == [f"decay_lr seed={seed}" for seed in seeds]
+    # the launcher's line per job (logged in the launching process) shows the user's overrides only
+    assert result.stdout.count(" : trainer.seed=") == n and "tracking.parent_run_id" not in result.stdout
     return result, runs, sweep
 
 
@@ -96,6 +99,8 @@ def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path, data_dir, blank_store
         ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], [0, 1, 2, 3], tmp_path, data_dir, blank_store
     )
     assert "Joblib.Parallel(n_jobs=2" in result.stdout  # really joblib, really 2 workers
+    # the last job starts once a worker is free, so a job has ended: the sweep's ETA, 2 at a time
+    assert re.search(r"\[job 4/4 decay_lr seed=3, sweep ETA \d+s\] MLflow run http", result.stdout)
     client = client_for(tmp_path)
     for run in runs:
         assert [s for s, _ in history(client, run.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]

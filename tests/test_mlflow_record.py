@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import torch
 from helpers.cli import only_sweep_folder, run_cli
 from helpers.configs import ROOT, TINY
 from mlflow.models import Model as Mlmodel
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from helpers.store import all_runs_in, client_for, history, runs_in, sweep_runs_in
 
 from src import figures, schema
@@ -71,7 +73,36 @@ def test_one_parent_run_with_the_jobs_as_child_runs(sweep):
     for run in runs:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags[schema.SWEEP_TAG] == run.data.tags[schema.SWEEPS_TAG] == parent.data.tags[schema.SWEEP_TAG]
-    assert result.stdout.count(f"tracking.parent_run_id={parent.info.run_id}") == 2  # Hydra's launch lines
+    # Hydra's launch lines show the user's overrides, not the sweeper's (which reached the jobs: above)
+    launched = [line.split(" : ", 1)[1] for line in result.stdout.splitlines() if "[HYDRA] \t#" in line]
+    assert len(launched) == 2 and "optimizer=momentum" in launched[0] and "optimizer=nesterov" in launched[1]
+    assert all(line.split()[-1].startswith("paths.data_dir=") for line in launched)  # the command line's last
+    assert "tracking.parent_run_id" not in result.stdout and "tracking.run_name" not in result.stdout
+
+
+def test_the_sweep_ends_in_its_table_its_page_and_the_next_command(sweep):
+    """The console's last block: a row per job from the final metrics its job returned, the
+    parent run's page and the command that serves the store, src.figures on this sweep (run by
+    test_figures_log_to_the_parent_run_and_add_no_run), and with 1 seed the seeds a verdict
+    needs; the parent run's description holds the same table until src.figures writes its verdict."""
+    store, result, parent, runs = sweep
+    sweep_id = parent.data.tags[schema.SWEEP_TAG]
+    out = result.stdout
+    for run in runs:
+        metrics = run.data.metrics
+        row = (f"{run.info.run_name}  finished  +{100 * metrics[schema.FINAL_TEST_ACC]:.2f}%  +"
+               f"{metrics[schema.TOTAL_PARAM_UPDATES]:,.0f}  +{metrics[schema.TRAIN_TIME_S]:,.1f} s")
+        assert re.search(rf"(?m)^  {row}$", out), out[-2000:]
+        assert (f"| {run.info.run_name} | finished | {100 * metrics[schema.FINAL_TEST_ACC]:.2f}% | "
+                f"{metrics[schema.TOTAL_PARAM_UPDATES]:,.0f} | {metrics[schema.TRAIN_TIME_S]:,.1f} s |"
+                in parent.data.tags[MLFLOW_RUN_NOTE])
+    page = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    assert f"MLflow: {page}?workflowType=machine_learning  (serve the UI: mlflow ui --backend-store-uri sqlite:///" in out
+    assert f"\nnext: python -m src.figures --sweep-id {sweep_id} experiment=smoke paths.output_dir={store}\n" in out
+    assert ("a verdict needs 3 seeds per schedule (conf/figures.yaml: min_seeds), this sweep has 1: python -m src.run "
+            "-m experiment=smoke optimizer=momentum,nesterov schedule=decay_lr ") in out
+    assert " trainer.seed=0,1,2 (its FINISHED runs are skipped)" in out
+    assert parent.data.tags[MLFLOW_RUN_NOTE].startswith(f"why this sweep ran\n\n**Sweep {sweep_id}**")
 
 
 def test_mlflow_context_tags_resolved_in_the_launching_process(sweep):
@@ -84,7 +115,9 @@ def test_mlflow_context_tags_resolved_in_the_launching_process(sweep):
         assert tags["mlflow.user"] == getpass.getuser()
         assert tags["mlflow.source.git.commit"] == commit
         assert tags[schema.COMMAND_TAG].split()[1:3] == ["-m", "experiment=smoke"]
-        assert tags["idea"] == "smoke-test" and tags["mlflow.note.content"] == "why this sweep ran"
+        assert tags["idea"] == "smoke-test"
+        assert tags[MLFLOW_RUN_NOTE] == "why this sweep ran" or run is parent and tags[MLFLOW_RUN_NOTE].startswith(
+            "why this sweep ran\n\n")  # the parent's adds its table (above)
 
 
 def test_the_dataset_is_a_dataset_input(sweep):
@@ -194,30 +227,38 @@ def test_evaluate_reproduces_the_logged_accuracy_from_the_run_or_its_model(sweep
 
 
 def test_figures_log_to_the_parent_run_and_add_no_run(sweep, capsys):
-    store, _, parent, _ = sweep
+    store, result, parent, _ = sweep
     client = client_for(store)
     before = {run.info.run_id for run in all_runs_in(store, experiment=SMOKE)}
-    assert figures.main(["experiment=smoke", f"paths.output_dir={store}"]) == 0  # defaults from conf/, as the runs
+    [told] = [line for line in result.stdout.splitlines() if line.startswith("next: python -m src.figures ")]
+    assert figures.main(shlex.split(told)[4:]) == 0  # the sweep's own next command: defaults from conf/, as the runs
     assert {run.info.run_id for run in all_runs_in(store, experiment=SMOKE)} == before
     folder = store / "figures" / parent.data.tags[schema.SWEEP_TAG]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {f"figures/{p.name}" for p in folder.iterdir()} == logged and "figures/report.md" in logged
     assert f"logged to MLflow run {parent.info.run_id}" in capsys.readouterr().out
+    # the verdict replaces the sweep's table as the parent run's description
+    assert client.get_run(parent.info.run_id).data.tags[MLFLOW_RUN_NOTE].startswith("**Verdict of sweep ")
 
 
 def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_plain_lines(sweep):
     store, result, _, runs = sweep
     out = result.stdout
-    for number, run in enumerate(sorted(runs, key=lambda r: r.info.start_time)):
-        label = f"[job {number + 1} of 2 {run.info.run_name}]"
-        page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        assert f"{label} MLflow run {run.info.run_id}: {page}?workflowType=machine_learning" in out
-        assert f"{label} epoch 2/2  lr " in out and " samples/s  ETA 0s" in out
-        assert f"{label} epoch 1/2: step 1/22 (5%)" in out  # within the epoch, as log lines
-    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    # the second job: the sweep's ETA, from the first job's duration, once it has ended
+    for label in (rf"\[job 1/2 {first.info.run_name}\]", rf"\[job 2/2 {second.info.run_name}, sweep ETA \d+s\]"):
+        assert len(re.findall(rf"{label} MLflow run http://127.0.0.1:5000/#/experiments/\d+/runs/\w+\?"
+                              rf"workflowType=machine_learning\n", out)) == 1  # one link, no more
+        assert re.search(rf"{label} epoch 2/2  lr .* samples/s  ETA 0s", out)
+        # within the epoch, as log lines, with the running training loss
+        assert re.search(rf"{label} epoch 1/2: step 1/22 \(5%\)  train_loss \d\.\d{{4}}  ", out)
+    assert "ETA" not in re.findall(r"\[job 1/2 [^]]*\]", out)[-1]  # nothing to estimate from yet
+    page = f"http://127.0.0.1:5000/#/experiments/{first.info.experiment_id}/runs/{first.info.run_id}"
+    assert page in out and first.info.run_id not in out.replace(page, "")  # its id once: in its link
+    assert out.count("mlflow ui --backend-store-uri sqlite:///") == 1  # once, with the sweep's page at its end
     assert "\r" not in out  # a pipe: nothing drawn in place
     # a pipe, and each job's .log file: Hydra's full prefix (conf/config.yaml, hydra.job_logging)
-    full_prefix = r"(?m)^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[src\.[\w.]+\]\[INFO\] - \[job 1 of 2 [^]]+\] epoch 2/2  lr "
+    full_prefix = r"(?m)^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[src\.[\w.]+\]\[INFO\] - \[job 1/2 [^]]+\] epoch 2/2  lr "
     assert re.search(full_prefix, out), out[-2000:]
     [log_file] = (only_sweep_folder(store) / "0").glob("*.log")
     assert re.search(full_prefix, log_file.read_text())
@@ -226,8 +267,8 @@ def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_pl
 def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store, capsys):
     """A real single run with its stdout on a pseudo-terminal, as a shell would give it."""
     shutil.copy(blank_store, tmp_path / "mlflow.db")
+    # the default progress settings: epochs of ~0.1 s, far shorter than after_s, still drawn
     command = [sys.executable, "-m", "src.run", "experiment=smoke", "trainer.threads=1", "tracking.log_weights=false",
-               "tracking.progress.after_s=0", "tracking.progress.refresh_s=0.001",
                f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}"]
     controller, terminal = pty.openpty()
     process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
@@ -245,7 +286,8 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
     assert process.wait(timeout=120) == 0
     out = b"".join(chunks).decode()
     drawn = [part for part in out.split(CLEAR_LINE) if part.startswith("[decay_lr seed=0] epoch 1/2: step ")]
-    assert drawn, out[-2000:]  # redrawn in place ...
+    assert drawn, out[-2000:]  # redrawn in place, from the first step, with the running loss ...
+    assert re.match(r"\[decay_lr seed=0\] epoch 1/2: step 1/22 \(5%\)  train_loss \d\.\d{4}  ", drawn[0]), drawn
     assert "INFO] - [decay_lr seed=0] epoch 1/2: step" not in out  # ... not logged
     assert CLEAR_LINE + "[" in out
     # a logged line (after the cleared progress line): the time of day only (conf/config.yaml,
@@ -256,6 +298,7 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
     [log_file] = (tmp_path / "runs").glob("*/*.log")
     assert re.search(r"(?m)^\[\d{4}-\d\d-\d\d [\d:,]+\]\[src\.[\w.]+\]\[INFO\] - \[decay_lr seed=0\] epoch 2/2  lr ",
                      log_file.read_text())
+    assert ": step " not in log_file.read_text()  # the in-place line is the terminal's only
     [run] = runs_in(tmp_path, experiment=SMOKE)
     assert not run.outputs.model_outputs  # tracking.log_weights=false: no model
     assert evaluate_main([f"run_id={run.info.run_id}", f"paths.output_dir={tmp_path}"]) == 2
@@ -263,19 +306,21 @@ def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_
                                        "tracking.log_weights=false\n")
 
 
-def test_system_metrics_are_off_by_default_and_need_psutil(make_cfg, monkeypatch):
-    validate(make_cfg(*TINY))  # off: nothing more is needed
+def test_system_metrics_are_on_by_default_and_need_psutil(make_cfg, monkeypatch):
+    assert compose().tracking.system_metrics is True
     monkeypatch.setitem(sys.modules, "psutil", None)  # as if not installed (importlib finds no spec)
+    validate(make_cfg(*TINY, "tracking.system_metrics=false"))  # off: nothing more is needed
     with pytest.raises(ConfigError) as error:
-        validate(make_cfg(*TINY, "tracking.system_metrics=true"))
-    assert str(error.value) == "tracking.system_metrics=true: needs psutil: pip install -e '.[system-metrics]'"
+        validate(make_cfg(*TINY))
+    assert str(error.value) == ("tracking.system_metrics=true: needs psutil: pip install -c requirements/lock.txt "
+                                "psutil (or tracking.system_metrics=false)")
 
 
-def test_system_metrics_are_logged_when_switched_on(make_cfg, tmp_path, blank_store):
-    pytest.importorskip("psutil")  # the system-metrics extra
+def test_system_metrics_are_logged_by_default_and_say_nothing(make_cfg, tmp_path, blank_store, capfd):
     shutil.copy(blank_store, tmp_path / "mlflow.db")
-    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics=true",
-                   "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
+    train(make_cfg("experiment=smoke", "trainer.threads=1", "tracking.system_metrics_every_s=0.05", output_dir=tmp_path))
     [run] = runs_in(tmp_path, experiment=SMOKE)
     sampled = history(client_for(tmp_path), run.info.run_id, "system/cpu_utilization_percentage")
     assert sampled and [step for step, _ in sampled] == list(range(len(sampled)))  # one step per sample
+    told = capfd.readouterr()
+    assert "system metrics" not in told.out + told.err  # MLflow's INFO lines about its monitor: 4 a run

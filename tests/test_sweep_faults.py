@@ -364,7 +364,7 @@ def test_a_store_that_fails_under_a_sweeps_parent_run_is_named(tmp_path):
 
     store = tmp_path / "store"
     tracking = compose_config(f"paths.output_dir={store}").tracking
-    parent, _ = start_sweep(tracking, "sweep", "trainer.seed=0,1 (2 jobs)", 2, "python -m src.run -m")
+    parent, *_ = start_sweep(tracking, "sweep", "trainer.seed=0,1 (2 jobs)", 2, "python -m src.run -m")
     with immutable(store) as strike, strike(), pytest.raises(StoreFailed) as raised:
         end_sweep(tracking, parent, "FINISHED", "sweep sweep: 0 of 2 jobs failed (2 finished)")
     line, code = one_line_error(raised.value)

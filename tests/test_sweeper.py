@@ -1,16 +1,19 @@
 """The study sweeper (hydra_plugins/study_sweeper): every job validated before any starts, a
 failing job isolated from the others, and the summary line."""
 
+import re
+
 import pytest
 from helpers.cli import run_cli
 from helpers.configs import TINY, compose_config
-from helpers.store import runs_in
+from helpers.store import runs_in, sweep_runs_in
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from hydra_plugins.study_sweeper.study_sweeper import _quoted, _tracking_overrides, _varying_keys
 from src import schema
 
 
-@pytest.mark.slow  # ~10 s on 2 idle cores: kept out of the default suite's 5 minutes
+@pytest.mark.slow  # ~20 s on 2 idle cores: kept out of the default suite's 5 minutes
 def test_a_diverging_job_fails_alone(tmp_path, data_dir):
     result = run_cli("-m", "schedule.lr=0.05,1e6,0.1", *TINY, output_dir=tmp_path, data_dir=data_dir)
     assert result.returncode == 1
@@ -24,6 +27,20 @@ def test_a_diverging_job_fails_alone(tmp_path, data_dir):
     [failed] = [r for r in runs if r.info.status == "FAILED"]
     assert failed.data.params["schedule.lr"] == "1000000.0"
     assert failed.data.tags[schema.ERROR_TAG].startswith("Diverged: loss is nan")
+    # the sweep's table marks the failed job, here and in its parent run's description
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("  decay_lr schedule.lr=1000000.0 seed=0")]
+    assert row.split()[3:6] == ["FAILED", "Diverged:", "loss"], row
+    [parent] = sweep_runs_in(tmp_path)
+    assert "| decay_lr schedule.lr=1000000.0 seed=0 | FAILED | Diverged: loss is nan" in parent.data.tags[MLFLOW_RUN_NOTE]
+
+    # again: the finished jobs are skipped, each still told as job k/n, and the table says so
+    again = run_cli("-m", "schedule.lr=0.05,1e6,0.1", *TINY, output_dir=tmp_path, data_dir=data_dir)
+    assert again.returncode == 1
+    for number, lr in ((1, 0.05), (3, 0.1)):
+        name = f"decay_lr schedule.lr={lr} seed=0"
+        assert re.search(rf"\[job {number}/3 {name}\] already FINISHED as MLflow run \w+ \(config \w+\): skipped",
+                         again.stdout), again.stdout[-3000:]
+        assert re.search(rf"(?m)^  {name} +skipped +\d+\.\d\d% +\d+ +\d+\.\d s$", again.stdout)
 
 
 def test_a_bad_job_stops_a_sweep_before_any_job_starts(tmp_path, data_dir):

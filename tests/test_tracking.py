@@ -9,7 +9,7 @@ from helpers.configs import ROOT, TINY
 from helpers.store import client_for, history, runs_in
 
 from src import schema
-from src.tracking import flatten, tracked_run
+from src.tracking import flatten, sweep_so_far, tracked_run
 
 
 def test_a_raising_job_ends_failed_with_the_error(make_cfg, shared_store):
@@ -32,8 +32,10 @@ def test_a_parent_run_that_is_not_a_sweeps_gives_no_job_count(make_cfg, shared_s
         pass
     cfg = make_cfg(*TINY, "tracking.sweep_id=nested", f"tracking.parent_run_id={parent.run_id}")
     with tracked_run(cfg, {schema.SWEEP_TAG: "nested", schema.CONFIG_HASH_TAG: "nested"}, run_name="nested") as run:
-        assert run.sweep_jobs is None
+        assert sweep_so_far(cfg.tracking) == (None, [])  # no count; no child run has ended
     assert client.get_run(run.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    ended = client.get_run(run.run_id).info
+    assert sweep_so_far(cfg.tracking) == (None, [(ended.end_time - ended.start_time) / 1000])
 
 
 def test_flatten():

@@ -8,14 +8,18 @@ basic sweeper makes it, plus what the basic one does not do.
    and experiment, each distinct one once), then the sweep's folder and its parent run (4.), then
    the jobs. Validation says how far it has got every few seconds (a 200-job sweep takes ~30 s).
 2. A failing job does not stop the others (the basic sweeper raises after its batch).
-3. The sweep ends with a summary; its last line says how many of how many jobs failed, and the
-   exit status is 1 when any did.
+3. The sweep ends with its answer so far: a table of its jobs (run name, outcome, final test
+   accuracy, parameter updates, training time, from the final metrics each job returns; a failed
+   job's error), its parent run's page, the next command (src.figures on this sweep, and the seeds
+   to add where a curve has fewer than a verdict needs), the same table as the parent run's
+   description (until src.figures writes the verdict there); its last line says how many of how
+   many jobs failed, and the exit status is 1 when any did.
 4. The sweep is one MLflow parent run, created here in the launching process once every job is
    valid; each job gets its id (tracking.parent_run_id), the sweep's id (tracking.sweep_id: the
    sweep folder's name, with a suffix when an earlier sweep of the experiment used that folder)
    and a run name that tells it apart (tracking.run_name: the schedule, every override that varies
    in the sweep but the seed, then the seed), as overrides, which reach the job under any
-   launcher. The parent ends FINISHED, or FAILED when a job failed, KILLED on Ctrl-C or SIGTERM,
+   launcher; Hydra's launch line for each job leaves them out. The parent ends FINISHED, or FAILED when a job failed, KILLED on Ctrl-C or SIGTERM,
    with the summary line as its `result` tag.
 5. A sweep that stops (SIGTERM, Ctrl-C, a worker process killed: kill -9, out of memory) stops
    its launcher's workers, closes every run its dead processes left RUNNING as KILLED
@@ -32,6 +36,7 @@ overrides is made here from the public Override API (Hydra's BasicSweeper is int
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import shlex
@@ -106,21 +111,21 @@ class StudySweeper(Sweeper):
             check_folder("hydra.sweep.dir", sweep_dir)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        from src.tracking import end_sweep, start_sweep
+        from src.tracking import end_sweep, run_url, start_sweep
 
         # The parent run, in the store and experiment of the first job (where, unless a sweep
         # varies them, every job logs), named by the overrides that sweep.
         tracking, varying = configs[0].tracking, _varying_keys(jobs)
         sweeping = [a for a in given if _key(a) in varying]
         with self._refused(None, ()):  # the store opened in the preflight; one line if it fails now
-            parent, sweep_id = start_sweep(tracking, tracking.sweep_id or sweep_dir.name,
-                                           f"{' '.join(sweeping) or 'sweep'} ({len(jobs)} jobs)", len(jobs),
-                                           shlex.join(sys.argv))
-        launched = [[*job, *_tracking_overrides(job, cfg, varying, parent, tracking, sweep_id)]
-                    for job, cfg in zip(jobs, configs)]
+            parent, sweep_id, experiment = start_sweep(tracking, tracking.sweep_id or sweep_dir.name,
+                                                       f"{' '.join(sweeping) or 'sweep'} ({len(jobs)} jobs)",
+                                                       len(jobs), shlex.join(sys.argv))
+        added = [_tracking_overrides(job, cfg, varying, parent, tracking, sweep_id) for job, cfg in zip(jobs, configs)]
+        launched = [[*job, *extra] for job, extra in zip(jobs, added)]
         again = "run the same command again to resume them from their checkpoints"
         try:
-            with _stopped_by_sigterm(), _watched_by_jobs():
+            with _stopped_by_sigterm(), _watched_by_jobs(), _launch_lines_without(added):
                 results = []
                 batch_size = self.max_batch_size or len(launched)
                 for start in range(0, len(launched), batch_size):
@@ -138,8 +143,18 @@ class StudySweeper(Sweeper):
             print(f"error: sweep {sweep_id} stopped: {result}; {len(closed)} run(s) left RUNNING closed as KILLED; "
                   f"{again}, FINISHED ones are skipped", file=sys.stderr)
             sys.exit(1)
-        failed, result = self._report(sweep_id, results, jobs)
-        end_sweep(tracking, parent, "FAILED" if failed else "FINISHED", result)
+        errors = self._report(sweep_id, results, jobs)
+        names = [_run_name(job, cfg, varying) for job, cfg in zip(jobs, configs)]
+        table = _results_table(names, results, errors)
+        print(_answer(table, sweep_id, run_url(tracking, experiment, parent), tracking, jobs, configs, results,
+                      arguments))
+        failed = sum(error is not None for error in errors)
+        result = _summary(results, failed)
+        note = f"{tracking.note}\n\n" if tracking.note else ""
+        end_sweep(tracking, parent, "FAILED" if failed else "FINISHED", result,
+                  description=f"{note}**Sweep {sweep_id}**: its jobs as they ended (`python -m src.figures` puts "
+                              f"the sweep's verdict here)\n\n{_markdown(table)}")
+        print(f"sweep {sweep_id}: {result}", file=sys.stderr)
         if failed:
             sys.exit(1)
         return [results]
@@ -174,29 +189,112 @@ class StudySweeper(Sweeper):
             sys.exit(2)
 
     @staticmethod
-    def _report(sweep_id: str, results, jobs: list[list[str]]) -> tuple[int, str]:
-        """Print each failed job, by the overrides the user's command gave it (`jobs`), and the
-        summary line; returns (failed jobs, the summary line)."""
+    def _report(sweep_id: str, results, jobs: list[list[str]]) -> list[str | None]:
+        """Print each failed job, by the overrides the user's command gave it (`jobs`); returns
+        each job's failure in one line, None for a job that completed."""
         from src.cli import one_line_error
 
-        outcomes: dict[str, int] = {}
-        failed = 0
+        errors = []
         for number, result in enumerate(results):
             if result.status == JobStatus.COMPLETED:
-                outcome = result.return_value.get("outcome", "finished")
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                errors.append(None)
                 continue
-            failed += 1
             try:
                 result.return_value  # JobReturn's public way to the job's exception: it raises it
             except BaseException as error:  # noqa: BLE001 - reported, not handled
                 message, _ = one_line_error(error)
+            errors.append(message)
             print(f"sweep {sweep_id}: job {number} ({_shown(jobs[number])}) failed: {message}", file=sys.stderr)
-        done = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
-        note = " - already FINISHED, nothing trained" if not failed and set(outcomes) == {"skipped"} else ""
-        result = f"{failed} of {len(results)} jobs failed ({done or 'none done'}{note})"
-        print(f"sweep {sweep_id}: {result}", file=sys.stderr)
-        return failed, result
+        return errors
+
+
+def _summary(results, failed: int) -> str:
+    """The sweep's last line: how many of its jobs failed, and what the others did."""
+    outcomes: dict[str, int] = {}
+    for result in results:
+        if result.status == JobStatus.COMPLETED:
+            outcome = result.return_value.get("outcome", "finished")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    done = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+    note = " - already FINISHED, nothing trained" if not failed and set(outcomes) == {"skipped"} else ""
+    return f"{failed} of {len(results)} jobs failed ({done or 'none done'}{note})"
+
+
+TABLE_HEADER = ("run", "outcome", "final test acc", "updates", "train time")
+ERROR_WIDTH = 100  # characters of a failed job's error shown in the table (its run's error tag holds it whole)
+
+
+def _results_table(names: list[str], results, errors: list[str | None]) -> list[tuple[str, ...]]:
+    """One row per job: its run's name, what it did (finished, resumed, skipped: FINISHED before,
+    or FAILED) and, from the final metrics its job returned (src.train), its final test
+    accuracy, parameter updates and seconds in training steps; a failed job's error instead."""
+    from src.schema import FINAL_TEST_ACC, TOTAL_PARAM_UPDATES, TRAIN_TIME_S
+
+    rows = []
+    for name, result, error in zip(names, results, errors):
+        if error is not None:
+            rows.append((name, "FAILED", error[:ERROR_WIDTH], "", ""))
+            continue
+        final = result.return_value
+        rows.append((name, final.get("outcome", "finished"), f"{100 * final[FINAL_TEST_ACC]:.2f}%",
+                     f"{final[TOTAL_PARAM_UPDATES]:,.0f}", f"{final[TRAIN_TIME_S]:,.1f} s"))
+    return rows
+
+
+def _markdown(rows: list[tuple[str, ...]]) -> str:
+    """The table in markdown (MLflow shows a run's description as markdown)."""
+    lines = [TABLE_HEADER, ("---",) * len(TABLE_HEADER), *rows]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def _answer(rows: list[tuple[str, ...]], sweep_id: str, page: str, tracking: DictConfig, jobs: list[list[str]],
+            configs: list[DictConfig], results, arguments: list[str]) -> str:
+    """What the sweep's console ends with: the table, the parent run's page (and the command that
+    serves a local store), then the next command: src.figures on this sweep and, where a
+    schedule has fewer seeds than a verdict needs (conf/figures.yaml's min_seeds), the command
+    that adds them."""
+    from src.tracking import ui_command
+    from src.verdict import load_options
+
+    widths = [max(len(row[column]) for row in [TABLE_HEADER, *rows]) for column in range(len(TABLE_HEADER))]
+    lines = [f"sweep {sweep_id}:"]
+    lines += ["  " + "  ".join(cell.ljust(width) if column in (0, 1) else cell.rjust(width)
+                               for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+              for row in [TABLE_HEADER, *rows]]
+    serve = ui_command(tracking)
+    lines.append(f"MLflow: {page}" + (f"  (serve the UI: {serve})" if serve else ""))
+    where = [_as_typed(o) for o in jobs[0] if _key(o) in STORE_KEYS]
+    lines.append("next: " + shlex.join(["python", "-m", "src.figures", "--sweep-id", sweep_id, *where]))
+    seeds = _seeds_for_a_verdict(jobs, configs, results, load_options()["min_seeds"])
+    if seeds:
+        have, wanted = seeds
+        command = [_as_typed(a) for a in arguments if _key(a) != SEED_KEY]
+        lines.append(f"a verdict needs {len(wanted)} seeds per schedule (conf/figures.yaml: min_seeds), this sweep "
+                     f"has {have}: " + shlex.join(["python", "-m", "src.run", "-m", *command,
+                                                    f"{SEED_KEY}={','.join(map(str, wanted))}"])
+                     + " (its FINISHED runs are skipped)")
+    return "\n".join(lines)
+
+
+STORE_KEYS = ("experiment", "paths.output_dir", "tracking.uri", "tracking.experiment")  # where src.figures finds the runs
+
+
+def _seeds_for_a_verdict(jobs: list[list[str]], configs: list[DictConfig], results,
+                         min_seeds: int) -> tuple[int, list[int]] | None:
+    """(the fewest seeds a curve of the sweep has among its completed jobs, the seeds that make
+    min_seeds: the sweep's and the smallest others), where that is fewer than min_seeds; else
+    None. A curve: the jobs that differ in their seed only."""
+    curves: dict[tuple[str, ...], set[int]] = {}
+    for job, cfg, result in zip(jobs, configs, results):
+        if result.status == JobStatus.COMPLETED:
+            curves.setdefault(tuple(o for o in job if _key(o) != SEED_KEY), set()).add(cfg.trainer.seed)
+    have = min((len(seeds) for seeds in curves.values()), default=0)
+    if not curves or have >= min_seeds:
+        return None
+    wanted = set().union(*curves.values())
+    more = max(0, min_seeds - len(wanted))
+    wanted |= set(itertools.islice((seed for seed in itertools.count() if seed not in wanted), more))
+    return have, sorted(wanted)
 
 
 def _product(overrides: list[Override]) -> list[list[str]]:
@@ -299,6 +397,32 @@ def _watched_by_jobs() -> Iterator[None]:
             os.environ[SWEEP_PROCESS_ENV] = saved
 
 
+@contextmanager
+def _launch_lines_without(added: list[list[str]]) -> Iterator[None]:
+    """Hydra's launchers log a line per job in this process (`#k : <its overrides>`): without
+    what the sweeper `added` to job k (tracking.sweep_id, parent_run_id, run_name: bookkeeping,
+    which the jobs still get), which Hydra appends last. Done where the launcher's log records
+    are made (the record factory): the launchers configure logging's handlers anew as they go,
+    so a filter set on one would be dropped."""
+    previous = logging.getLogRecordFactory()
+
+    def without_added(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        line = _LAUNCH_LINE.match(record.msg) if isinstance(record.msg, str) and not record.args else None
+        if line and int(line.group(1)) < len(added) and added[int(line.group(1))]:
+            record.msg = record.msg.removesuffix(" " + " ".join(added[int(line.group(1))]))
+        return record
+
+    logging.setLogRecordFactory(without_added)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+_LAUNCH_LINE = re.compile(r"\t#(\d+) : ")  # basic, joblib and submitit launchers: "\t#<job number> : <overrides>"
+
+
 def _launcher_failure(error: Exception) -> str:
     """One line for a launcher that failed. joblib's loky raises TerminatedWorkerError when a
     worker process dies (kill -9, the kernel's out-of-memory killer) and kills the other workers
@@ -336,10 +460,17 @@ def _tracking_overrides(job: list[str], cfg: DictConfig, varying: set[str], pare
     if (cfg.tracking.uri, cfg.tracking.experiment) == (parent_tracking.uri, parent_tracking.experiment):
         overrides.append(f"tracking.parent_run_id={parent}")
     if cfg.tracking.run_name is None:
-        varies = [_as_typed(o).lstrip("+~") for o in job if _key(o) in varying and _key(o) not in (SEED_KEY, SCHEDULE_KEY)]
-        name = " ".join([cfg.schedule.name, *varies, f"seed={cfg.trainer.seed}"])
-        overrides.append(f"tracking.run_name={_quoted(name)}")
+        overrides.append(f"tracking.run_name={_quoted(_run_name(job, cfg, varying))}")
     return overrides
+
+
+def _run_name(job: list[str], cfg: DictConfig, varying: set[str]) -> str:
+    """The job's run name: tracking.run_name where the user set it, else the schedule, the job's
+    value of every other key the sweep varies, then the seed."""
+    if cfg.tracking.run_name is not None:
+        return cfg.tracking.run_name
+    varies = [_as_typed(o).lstrip("+~") for o in job if _key(o) in varying and _key(o) not in (SEED_KEY, SCHEDULE_KEY)]
+    return " ".join([cfg.schedule.name, *varies, f"seed={cfg.trainer.seed}"])
 
 
 def _as_typed(override: str) -> str:
