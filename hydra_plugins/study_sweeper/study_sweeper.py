@@ -19,8 +19,9 @@ basic sweeper makes it, plus what the basic one does not do.
    sweep folder's name, with a suffix when an earlier sweep of the experiment used that folder)
    and a run name that tells it apart (tracking.run_name: the schedule, every override that varies
    in the sweep but the seed, then the seed), as overrides, which reach the job under any
-   launcher; Hydra's launch line for each job leaves them out. The parent ends FINISHED, or FAILED when a job failed, KILLED on Ctrl-C or SIGTERM,
-   with the summary line as its `result` tag.
+   launcher; Hydra's launch line for each job leaves them out. The parent ends FINISHED, or
+   FAILED when a job failed, KILLED on Ctrl-C or SIGTERM, with the summary line as its `result`
+   tag.
 5. A sweep that stops (SIGTERM, Ctrl-C, a worker process killed: kill -9, out of memory) stops
    its launcher's workers, closes every run its dead processes left RUNNING as KILLED
    (src.processes.close_dead_runs) and ends with one line; re-running the same command resumes
