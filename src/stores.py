@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from omegaconf import DictConfig
 
-from src.errors import ConfigError
+from src.errors import ConfigError, StoreFailed
 from src.files import check_folder
 
 # What an experiment is for, to MLflow 3: model training (runs, metrics, the runs table), not
@@ -148,6 +148,23 @@ def store_error_text(error: BaseException) -> str:
     appends (screens of SQL that say nothing more), nor its advice on autoflush."""
     text = str(error).split("[SQL:")[0].split("(Background on this error")[0]
     return " ".join(AUTOFLUSH_ADVICE.sub("", text).split())
+
+
+def store_failed(uri: str, error: BaseException) -> StoreFailed:
+    """The store's failure (full, immutable, locked) named here, where the store is known:
+    MLflow's text names no file."""
+    return StoreFailed(f"the MLflow store {uri} failed: {type(error).__name__}: {store_error_text(error)}")
+
+
+@contextmanager
+def store_named(uri: str) -> Iterator[None]:
+    """What the store fails with in the block raised as store_failed; other errors as they are."""
+    try:
+        yield
+    except Exception as error:
+        if not is_store_error(error):
+            raise
+        raise store_failed(uri, error) from error
 
 
 def open_store(uri: str, key: str = "tracking.uri") -> MlflowClient:

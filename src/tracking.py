@@ -1,6 +1,6 @@
 """Everything MLflow a run logs, behind a few calls: tracked_run and TrackedRun.log for a
-training run; start_sweep and end_sweep for the parent run of a multirun. Opening the store (and
-its one-line errors) is src.stores'.
+training run. The parent run of a multirun is src.sweep_record's; opening the store (and its
+one-line errors) is src.stores'.
 
 One MLflow run per job; a multirun is one parent run (created by the study sweeper in the
 launching process) with its jobs as child runs (MLflow's mlflow.parentRunId tag, which the UI
@@ -34,13 +34,12 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import StoreFailed
 from src.processes import close_dead_runs, process_tags
 from src.signals import HeldCalls, held
-from src.stores import is_server, is_store_error, prepare_store, store_error_text, store_lock
+from src.stores import is_server, is_store_error, prepare_store, store_error_text, store_failed
 from src.schema import (
-    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, JOBS_TAG, KIND_TAG, RESULT_TAG, RUN_NAME_TAG,
-    SUPERSEDED_BY_TAG, SWEEP_KIND, SWEEP_TAG, SWEEPS_TAG, VAL_LOSS,
+    COMMAND_TAG, CONFIG_ARTIFACT, CONFIG_HASH_TAG, ENDED_BY_TAG, ERROR_TAG, RUN_NAME_TAG, SUPERSEDED_BY_TAG, SWEEP_TAG,
+    SWEEPS_TAG, VAL_LOSS,
 )
 
 if TYPE_CHECKING:
@@ -312,23 +311,6 @@ def _launch_tags(client: MlflowClient, tracking: DictConfig) -> dict[str, str]:
     return launch
 
 
-def sweep_so_far(tracking: DictConfig) -> tuple[int | None, list[float]]:
-    """(how many jobs the sweep of parent run tracking.parent_run_id launched, the seconds each
-    of its child runs that has ended took, start to end); (None, []) for a run outside a sweep
-    (a parent that is not a sweep's has no count). Read when a job starts, for its console: which
-    job of how many, and the sweep's ETA (src.progress.SweepPace)."""
-    if not tracking.parent_run_id:
-        return None, []
-    client = MlflowClient(tracking.uri)
-    parent = client.get_run(tracking.parent_run_id)
-    jobs = int(parent.data.tags[JOBS_TAG]) if JOBS_TAG in parent.data.tags else None
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}'")
-    ended = [(run.info.end_time - run.info.start_time) / 1000 for run in children
-             if run.info.status != "RUNNING" and run.info.end_time]
-    return jobs, ended
-
-
 def _system_metrics(tracking: DictConfig, run_id: str, resumed: bool):
     """MLflow's system-metrics monitor for the run, started; None when tracking.system_metrics is
     off. (psutil, which it needs, is checked with the config: src.config.)"""
@@ -402,7 +384,7 @@ def tracked_run(
             lambda: client.log_batch(run_id, tags=[RunTag(ERROR_TAG, f"{type(error).__name__}: {told}"[:5000])]),
             run_id, cfg.tracking.uri)
         if is_store_error(error):
-            raise _store_failed(cfg.tracking.uri, error) from error
+            raise store_failed(cfg.tracking.uri, error) from error
         raise
     finally:
         if monitor is not None:
@@ -426,59 +408,3 @@ def _closing(write, run_id: str, uri: str, warn: bool = True) -> bool:
                         "closes it", run_id, uri, store_error_text(error))
         return False
     return True
-
-
-def _store_failed(uri: str, error: BaseException) -> StoreFailed:
-    """The store's failure (full, immutable, locked) named here, where the store is known:
-    MLflow's text names no file."""
-    return StoreFailed(f"the MLflow store {uri} failed: {type(error).__name__}: {store_error_text(error)}")
-
-
-@contextmanager
-def _store_named(uri: str) -> Iterator[None]:
-    """What the store fails with in the block raised as _store_failed; other errors as they are."""
-    try:
-        yield
-    except Exception as error:
-        if not is_store_error(error):
-            raise
-        raise _store_failed(uri, error) from error
-
-
-def start_sweep(tracking: DictConfig, folder: str, name: str, jobs: int, command: str) -> tuple[str, str, str]:
-    """Create the parent run of a multirun, in the launching process, before its jobs start;
-    returns (its id, the sweep's id, its experiment's id); each job gets the first two as
-    tracking.parent_run_id and tracking.sweep_id. The sweep's id is its folder's name, made unique in the experiment
-    (`<folder>-2`, `-3` ...) when an earlier sweep was given the same hydra.sweep.dir: the figures
-    read a sweep by its id, and two sweeps must not merge there. The run carries the id, MLflow's
-    context tags (resolved here, where sys.argv is the command), the command, tracking.tags and
-    tracking.note, the number of jobs, and this process (pid, host)."""
-    experiment_id = prepare_store(tracking)
-    client = writing_client(tracking.uri)
-    # two sweeps started at once in one folder get two ids
-    with store_lock(tracking.uri, "tracking.uri"), _store_named(tracking.uri):
-        close_dead_runs(client, experiment_id)
-        sweep_id, number = folder, 1
-        while client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}' and tags.{KIND_TAG} = "
-                                 f"'{SWEEP_KIND}'", max_results=1):
-            number += 1
-            sweep_id = f"{folder}-{number}"
-        tags = {**tracking.tags, SWEEP_TAG: sweep_id, KIND_TAG: SWEEP_KIND, JOBS_TAG: str(jobs), COMMAND_TAG: command,
-                RUN_NAME_TAG: name, **process_tags()}
-        if tracking.note:
-            tags[MLFLOW_RUN_NOTE] = tracking.note
-        return client.create_run(experiment_id, tags=resolve_tags(tags)).info.run_id, sweep_id, experiment_id
-
-
-def end_sweep(tracking: DictConfig, run_id: str, status: str, result: str, description: str | None = None) -> list[str]:
-    """Close a sweep's parent run: FINISHED, FAILED (a job failed) or KILLED, with the sweep's
-    last line as its RESULT_TAG and `description`, if given, as its description (MLflow's note,
-    markdown); first close the runs its stopped or killed workers left RUNNING
-    (close_dead_runs), whose ids it returns."""
-    client = writing_client(tracking.uri)
-    with _store_named(tracking.uri):
-        closed = close_dead_runs(client, client.get_run(run_id).info.experiment_id)
-        tags = {RESULT_TAG: result, **({MLFLOW_RUN_NOTE: description} if description is not None else {})}
-        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-        client.set_terminated(run_id, status)
-    return closed

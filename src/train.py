@@ -39,7 +39,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from src import checkpoint, devices, schema, tracking
+from src import checkpoint, devices, schema, sweep_record, tracking
 from src.build import RunParts, apply_plan, build_run
 from src.checkpoint import LoopState
 from src.config import validate
@@ -269,7 +269,7 @@ def _in_its_sweep(cfg: DictConfig, name: str) -> tuple[str, SweepPace | None]:
     pace so far, for the sweep's ETA: None outside a sweep or where its launcher does not start
     the jobs in turn), read from the sweep's parent run in the store."""
     job_number, _ = devices.this_job()
-    jobs, job_s = tracking.sweep_so_far(cfg.tracking)
+    jobs, job_s = sweep_record.sweep_so_far(cfg.tracking)
     at_once = devices.jobs_in_turn()
     pace = SweepPace(job_s, jobs - job_number - 1, at_once) if jobs and job_number is not None and at_once else None
     return job_label(name, job_number, jobs), pace

@@ -30,7 +30,7 @@ def project_imports(path: Path) -> set[str]:
 LAYERS = {
     "names and pure helpers": {"errors", "signals", "schema", "intervals", "distributed", "models", "optim", "progress"},
     "foundations": {"files", "processes", "gns", "schedules", "noise_schedules", "batching", "stores", "data", "devices"},
-    "config, commands' errors, logging": {"config", "cli", "tracking"},
+    "config, commands' errors, logging": {"config", "cli", "tracking", "sweep_record"},
     "training": {"step", "profiling", "build", "checkpoint", "train", "evaluate", "run"},
     "reading runs back": {"runs", "groups", "studies"},
     "statistics and verdicts": {"verdict", "noise_dial", "claims", "ablation"},

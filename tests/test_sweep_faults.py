@@ -360,7 +360,7 @@ def test_a_store_that_fails_under_a_sweeps_parent_run_is_named(tmp_path):
 
     from src.cli import one_line_error
     from src.errors import StoreFailed
-    from src.tracking import end_sweep, start_sweep
+    from src.sweep_record import end_sweep, start_sweep
 
     store = tmp_path / "store"
     tracking = compose_config(f"paths.output_dir={store}").tracking

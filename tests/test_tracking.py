@@ -9,7 +9,8 @@ from helpers.configs import ROOT, TINY
 from helpers.store import client_for, history, runs_in
 
 from src import schema
-from src.tracking import flatten, sweep_so_far, tracked_run
+from src.sweep_record import sweep_so_far
+from src.tracking import flatten, tracked_run
 
 
 def test_a_raising_job_ends_failed_with_the_error(make_cfg, shared_store):

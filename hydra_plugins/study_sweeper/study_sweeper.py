@@ -112,7 +112,8 @@ class StudySweeper(Sweeper):
             check_folder("hydra.sweep.dir", sweep_dir)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        from src.tracking import end_sweep, run_url, start_sweep
+        from src.sweep_record import end_sweep, start_sweep
+        from src.tracking import run_url
 
         # The parent run, in the store and experiment of the first job (where, unless a sweep
         # varies them, every job logs), named by the overrides that sweep.
