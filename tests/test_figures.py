@@ -314,8 +314,10 @@ def test_a_failed_run_is_reported_and_left_out(sweep, make_cfg, data_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["--sweep-id", "nope"], f"error: no runs with sweep_id 'nope' in experiment '{EXPERIMENT}' (known sweeps: "),
-    (["--experiment", "nope"], "error: no experiment 'nope' (known experiments: "),
-    (["--baseline", "nope"], "error: --baseline nope: no run of that schedule in sweep '"),
+    # ~3.4 s each (a fresh process); the other two with the slow tests
+    pytest.param(["--experiment", "nope"], "error: no experiment 'nope' (known experiments: ", marks=pytest.mark.slow),
+    pytest.param(["--baseline", "nope"], "error: --baseline nope: no run of that schedule in sweep '",
+                 marks=pytest.mark.slow),
 ], ids=["sweep", "experiment", "baseline"])
 def test_unknown_sweep_experiment_or_baseline_is_one_line_and_exit_2(sweep, args, message):
     store, sweep_id, _, _ = sweep

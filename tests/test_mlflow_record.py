@@ -264,6 +264,7 @@ def test_the_console_names_the_run_its_page_and_the_job_and_shows_progress_as_pl
     assert re.search(full_prefix, log_file.read_text())
 
 
+@pytest.mark.slow  # ~8 s: a real run on a pseudo-terminal
 def test_on_a_terminal_the_progress_is_drawn_in_place(tmp_path, data_dir, blank_store, capsys):
     """A real single run with its stdout on a pseudo-terminal, as a shell would give it."""
     shutil.copy(blank_store, tmp_path / "mlflow.db")

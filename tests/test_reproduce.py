@@ -59,6 +59,10 @@ def schedules_run_by(study) -> set[str]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for sweep in study.sweeps:
             for job in jobs_of(sweep):
+                named = [item.split("=", 1)[1] for item in job if item.startswith("schedule.name=")]
+                if named:  # the override names it, whatever the rest composes to
+                    names.update(named)
+                    continue
                 cfg = compose("config", job, return_hydra_config=True)
                 swept = (cfg.hydra.sweeper.params or {}).get("schedule")
                 if swept and not any(item.startswith("schedule=") for item in job):

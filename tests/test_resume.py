@@ -112,6 +112,7 @@ def test_a_torn_checkpoint_means_starting_over_not_crashing(make_cfg, tmp_path, 
     assert [s for s, _ in history(client_for(tmp_path), run.info.run_id, schema.VAL_LOSS)] == [0, 1, 2]
 
 
+@pytest.mark.slow  # ~5 s: two real runs and a torn checkpoint
 def test_a_fallback_to_the_previous_checkpoint_logs_each_epoch_once(make_cfg, tmp_path):
     """Stopped in its 4th epoch, the run has logged epochs 0-2 and checkpointed epoch 2 (the one
     before kept as .prev). The newest checkpoint torn, it resumes from epoch 1's: epoch 2 is
