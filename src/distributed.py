@@ -46,6 +46,15 @@ def join() -> World:
     return world
 
 
+def together(world: World) -> None:
+    """Wait until every rank is here. At a run's end, so that no rank tears down its process
+    group and exits while rank 0 still logs the run (its LoggedModel takes seconds): gloo's
+    threads of a rank leaving alone were seen to abort it (SIGABRT, "terminate called without an
+    active exception"), failing a run that had finished."""
+    if world.size > 1:
+        dist.barrier()
+
+
 def leave(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -44,7 +44,7 @@ from src.build import RunParts, apply_plan, build_run
 from src.checkpoint import LoopState
 from src.config import validate
 from src.data import Dataset
-from src.distributed import World, join, leave
+from src.distributed import World, join, leave, together
 from src.errors import Diverged, Stopped
 from src.files import check_folder
 from src.progress import Console, EpochProgress, SweepPace
@@ -140,6 +140,7 @@ def train(cfg: DictConfig) -> dict:
                 run.tag(load_average(schema.LOAD_AVERAGE_END))
             if world.is_main:
                 checkpoint.remove(checkpoint_path)  # the FINISHED run is the record now
+            together(world)  # the other ranks wait for rank 0's record before they leave
             log.info("[%s] done: %s", label, "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
             return {"outcome": "resumed" if saved_state else "finished", **final}
     finally:
