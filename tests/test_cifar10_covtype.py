@@ -221,6 +221,7 @@ def test_cifar10_damaged_batch_file_is_one_line_naming_it(tmp_path, damage, name
     assert_one_line_naming(error, str(path.resolve()), "not a CIFAR-10 batch")
 
 
+@pytest.mark.slow  # ~5 s, a fresh process: the refusal itself is tested above in-process
 def test_cli_cifar10_more_images_than_the_files_hold(tmp_path, data_dir):
     """End to end: exit 2, one line naming the key, no MLflow run (the session's files hold 1,000
     training images, 800 of them for training)."""

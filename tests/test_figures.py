@@ -78,6 +78,11 @@ def recomputed(client, run, name: str) -> float:
     return run.data.metrics[name]
 
 
+# The tests on the sweep below run with the slow tests (CI runs them too): its 9 runs and two
+# figure commands take ~25 s on 2 idle cores, a tenth of the default suite's 5 minutes.
+uses_the_sweep = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_dir):
     """One real tiny sweep (3 schedules x 3 seeds, digits, 3 epochs, milestones after epochs 1
@@ -98,6 +103,7 @@ def sweep(tmp_path_factory, data_dir):
     return store, sweep_id, store / "figures" / sweep_id, store / "one_seed" / sweep_id
 
 
+@uses_the_sweep
 def test_writes_the_paper_figures_and_the_extras(sweep):
     store, sweep_id, folder, _ = sweep
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -123,6 +129,7 @@ def test_writes_the_paper_figures_and_the_extras(sweep):
     assert "the -1 in N/B - 1 does not scale with B" in (folder / "noise_scale_epochs.svg").read_text()
 
 
+@uses_the_sweep
 def test_report_numbers_are_the_stores(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
@@ -149,6 +156,7 @@ def test_report_numbers_are_the_stores(sweep):
     assert f"# Sweep {sweep_id}" in md and "## Failed runs\n\nNone." in md
 
 
+@uses_the_sweep
 def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
     """Recomputed from the store: per seed, the final TEST accuracy difference to decay_lr in
     points; its mean, and the t interval on the atanh scale; the word from the interval against
@@ -186,6 +194,7 @@ def test_verdicts_pair_seeds_with_a_t_interval_in_points(sweep):
                 f"[{low:+.2f}, {high:+.2f}], 3 paired seeds; margin ±{margin:.2f}") in md
 
 
+@uses_the_sweep
 def test_one_seed_writes_the_paper_figures_and_says_inconclusive(sweep):
     store, sweep_id, _, folder = sweep
     names = {p.name for p in folder.iterdir()}
@@ -200,6 +209,7 @@ def test_one_seed_writes_the_paper_figures_and_says_inconclusive(sweep):
         assert "band" not in svg and "decay_lr (1 seed)" in svg, stem  # no band, no band legend
 
 
+@uses_the_sweep
 def test_report_opens_with_the_environment(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
@@ -217,6 +227,7 @@ def test_report_opens_with_the_environment(sweep):
     assert json.loads((folder / "report.json").read_text())["environment"]["torch"] == torch.__version__
 
 
+@uses_the_sweep
 def test_totals_bars_use_the_training_time(sweep):
     """The bars' heights, read off the figure object: train_time_s (the training steps), not the
     whole job's wall time."""
@@ -234,6 +245,7 @@ def test_totals_bars_use_the_training_time(sweep):
     assert "training time per run (s)" in (folder / "totals_bars.svg").read_text()
 
 
+@uses_the_sweep
 def test_files_are_artifacts_of_the_sweeps_parent_run_and_no_run_is_added(sweep):
     store, sweep_id, folder, _ = sweep
     client = client_for(store)
@@ -245,6 +257,7 @@ def test_files_are_artifacts_of_the_sweeps_parent_run_and_no_run_is_added(sweep)
     assert len(client.search_runs([experiment])) == 10 and len(runs_of(client, sweep_id)) == 9
 
 
+@uses_the_sweep
 def test_runs_carry_their_schedules_colour_and_a_seed_free_curve_tag(sweep):
     """MLflow's UI reads like the figures: each run's colour is its schedule's (schema's palette,
     the figures' too), and "Group by" the curve tag gives the figures' curves: one value per
@@ -261,6 +274,7 @@ def test_runs_carry_their_schedules_colour_and_a_seed_free_curve_tag(sweep):
     assert styles_for(["decay_lr", "mine", "increase_bs"])["mine"]["color"] not in schema.SCHEDULE_COLORS.values()
 
 
+@uses_the_sweep
 def test_the_sweeps_answer_is_its_runs_description_and_tags_and_reports_first_section(sweep):
     """The whole sweep's verdict (not the seed-0 reading made after it) on the parent run: the
     table as its description, a verdict tag per compared schedule; report.md opens with it."""
