@@ -14,6 +14,7 @@ from pathlib import Path
 from src.claims import NOT_RUN, Row, percent
 from src.report import REPOSITORY, environment, logged_commands
 from src.runs import RunData
+from src.studies import about_minutes
 
 CANNOT_SHOW = REPOSITORY / "docs" / "cannot_show.md"  # the report's last section, as it is
 # README.md's blocks that `python -m src.reproduce report --write-readme` fills: the claims'
@@ -147,7 +148,7 @@ def _studies_section(doc: Reproduction) -> list[str]:
         state = (f"{finished} finished" + (f", {len(runs) - finished} not" if len(runs) > finished else "")
                  if runs else NOT_RUN)
         md.append(f"| {name} | {study.about} | {len({r.seed for r in runs if r.finished})} | {state} | "
-                  f"~{study.minutes * len(study.seeds):.0f} min |")
+                  f"{about_minutes(study.minutes * len(study.seeds))} |")
     md += ["", "Each study's sweep commands, as its runs logged them:", ""]
     for name, runs in doc.runs_by_study.items():
         md.append(f"- {name}: `{logged_commands(runs)}`" if runs else f"- {name}: {NOT_RUN}")

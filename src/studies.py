@@ -44,6 +44,11 @@ class Study:
     jobs: int | None = None  # its own jobs at once (1: each run alone, timed); None: `run`'s --jobs
 
 
+def about_minutes(minutes: float) -> str:
+    """An expected time as the dry run and the report print it: whole minutes, never "~0 min"."""
+    return f"~{minutes:.0f} min" if minutes >= 0.5 else "under 1 min"
+
+
 def load_reproduction(path: Path = CONFIG) -> dict:
     """conf/reproduction.yaml as plain data, with the studies as Study objects."""
     reproduction = OmegaConf.to_container(OmegaConf.load(path))
@@ -121,7 +126,7 @@ def _commands(studies: list[Study], reproduction: dict, args: argparse.Namespace
         total += minutes
         commands += [(study, sweep_command(study, sweep, reproduction["experiment_prefix"], seeds, args))
                      for sweep in study.sweeps]
-        print(f"{study.name}: {len(seeds)} seed(s), ~{minutes:.0f} min on 2 CPU cores"
+        print(f"{study.name}: {len(seeds)} seed(s), {about_minutes(minutes)} on 2 CPU cores"
               + (" at its full epochs" if args.epochs else ""))
     print(f"{len(studies)} studies, {len(commands)} sweeps, ~{total:.0f} min expected on 2 CPU cores")
     return commands
