@@ -19,6 +19,16 @@ from src.signals import held
 from src.tracking import writing_client
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt here, as at a terminal, however pytest was started: a
+    process started in the background by a non-interactive shell (`nohup ... &`, some CI
+    runners) inherits SIGINT ignored, and Python then installs no handler for it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 class SignalsWhilePickled:
     """Sends `signum` to this process when torch.save pickles it; loads back as the int 7 (not
     weights_only: int is a global to its unpickler)."""
