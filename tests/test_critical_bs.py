@@ -216,6 +216,7 @@ def logged(client, run_id) -> dict[str, list]:
             for name in names if name != schema.WALL_TIME_S}
 
 
+@pytest.mark.slow  # ~4 s on 2 idle cores (two runs and a resume): kept out of the default suite's 5 minutes
 def test_the_loop_logs_the_cap_and_a_resumed_run_makes_the_same_decisions(make_cfg, tmp_path):
     """The decisions re-derived from what the run logged; then the same run stopped in the middle
     of epoch 3 (after two milestones) and resumed from the checkpoint of epoch 2: the same batch

@@ -253,8 +253,8 @@ def stop_after_the_first_checkpoint(output_dir: Path, data_dir: Path, signum: in
     return process.returncode, stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
-                         ids=["SIGTERM", "Ctrl-C"])  # Ctrl-C: ~7 s more, with the slow tests
+@pytest.mark.slow  # ~7 s each, a real run: tests/test_signals.py holds the signal logic in the default suite
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_is_one_line_naming_the_killed_run_and_its_checkpoint(tmp_path, data_dir, signum):
     """SIGTERM (kill, SLURM preemption) or Ctrl-C once the first checkpoint is written: one line
     saying which run was KILLED, where its checkpoint is and how to resume."""

@@ -57,6 +57,7 @@ def test_every_update_of_every_schedule_has_exactly_B_samples(make_cfg, shared_s
         assert len(set(sizes)) > 1
 
 
+@pytest.mark.slow  # ~6 s on 2 idle cores (two runs and a resume): kept out of the default suite's 5 minutes
 def test_every_update_has_B_samples_after_a_resume_and_the_numbers_are_unchanged(make_cfg, tmp_path):
     """Stopped in the middle of epoch 3, resumed from the checkpoint of epoch 2: the resumed
     run steps on the batches of an uninterrupted one (the carried leftover is in the checkpoint:
