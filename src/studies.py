@@ -128,7 +128,7 @@ def _commands(studies: list[Study], reproduction: dict, args: argparse.Namespace
                      for sweep in study.sweeps]
         print(f"{study.name}: {len(seeds)} seed(s), {about_minutes(minutes)} on 2 CPU cores"
               + (" at its full epochs" if args.epochs else ""))
-    print(f"{len(studies)} studies, {len(commands)} sweeps, ~{total:.0f} min expected on 2 CPU cores")
+    print(f"{len(studies)} studies, {len(commands)} sweeps, {about_minutes(total)} expected on 2 CPU cores")
     return commands
 
 
